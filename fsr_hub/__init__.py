@@ -1,0 +1,15 @@
+"""fsr-hub: adversarially robust image classifiers with Feature Separation and Recalibration (CVPR 2023).
+
+``import fsr_hub`` registers the models with timm:
+
+    >>> import fsr_hub, timm
+    >>> model = timm.create_model('fsr_resnet18', num_classes=10)
+"""
+from .fsr import FSR, FSRAux, gumbel_sigmoid_mask
+from .losses import fsr_aux_loss, highest_wrong_class, recalibration_loss, separation_loss
+from .models import (
+    CIFAR10_CLASSES, FSR_MODELS, HF_ORG, VANILLA_TWINS, FSRNet, FSROutput, FSRPretrainedCfg, hub_id,
+    cifar_resnet18, cifar_vgg16, cifar_wrn34_10, fsr_resnet18, fsr_vgg16, fsr_wrn34_10,
+)
+
+__version__ = '0.1.0'
