@@ -1,0 +1,141 @@
+"""Parameter, FLOP and latency cost of FSR versus the vanilla twin (the paper's Table 7).
+
+FLOPs come from fvcore's ``FlopCountAnalysis``, which counts one fused multiply-add as one flop. The paper's
+Table 7 reports twice that (multiply and add counted separately); both conventions are reported.
+fvcore has no counter for elementwise ops (add, mul, sigmoid, ...) and pooling: they are listed as uncounted.
+"""
+import time
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+from fvcore.nn import FlopCountAnalysis, parameter_count
+
+from .models import FSR_MODELS, VANILLA_TWINS
+
+__all__ = ['PAPER_TABLE7', 'count_cost', 'measure_latency', 'cost_table', 'format_markdown']
+
+#: Table 7 of the paper: params (M) and FLOPs (G, multiply and add counted separately), vanilla -> +FSR.
+PAPER_TABLE7 = {
+    'fsr_resnet18': {'params_m': (11.17, 12.43), 'gflops': (1.1133, 1.1535)},
+    'fsr_vgg16': {'params_m': (15.25, 16.52), 'gflops': (0.6299, 0.6701)},
+}
+
+
+def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Dict:
+    """Parameters and fvcore FLOPs (multiply-adds) of one eval-mode forward of a single image."""
+    model = model.eval()
+    flops = FlopCountAnalysis(model, torch.zeros(1, *input_size))
+    flops.unsupported_ops_warnings(False)
+    flops.uncalled_modules_warnings(False)
+    with warnings.catch_warnings():  # fvcore traces with torch.jit, which warns that it is deprecated
+        warnings.simplefilter('ignore', FutureWarning)
+        total = flops.total()
+    return {
+        'params': int(parameter_count(model)['']),
+        'gflops_fvcore': total / 1e9,
+        'uncounted_ops': dict(sorted(flops.unsupported_ops().items())),
+    }
+
+
+@torch.no_grad()
+def measure_latency(
+        models: Sequence[nn.Module],
+        batch_size: int = 32,
+        iters: int = 5,
+        warmup: int = 1,
+        device: str = 'cpu',
+) -> List[float]:
+    """Median eval forward time (ms) per model, the models interleaved each iteration so they share conditions."""
+    dev = torch.device(device)
+    models = [m.eval().to(dev) for m in models]
+    x = torch.rand(batch_size, 3, 32, 32, device=dev)
+    times: List[List[float]] = [[] for _ in models]
+    for it in range(warmup + iters):
+        for i, m in enumerate(models):
+            if dev.type == 'cuda':
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            m(x)
+            if dev.type == 'cuda':
+                torch.cuda.synchronize(dev)
+            if it >= warmup:
+                times[i].append((time.perf_counter() - t0) * 1e3)
+    return [sorted(t)[len(t) // 2] for t in times]
+
+
+def cost_table(
+        models: Optional[Sequence[str]] = None,
+        latency: bool = False,
+        device: str = 'cpu',
+        batch_size: int = 32,
+        iters: int = 5,
+) -> List[Dict]:
+    """One row per FSR architecture: vanilla twin vs FSR params, FLOPs in both conventions, optional latency."""
+    rows = []
+    for name in models or FSR_MODELS:
+        if name not in VANILLA_TWINS:
+            raise ValueError(f'Unknown FSR model {name!r}; choose from {sorted(VANILLA_TWINS)}.')
+        vanilla_model = timm.create_model(VANILLA_TWINS[name])
+        fsr_model = timm.create_model(name)
+        vanilla, fsr = count_cost(vanilla_model), count_cost(fsr_model)
+        row = {
+            'model': name,
+            'vanilla': VANILLA_TWINS[name],
+            'params': vanilla['params'],
+            'params_fsr': fsr['params'],
+            'gflops_fvcore': vanilla['gflops_fvcore'],
+            'gflops_fvcore_fsr': fsr['gflops_fvcore'],
+            'gflops_paper_convention': 2 * vanilla['gflops_fvcore'],
+            'gflops_paper_convention_fsr': 2 * fsr['gflops_fvcore'],
+            'paper_table7': PAPER_TABLE7.get(name),
+            'uncounted_ops_fsr': fsr['uncounted_ops'],
+        }
+        if latency:
+            ms_vanilla, ms_fsr = measure_latency([vanilla_model, fsr_model], batch_size, iters, device=device)
+            row['latency'] = {
+                'device': torch.cuda.get_device_name(device) if device.startswith('cuda') else 'cpu',
+                'batch_size': batch_size, 'iters': iters, 'threads': torch.get_num_threads(),
+                'ms_vanilla': ms_vanilla, 'ms_fsr': ms_fsr, 'ratio': ms_fsr / ms_vanilla,
+            }
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: Sequence[Dict]) -> str:
+    """Markdown table of :func:`cost_table` rows, with the conventions spelled out."""
+    lines = [
+        '| model | params vanilla | params +FSR | GFLOPs fvcore (MAC) vanilla -> +FSR | '
+        'GFLOPs 2x fvcore (paper convention) vanilla -> +FSR | paper Table 7 |',
+        '| --- | ---: | ---: | --- | --- | --- |',
+    ]
+    for r in rows:
+        p = r['paper_table7']
+        paper = (f"{p['params_m'][0]} M -> {p['params_m'][1]} M, {p['gflops'][0]} -> {p['gflops'][1]} G"
+                 if p else 'not in Table 7')
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {r['params_fsr']:,} | "
+            f"{r['gflops_fvcore']:.4f} -> {r['gflops_fvcore_fsr']:.4f} (+{r['gflops_fvcore_fsr'] / r['gflops_fvcore'] - 1:.1%}) | "
+            f"{r['gflops_paper_convention']:.4f} -> {r['gflops_paper_convention_fsr']:.4f} | {paper} |")
+    lat = [r for r in rows if 'latency' in r]
+    if lat:
+        l0 = lat[0]['latency']
+        lines += [
+            '',
+            f"Forward latency, eval mode, batch {l0['batch_size']}, median of {l0['iters']} runs, "
+            f"device {l0['device']} ({l0['threads']} threads), models interleaved:",
+            '',
+            '| model | vanilla ms | +FSR ms | ratio |',
+            '| --- | ---: | ---: | ---: |',
+        ]
+        lines += [f"| {r['model']} | {r['latency']['ms_vanilla']:.1f} | {r['latency']['ms_fsr']:.1f} | "
+                  f"{r['latency']['ratio']:.3f} |" for r in lat]
+    ops = sorted({op for r in rows for op in r['uncounted_ops_fsr']})
+    lines += [
+        '',
+        'fvcore counts one multiply-add as one flop; the paper\'s Table 7 counts multiply and add separately (2x). '
+        f"Ops fvcore does not count (left out of both columns): {', '.join(ops) or 'none'}.",
+    ]
+    return '\n'.join(lines)
