@@ -11,7 +11,10 @@ from typing import Dict, List, Optional, Sequence
 import timm
 import torch
 import torch.nn as nn
-from fvcore.nn import FlopCountAnalysis, parameter_count
+
+with warnings.catch_warnings():  # fvcore decorates with torch.jit.script, which warns that it is deprecated
+    warnings.simplefilter('ignore', FutureWarning)
+    from fvcore.nn import FlopCountAnalysis, parameter_count
 
 from .models import FSR_MODELS, VANILLA_TWINS
 
