@@ -1,0 +1,126 @@
+"""Adversarial training objectives: PGD-AT (Madry et al. 2018), TRADES (Zhang et al. 2019), MART (Wang et al.
+2020), each optionally with the FSR losses (paper Eq. 5).
+
+The FSR term ``(1/|L|) sum_l (lambda_sep L_sep + lambda_rec L_rec)`` is always computed on the ADVERSARIAL
+forward (the original FSR code applies it to adversarial examples; for TRADES / MART this is the forward that
+carries the robustness term). ``y'`` of L_sep is the highest wrong class of that same forward.
+
+:class:`AdversarialObjective` is an ``nn.Module`` whose ``forward(x_nat, x_adv, y)`` returns the loss: wrapping
+it (not the model) in DDP makes one DDP forward per step even for TRADES / MART, which need two model forwards.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attacks import pgd, trades_pgd
+from .losses import fsr_aux_loss
+from .models.base import FSROutput
+
+__all__ = ['OBJECTIVES', 'ObjectiveConfig', 'at_loss', 'trades_loss', 'mart_loss', 'forward_train',
+           'AdversarialObjective']
+
+OBJECTIVES = ('at', 'trades', 'mart')
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the training step optimises and how its adversarial examples are made."""
+    name: str = 'at'
+    beta: float = 6.0
+    fsr: bool = True
+    lambda_sep: float = 1.0
+    lambda_rec: float = 1.0
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+
+    def __post_init__(self):
+        if self.name not in OBJECTIVES:
+            raise ValueError(f'Unknown objective {self.name!r}; expected one of {OBJECTIVES}.')
+
+
+def at_loss(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PGD-AT: mean cross-entropy on the adversarial examples."""
+    return F.cross_entropy(logits_adv.float(), y)
+
+
+def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0) -> torch.Tensor:
+    """TRADES: CE(f(x), y) + beta * KL(p(x) || p(x_adv)), KL summed over classes and averaged over the batch."""
+    logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction='batchmean')
+    return F.cross_entropy(logits_nat, y) + beta * kl
+
+
+def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0) -> torch.Tensor:
+    """MART as in Wang et al.'s code: BCE(p(x_adv), y) + beta * mean(KL(p(x) || p(x_adv)) * (1 - p_y(x))).
+
+    BCE = CE(x_adv, y) - log(1 - max_{k != y} p_k(x_adv)); the constants 1.0001, 1e-12 and 1.0000001 are theirs.
+    """
+    logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
+    adv_probs = F.softmax(logits_adv, dim=1)
+    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    new_y = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), new_y)
+    nat_probs = F.softmax(logits_nat, dim=1)
+    true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
+    kl = (nat_probs * (torch.log(nat_probs + 1e-12) - torch.log(adv_probs + 1e-12))).sum(dim=1)
+    return loss_adv + beta * (kl * (1.0000001 - true_probs)).mean()
+
+
+def forward_train(model: nn.Module, x: torch.Tensor) -> FSROutput:
+    """``model.forward_train(x)`` for FSR networks; plain logits and no auxiliary outputs for any other model."""
+    fn = getattr(model, 'forward_train', None)
+    if fn is not None:
+        return fn(x)
+    return FSROutput(logits=model(x), aux={})
+
+
+class AdversarialObjective(nn.Module):
+    """Adversarial example generation plus the training loss of one objective for ``model``."""
+
+    def __init__(self, model: nn.Module, cfg: ObjectiveConfig):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, attack_model: Optional[nn.Module] = None) -> torch.Tensor:
+        """Adversarial examples for the update, made with the model in eval mode (BN running statistics,
+        deterministic FSR mask), which is then put back into train mode, as in the original FSR code.
+
+        ``attack_model`` is the callable to attack (e.g. a compiled model); defaults to ``self.model``.
+        """
+        c = self.cfg
+        net = attack_model if attack_model is not None else self.model
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if c.name == 'trades':
+                return trades_pgd(net, x, c.eps, c.alpha, c.steps)
+            return pgd(net, x, y, c.eps, c.alpha, c.steps, random_start=c.random_start)
+        finally:
+            self.model.train(was_training)
+
+    def forward(self, x_nat: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns (loss, stats) with stats = [sum of loss * B, B, adversarially correct, naturally correct or -1]
+        as one float tensor, for on-device accumulation without host syncs."""
+        c = self.cfg
+        out = forward_train(self.model, x_adv)
+        logits_adv = out.logits
+        nat_correct = x_nat.new_tensor(-1.0)
+        if c.name == 'at':
+            loss = at_loss(logits_adv, y)
+        else:
+            logits_nat = self.model(x_nat)
+            fn = trades_loss if c.name == 'trades' else mart_loss
+            loss = fn(logits_nat, logits_adv, y, c.beta)
+            nat_correct = (logits_nat.detach().argmax(1) == y).sum().float()
+        if c.fsr and out.aux:
+            loss = loss + fsr_aux_loss(out.aux, logits_adv.float(), y, c.lambda_sep, c.lambda_rec)
+        n = float(y.shape[0])
+        adv_correct = (logits_adv.detach().argmax(1) == y).sum().float()
+        stats = torch.stack([loss.detach().float() * n, x_nat.new_tensor(n), adv_correct, nat_correct])
+        return loss, stats

@@ -1,0 +1,57 @@
+"""Shared fixtures of the training / evaluation tests: a tiny FSR network and synthetic datasets on disk."""
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from fsr_hub.models.base import FSRNet
+
+
+class TinyFSRNet(FSRNet):
+    """A two-stage, 8/16-channel CNN with the FSRNet interface (FSR after ``s2`` unless ``fsr_positions=()``)."""
+
+    def __init__(self, num_classes: int = 10, fsr_positions=('s2',)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.s1 = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.s2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self._init_head_and_fsr({'s1': 8, 's2': 16}, num_classes, fsr_positions, 0.1, 8, True, True, 'avg')
+
+
+def tiny_fsr_net(**kwargs) -> TinyFSRNet:
+    torch.manual_seed(0)
+    return TinyFSRNet(**kwargs)
+
+
+def write_cifar_batches(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> Path:
+    """Tiny ``cifar-10-batches-py`` folder in the original pickle format (n_train split over 5 batches)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / 'cifar-10-batches-py'
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
+    sizes = [n_train // 5] * 5 + [n_test]
+    for name, n in zip(names, sizes):
+        entry = {b'batch_label': name.encode(), b'labels': [int(v) for v in rng.integers(0, 10, n)],
+                 b'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b'filenames': [f'{i}.png'.encode() for i in range(n)]}
+        with open(folder / name, 'wb') as f:
+            pickle.dump(entry, f, protocol=2)
+    return Path(root)
+
+
+def separable_data(n: int = 256, seed: int = 0):
+    """uint8 NHWC images whose class is the colour (learnable in a few steps) and int64 labels."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    palette = torch.randint(0, 256, (10, 3), generator=g)
+    noise = torch.randint(-30, 31, (n, 32, 32, 3), generator=g)
+    x = (palette[y][:, None, None, :] + noise).clamp(0, 255).to(torch.uint8)
+    return x, y
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    return write_cifar_batches(tmp_path / 'data')
