@@ -1,0 +1,126 @@
+"""Reference numbers of the FSR paper (Kim et al., CVPR 2023) as data, each with the table it comes from.
+
+Accuracies are percentages on the full CIFAR-10 / SVHN test set under L-inf eps = 8/255, with the paper's
+protocol: FGSM, PGD-20 and PGD-100 (step eps/10, no random start), C&W-inf (PGD-30 on the margin loss),
+Ensemble (per example, correct under clean and all four attacks) and AutoAttack (Table 3 / Table 4).
+Metric keys are the ones of the verify report (``results.json``): ``clean``, ``fgsm``, ``pgd20``, ``pgd100``,
+``cw``, ``ensemble``, ``autoattack``. Results on WideResNet-34-10 are only in the paper's supplementary
+material, which is not reproduced here, so there is no reference for ``fsr_wrn34_10``.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+__all__ = ['PaperReference', 'PAPER', 'PAPER_COST', 'METRICS', 'METRIC_NAMES', 'paper_reference', 'split_tag']
+
+PAPER = 'Kim et al., Feature Separation and Recalibration for Adversarial Robustness, CVPR 2023'
+
+#: Metric keys of the white-box table, in display order, and their display names.
+METRICS: Tuple[str, ...] = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble', 'autoattack')
+METRIC_NAMES: Dict[str, str] = {
+    'clean': 'Clean', 'fgsm': 'FGSM', 'pgd20': 'PGD-20', 'pgd100': 'PGD-100', 'cw': 'C&W',
+    'ensemble': 'Ensemble', 'autoattack': 'AutoAttack',
+}
+
+_WHITEBOX = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble')
+
+# (backbone, dataset) -> method -> (clean, FGSM, PGD-20, PGD-100, C&W, Ensemble); Tables 1 (ResNet-18), 2 (VGG16)
+_TABLE_1_2 = {
+    ('resnet18', 'cifar10'): {
+        'at': (85.02, 56.21, 48.22, 46.37, 47.38, 45.51),
+        'at_fsr': (81.46, 58.07, 52.47, 51.02, 49.44, 48.34),
+        'trades': (86.31, 57.21, 50.74, 49.44, 48.66, 47.89),
+        'trades_fsr': (84.49, 58.29, 52.27, 51.28, 49.92, 49.28),
+        'mart': (82.73, 56.65, 50.88, 49.15, 47.21, 45.98),
+        'mart_fsr': (83.28, 59.55, 54.80, 53.69, 48.98, 48.36),
+    },
+    ('resnet18', 'svhn'): {
+        'at': (91.21, 55.55, 40.85, 37.54, 40.61, 37.41),
+        'at_fsr': (91.28, 60.46, 43.94, 39.01, 43.22, 38.81),
+        'trades': (90.99, 61.31, 47.12, 43.55, 45.48, 42.99),
+        'trades_fsr': (91.39, 68.85, 51.49, 47.50, 46.70, 46.17),
+        'mart': (90.50, 58.21, 43.61, 40.43, 42.20, 40.07),
+        'mart_fsr': (89.87, 61.06, 46.51, 42.94, 43.89, 42.40),
+    },
+    ('vgg16', 'cifar10'): {
+        'at': (80.56, 53.47, 47.17, 45.58, 45.82, 43.71),
+        'at_fsr': (80.06, 54.40, 49.82, 48.82, 47.28, 46.24),
+        'trades': (82.44, 53.92, 47.39, 46.20, 44.80, 44.20),
+        'trades_fsr': (80.78, 55.48, 49.95, 49.03, 46.28, 45.90),
+        'mart': (76.11, 54.86, 51.06, 50.16, 43.53, 43.01),
+        'mart_fsr': (79.18, 56.41, 52.69, 52.13, 44.49, 44.20),
+    },
+    ('vgg16', 'svhn'): {
+        'at': (89.59, 54.88, 40.27, 36.90, 39.46, 36.62),
+        'at_fsr': (91.44, 65.01, 45.99, 39.07, 43.08, 38.15),
+        'trades': (90.48, 61.50, 45.99, 40.00, 42.82, 39.27),
+        'trades_fsr': (91.89, 69.25, 54.56, 47.81, 46.66, 44.10),
+        'mart': (89.95, 59.03, 42.89, 38.73, 39.12, 37.64),
+        'mart_fsr': (90.60, 62.28, 47.17, 42.50, 43.44, 40.73),
+    },
+}
+
+# Table 3: ResNet-18, CIFAR-10, AutoAttack column (the black-box columns are not part of our suite).
+_TABLE_3_AUTOATTACK = {
+    'at': 44.11, 'at_fsr': 46.41, 'trades': 46.81, 'trades_fsr': 48.45, 'mart': 44.27, 'mart_fsr': 46.55,
+}
+
+#: Table 7: parameters (M) and FLOPs (G, one multiply-add counted as two FLOPs) for 32x32 inputs.
+PAPER_COST: Dict[str, Dict[str, Dict[str, float]]] = {
+    'resnet18': {'vanilla': {'params_m': 11.17, 'gflops': 1.1133}, 'fsr': {'params_m': 12.43, 'gflops': 1.1535}},
+    'vgg16': {'vanilla': {'params_m': 15.25, 'gflops': 0.6299}, 'fsr': {'params_m': 16.52, 'gflops': 0.6701}},
+}
+
+_BACKBONES = {'fsr_resnet18': ('resnet18', True), 'cifar_resnet18': ('resnet18', False),
+              'fsr_vgg16': ('vgg16', True), 'cifar_vgg16': ('vgg16', False)}
+_TABLE_OF = {'resnet18': 'Table 1', 'vgg16': 'Table 2'}
+
+
+@dataclass(frozen=True)
+class PaperReference:
+    """The paper's numbers for one (architecture, training method, dataset) setting."""
+    setting: str
+    metrics: Dict[str, float]
+    sources: Dict[str, str] = field(default_factory=dict)
+    cost: Optional[Dict[str, float]] = None
+    cost_source: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """JSON form, as stored under ``paper_reference`` in a release's results.json."""
+        return dict(
+            paper=PAPER, setting=self.setting, metrics=dict(self.metrics), sources=dict(self.sources),
+            cost=dict(self.cost) if self.cost else None, cost_source=self.cost_source)
+
+
+def split_tag(tag: str) -> Tuple[str, str]:
+    """``'at_cifar10'`` -> ``('at', 'cifar10')``: training method and dataset of a pretrained tag."""
+    method, sep, dataset = tag.rpartition('_')
+    if not sep or not method:
+        raise ValueError(f'Pretrained tag {tag!r} is not of the form <method>_<dataset> (e.g. at_cifar10).')
+    return method, dataset
+
+
+def paper_reference(architecture: str, tag: Optional[str]) -> Optional[PaperReference]:
+    """The paper's numbers for ``architecture`` trained as ``tag`` (e.g. 'at_cifar10'), or None if not reported."""
+    if architecture not in _BACKBONES or not tag:
+        return None
+    backbone, with_fsr = _BACKBONES[architecture]
+    try:
+        method, dataset = split_tag(tag)
+    except ValueError:
+        return None
+    rows = _TABLE_1_2.get((backbone, dataset), {})
+    key = f'{method}_fsr' if with_fsr else method
+    if key not in rows:
+        return None
+    table = _TABLE_OF[backbone]
+    metrics = dict(zip(_WHITEBOX, rows[key]))
+    sources = {m: table for m in _WHITEBOX}
+    if backbone == 'resnet18' and dataset == 'cifar10':
+        metrics['autoattack'] = _TABLE_3_AUTOATTACK[key]
+        sources['autoattack'] = 'Table 3' + (' and Table 4' if key == 'at_fsr' else '')
+    row_name = f"{method.upper()}{' + FSR' if with_fsr else ''}"
+    setting = (f"{row_name}, {'ResNet-18' if backbone == 'resnet18' else 'VGG16'}, "
+               f"{'CIFAR-10' if dataset == 'cifar10' else dataset.upper()}, Linf 8/255")
+    return PaperReference(
+        setting=setting, metrics=metrics, sources=sources,
+        cost=PAPER_COST[backbone]['fsr' if with_fsr else 'vanilla'], cost_source='Table 7')

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Build a hub release folder from a verified checkpoint, or re-render the card of an existing one.
+
+    # weights + their verify report -> model_cards/<arch>.<tag>/{model.safetensors,config.json,results.json,README.md}
+    python tools/make_card.py results.json [--weights FILE] [--out model_cards] [--tag at_cifar10]
+                              [--model-args '{"fsr_tau": 0.1}'] [--org ORG] [--overwrite]
+    # re-render README.md of a release folder from its results.json + config.json
+    python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10
+
+results.json is the verify report of the training/evaluation tools (schema fsr-hub/verify/v1) for exactly the
+weight file released (its model.sha256 must match). The card's cost numbers are counted once on the model and
+written into results.json under "cost" (the paper's numbers for the setting under "paper_reference"), so every
+number in the card is in results.json.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import fsr_hub  # noqa: E402,F401  (registers the models)
+from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('results', nargs='?', help='verify report (results.json) of the weights to release')
+    p.add_argument('--folder', help='re-render the card of this existing release folder instead')
+    p.add_argument('--weights', help="weight file (default: the report's model.weights)")
+    p.add_argument('--out', default='model_cards', help='parent folder of release folders (default model_cards)')
+    p.add_argument('--tag', help="release tag when the report's model.tag is null")
+    p.add_argument('--model-args', default='{}', help='JSON object of constructor arguments the weights need')
+    p.add_argument('--org', help='hub organisation shown in the card (default FSR_HUB_ORG or fsr-hub)')
+    p.add_argument('--overwrite', action='store_true', help='replace a non-empty release folder')
+    args = p.parse_args(argv)
+    if bool(args.results) == bool(args.folder):
+        p.error('give either a results.json or --folder')
+    try:
+        if args.folder:
+            path = write_card(args.folder, org=args.org)
+            validate_release(args.folder)
+            print(f'wrote {path}')
+            return 0
+        try:
+            results = json.loads(Path(args.results).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ReleaseError(f'{args.results}: cannot read the verify report ({e}).') from e
+        try:
+            model_args = json.loads(args.model_args)
+        except json.JSONDecodeError as e:
+            raise ReleaseError(f'--model-args is not valid JSON ({e}).') from e
+        if not isinstance(results, dict) or not isinstance(model_args, dict):
+            raise ReleaseError(f'{args.results} and --model-args must hold JSON objects.')
+        weights = args.weights or (results.get('model') or {}).get('weights')
+        if not weights:
+            raise ReleaseError(f'{args.results}: model.weights is empty; pass --weights.')
+        info = assemble_release(args.out, weights, results, model_args=model_args, tag=args.tag, org=args.org,
+                                overwrite=args.overwrite)
+    except ReleaseError as e:
+        print(f'make_card: error: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote release folder {info.folder} (sha256 {info.sha256})')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
