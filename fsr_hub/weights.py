@@ -105,7 +105,7 @@ def load_weights(
     model.load_state_dict(state, strict=not drop_keys_with_prefix)
 
 
-def resolve_pretrained_file(cfg: Mapping[str, Any]) -> Path:
+def resolve_pretrained_file(cfg: Mapping[str, Any], cache_dir: Optional[PathLike] = None) -> Path:
     """Local path of the weight file a pretrained cfg names (``file``, else ``hf_hub_id`` via the HF cache)."""
     name = cfg.get('architecture', 'model')
     if cfg.get('tag'):
@@ -123,16 +123,17 @@ def resolve_pretrained_file(cfg: Mapping[str, Any]) -> Path:
     repo, _, revision = hub.partition('@')
     filename = cfg.get('hf_hub_filename') or WEIGHTS_NAME
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision or None))
+        return Path(hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, OSError) as e:
         raise WeightsError(
             f'Could not get {filename} of {name} from the Hugging Face Hub repo {hub}: {type(e).__name__}: {e}') from e
 
 
-def load_pretrained(model: nn.Module, cfg: Optional[Mapping[str, Any]] = None) -> None:
+def load_pretrained(
+        model: nn.Module, cfg: Optional[Mapping[str, Any]] = None, cache_dir: Optional[PathLike] = None) -> None:
     """Resolve, check (sha256) and strictly load the weights named by ``model.pretrained_cfg``."""
     cfg = cfg if cfg is not None else model.pretrained_cfg
-    path = resolve_pretrained_file(cfg)
+    path = resolve_pretrained_file(cfg, cache_dir)
     drop: tuple = ()
     if cfg.get('num_classes') is not None and cfg['num_classes'] != model.num_classes:
         drop = tuple(f'{c}.' for c in model.classifier_names())

@@ -113,6 +113,17 @@ def test_offline_missing_file_fails(monkeypatch, tmp_path, full_release):
         timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(sha256=full_release.sha256))
 
 
+def test_offline_pull_honours_cache_dir(monkeypatch, tmp_path, full_release):
+    _hub_env(monkeypatch, tmp_path, offline=True)  # the default cache stays empty
+    other = tmp_path / 'elsewhere'
+    seed_hf_cache(full_release.folder, REPO_ID, other)
+    model = timm.create_model(NAME, pretrained=True, cache_dir=other,
+                              pretrained_cfg_overlay=dict(sha256=full_release.sha256))
+    assert_byte_identical(model, full_release.folder / 'model.safetensors')
+    with pytest.raises(WeightsError, match='Could not get model.safetensors'):
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(sha256=full_release.sha256))
+
+
 def test_unreleased_tag_says_so(offline_cache):
     with pytest.raises(WeightsError, match=f'No weights have been released for {re.escape(NAME)} yet'):
         timm.create_model(NAME, pretrained=True)

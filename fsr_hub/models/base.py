@@ -169,7 +169,8 @@ def build_fsr_model(model_cls: Type[FSRNet], variant: str, pretrained: bool = Fa
         if unknown:
             raise ValueError(f'pretrained_cfg for {variant} has unknown keys {unknown}.')
         pretrained_cfg = FSRPretrainedCfg(**pretrained_cfg)
+    cache_dir = kwargs.pop('cache_dir', None)
     model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=pretrained_cfg, **kwargs)
     if pretrained:
-        load_pretrained(model)
+        load_pretrained(model, cache_dir=cache_dir)
     return model
