@@ -17,15 +17,9 @@ with warnings.catch_warnings():  # fvcore decorates with torch.jit.script, which
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
 from .models import FSR_MODELS, VANILLA_TWINS
+from .paper import table7
 
-__all__ = ['PAPER_TABLE7', 'count_cost', 'measure_latency', 'cost_table', 'format_markdown']
-
-#: Table 7 of the paper: params (M) and FLOPs (G, multiply and add counted separately), vanilla -> +FSR.
-PAPER_TABLE7 = {
-    'fsr_resnet18': {'params_m': (11.17, 12.43), 'gflops': (1.1133, 1.1535)},
-    'fsr_vgg16': {'params_m': (15.25, 16.52), 'gflops': (0.6299, 0.6701)},
-}
-
+__all__ = ['count_cost', 'measure_latency', 'cost_table', 'format_markdown']
 
 def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Dict:
     """Parameters and fvcore FLOPs (multiply-adds) of one eval-mode forward of a single image."""
@@ -93,7 +87,7 @@ def cost_table(
             'gflops_fvcore_fsr': fsr['gflops_fvcore'],
             'gflops_paper_convention': 2 * vanilla['gflops_fvcore'],
             'gflops_paper_convention_fsr': 2 * fsr['gflops_fvcore'],
-            'paper_table7': PAPER_TABLE7.get(name),
+            'paper_table7': table7(name),
             'uncounted_ops_fsr': fsr['uncounted_ops'],
         }
         if latency:
@@ -116,7 +110,8 @@ def format_markdown(rows: Sequence[Dict]) -> str:
     ]
     for r in rows:
         p = r['paper_table7']
-        paper = (f"{p['params_m'][0]} M -> {p['params_m'][1]} M, {p['gflops'][0]} -> {p['gflops'][1]} G"
+        paper = (f"{p['vanilla']['params_m']} M -> {p['fsr']['params_m']} M, "
+                 f"{p['vanilla']['gflops']} -> {p['fsr']['gflops']} G"
                  if p else 'not in Table 7')
         lines.append(
             f"| {r['model']} | {r['params']:,} | {r['params_fsr']:,} | "

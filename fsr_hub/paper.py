@@ -91,6 +91,12 @@ class PaperReference:
             cost=dict(self.cost) if self.cost else None, cost_source=self.cost_source)
 
 
+def table7(architecture: str) -> Optional[Dict[str, Dict[str, float]]]:
+    """Table 7's ``{'vanilla': {...}, 'fsr': {...}}`` cost for the backbone of ``architecture``, or None."""
+    backbone = _BACKBONES.get(architecture, (None,))[0]
+    return PAPER_COST.get(backbone) if backbone else None
+
+
 def split_tag(tag: str) -> Tuple[str, str]:
     """``'at_cifar10'`` -> ``('at', 'cifar10')``: training method and dataset of a pretrained tag."""
     method, sep, dataset = tag.rpartition('_')

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from fsr_hub.cost import PAPER_TABLE7, cost_table, format_markdown
+from fsr_hub.cost import cost_table, format_markdown
+from fsr_hub.paper import table7
 from tools.cost_report import main as cost_main
 
 
@@ -14,14 +15,14 @@ def rows():
 
 def test_counts_match_table7(rows):
     for r in rows:
-        paper = PAPER_TABLE7[r['model']]
+        paper = table7(r['model'])
         # Table 7 rounds to 0.01 M (its VGG16 +FSR 16.52 M is 16,512,596 rounded up)
-        assert r['params'] / 1e6 == pytest.approx(paper['params_m'][0], abs=0.01)
-        assert r['params_fsr'] / 1e6 == pytest.approx(paper['params_m'][1], abs=0.01)
+        assert r['params'] / 1e6 == pytest.approx(paper['vanilla']['params_m'], abs=0.01)
+        assert r['params_fsr'] / 1e6 == pytest.approx(paper['fsr']['params_m'], abs=0.01)
         assert r['gflops_paper_convention'] == pytest.approx(2 * r['gflops_fvcore'])
         # the paper's FLOPs are 2x fvcore's (ResNet-18 to 1e-4 G; VGG16 is 0.0013-0.0014 G higher in the paper)
-        assert r['gflops_paper_convention'] == pytest.approx(paper['gflops'][0], abs=2e-3)
-        assert r['gflops_paper_convention_fsr'] == pytest.approx(paper['gflops'][1], abs=2e-3)
+        assert r['gflops_paper_convention'] == pytest.approx(paper['vanilla']['gflops'], abs=2e-3)
+        assert r['gflops_paper_convention_fsr'] == pytest.approx(paper['fsr']['gflops'], abs=2e-3)
     resnet = rows[0]
     assert resnet['gflops_paper_convention'] == pytest.approx(1.1133, abs=1e-4)
     assert resnet['gflops_fvcore'] == pytest.approx(0.5567, abs=1e-4)
