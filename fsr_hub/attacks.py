@@ -5,7 +5,7 @@ change the model's mode: evaluate with ``model.eval()`` (deterministic FSR masks
 the batch so the sign step does not depend on the batch size. Attacks run under whatever autocast context
 the caller opened; the perturbation itself is always kept in float32.
 """
-from typing import Callable, Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -56,14 +56,17 @@ def _check(eps: float, alpha: float, steps: int) -> None:
 
 def _ascend(
         model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor, eps: float, alpha: float,
-        steps: int, loss_fn: LossFn,
+        steps: int, loss_fn: LossFn, on_logits: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
-    # sign-gradient ascent from x_adv, projected around the clean x after every step
-    for _ in range(steps):
+    # sign-gradient ascent from x_adv, projected around the clean x after every step; on_logits(k, logits)
+    # sees the logits of the k-th iterate (the forward that computes step k + 1's gradient)
+    for k in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
-            loss = loss_fn(model(x_adv), target)
-            grad, = torch.autograd.grad(loss, x_adv)
+            logits = model(x_adv)
+            grad, = torch.autograd.grad(loss_fn(logits, target), x_adv)
+        if on_logits is not None:
+            on_logits(k, logits.detach())
         x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
     return x_adv.detach()
 
@@ -124,20 +127,17 @@ def pgd_trajectory(
     """
     _check(eps, alpha, steps)
     record = sorted({int(k) for k in record if 0 <= int(k) <= steps})
-    x = x.detach()
-    x_adv = x.clone()
     out: Dict[int, torch.Tensor] = {}
-    for k in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x_adv)
-            grad, = torch.autograd.grad(loss_fn(logits, y), x_adv)
+
+    def keep(k: int, logits: torch.Tensor) -> None:
         if k in record:
-            out[k] = logits.detach().argmax(dim=1) == y
-        x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
+            out[k] = logits.argmax(dim=1) == y
+
+    x = x.detach()
+    x_adv = _ascend(model, x, x.clone(), y, eps, alpha, steps, loss_fn, keep)
     if steps in record:
         out[steps] = _correct(model, x_adv, y)
-    return x_adv.detach(), out
+    return x_adv, out
 
 
 def trades_pgd(

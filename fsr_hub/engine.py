@@ -438,6 +438,18 @@ def model_flops(model: nn.Module, device: torch.device, image_size: int = 32) ->
     return total
 
 
+def _timed(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> float:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (device-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def benchmark_train_step(
         model: nn.Module, objective: str = 'at', batch_size: int = 128, batches: int = 10, warmup: int = 2,
         device: str = 'cpu', amp: bool = False, channels_last: bool = False, compile: bool = False,
@@ -465,15 +477,7 @@ def benchmark_train_step(
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        step()
-    _sync(dev)
-    dt = time.perf_counter() - t0
-    ips = batches * batch_size / dt
+    ips = batches * batch_size / _timed(step, warmup, batches, dev)
     return {'images_per_second': ips, 'seconds_per_epoch': 50000 / ips}
 
 
@@ -495,13 +499,5 @@ def benchmark_eval(
             x_adv = pgd(model, x, y, 8 / 255, 0.8 / 255, steps)
             model(x_adv).argmax(1)
 
-    for _ in range(warmup):
-        run()
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        run()
-    _sync(dev)
-    dt = time.perf_counter() - t0
-    ips = batches * batch_size / dt
+    ips = batches * batch_size / _timed(run, warmup, batches, dev)
     return {'images_per_second': ips, 'seconds_per_10k': 10000 / ips}
