@@ -22,14 +22,19 @@ from .paper import table7
 __all__ = ['count_cost', 'measure_latency', 'cost_table', 'format_markdown']
 
 def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Dict:
-    """Parameters and fvcore FLOPs (multiply-adds) of one eval-mode forward of a single image."""
-    model = model.eval()
-    flops = FlopCountAnalysis(model, torch.zeros(1, *input_size))
+    """Parameters and fvcore FLOPs (multiply-adds) of one eval-mode forward of a single image.
+
+    The input is created on the model's device; the model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    device = next(model.parameters()).device
+    flops = FlopCountAnalysis(model.eval(), torch.zeros(1, *input_size, device=device))
     flops.unsupported_ops_warnings(False)
     flops.uncalled_modules_warnings(False)
     with warnings.catch_warnings():  # fvcore traces with torch.jit, which warns that it is deprecated
         warnings.simplefilter('ignore', FutureWarning)
         total = flops.total()
+    model.train(was_training)
     return {
         'params': int(parameter_count(model)['']),
         'gflops_fvcore': total / 1e9,

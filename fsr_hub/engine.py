@@ -34,7 +34,7 @@ from .weights import save_weights
 
 __all__ = [
     'TrainConfig', 'TrainResult', 'train', 'save_checkpoint', 'load_checkpoint', 'CheckpointError',
-    'hardware_name', 'autocast', 'robust_accuracy', 'benchmark_train_step', 'benchmark_eval', 'model_flops',
+    'hardware_name', 'autocast', 'robust_accuracy', 'benchmark_train_step', 'benchmark_eval',
 ]
 
 CKPT_FORMAT = 'fsr-hub/ckpt/v1'
@@ -421,21 +421,6 @@ def _write_outputs(cfg, model, history, best, best_path, out_dir, epoch_seconds,
 
 # ---------------------------------------------------------------------------------------------------------------
 # benchmark
-
-
-def model_flops(model: nn.Module, device: torch.device, image_size: int = 32) -> float:
-    """Forward multiply-adds per image counted by fvcore (1 MAC = 1 "flop" there; x2 for FLOPs)."""
-    from fvcore.nn import FlopCountAnalysis
-
-    was_training = model.training
-    model.eval()
-    x = torch.rand(1, 3, image_size, image_size, device=device)
-    analysis = FlopCountAnalysis(model, x)
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    total = float(analysis.total())
-    model.train(was_training)
-    return total
 
 
 def _timed(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> float:

@@ -20,7 +20,8 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import fsr_hub  # noqa: E402,F401
-from fsr_hub.engine import benchmark_eval, benchmark_train_step, hardware_name, model_flops  # noqa: E402
+from fsr_hub.cost import count_cost  # noqa: E402
+from fsr_hub.engine import benchmark_eval, benchmark_train_step, hardware_name  # noqa: E402
 from fsr_hub.models import VANILLA_TWINS  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     for name in (VANILLA_TWINS[args.model], args.model):
         torch.manual_seed(0)
         model = timm.create_model(name, num_classes=10).to(dev)
-        macs = model_flops(model, dev)
+        macs = count_cost(model)['gflops_fvcore'] * 1e9
         tr = benchmark_train_step(model, 'at', args.batch_size, args.batches, warmup, args.device, amp, cl,
                                   args.compile, steps=args.steps)
         ev = benchmark_eval(model, ebs, max(1, args.batches // 4), 1, args.device, amp, cl)

@@ -4,13 +4,17 @@
 """
 import argparse
 import sys
+from pathlib import Path
 
-import timm
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import fsr_hub  # noqa: F401  (registers the models)
-from fsr_hub.convert import OFFICIAL_ARCHS, ConversionError, convert_official_state_dict, load_official_checkpoint
-from fsr_hub.weights import WeightsError, load_weights, save_weights
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import fsr_hub  # noqa: E402,F401  (registers the models)
+from fsr_hub.convert import OFFICIAL_ARCHS, ConversionError, convert_official_state_dict, load_official_checkpoint  # noqa: E402
+from fsr_hub.weights import WeightsError, load_weights, save_weights  # noqa: E402
 
 
 def main(argv=None) -> int:

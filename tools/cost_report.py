@@ -6,12 +6,15 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import fsr_hub  # noqa: F401  (registers the models)
-from fsr_hub.cost import cost_table, format_markdown
-from fsr_hub.models import FSR_MODELS
+import torch  # noqa: E402
+
+import fsr_hub  # noqa: E402,F401  (registers the models)
+from fsr_hub.cost import cost_table, format_markdown  # noqa: E402
+from fsr_hub.models import FSR_MODELS  # noqa: E402
 
 
 def main(argv=None) -> int:
