@@ -20,7 +20,7 @@ from .weights import sha256_file
 
 __all__ = [
     'SCHEMA', 'ATTACKS', 'DEFAULT_ATTACKS', 'ENSEMBLE_ATTACKS', 'STEPS_SWEEP', 'EPS_SWEEP_255', 'attack_params',
-    'evaluate', 'model_info', 'build_report', 'parse_attacks',
+    'evaluate', 'model_info', 'build_report', 'parse_attacks', 'training_section',
 ]
 
 SCHEMA = 'fsr-hub/verify/v1'
@@ -284,4 +284,29 @@ def build_report(
         'masking_checks': evaluation['masking_checks'],
         'timing': evaluation['timing'],
         'command': command,
+    }
+
+
+def training_section(summary: Dict[str, Any], weights_sha256: str) -> Dict[str, Any]:
+    """The report's ``training`` key from the trainer's ``train_summary.json`` (schema ``fsr-hub/train/v1``).
+
+    The summary must be the run that produced the evaluated file: its final or best weights have that sha256.
+    """
+    if summary.get('schema') != 'fsr-hub/train/v1':
+        raise ValueError(f"train summary has schema {summary.get('schema')!r}, expected 'fsr-hub/train/v1'.")
+    files = summary.get('weights', {})
+    selected = [k for k in ('final', 'best') if isinstance(files.get(k), dict) and files[k].get('sha256') == weights_sha256]
+    if not selected:
+        raise ValueError(f'the train summary belongs to another run: neither its final nor its best weights have '
+                         f'sha256 {weights_sha256} (re-save the released file with the trainer, or verify that file).')
+    epoch_seconds = summary.get('epoch_seconds') or []
+    return {
+        'config': summary.get('config'),
+        'command': summary.get('command'),
+        'epochs': len(epoch_seconds),
+        'epoch_seconds': epoch_seconds,
+        'wall_clock_seconds': summary.get('wall_clock_seconds'),
+        'hardware': (summary.get('hardware') or {}).get('device'),
+        'weights': selected[0],
+        'best': summary.get('best'),
     }

@@ -127,3 +127,33 @@ def test_verify_cli(tmp_path, cifar_root, capsys):
                         '--data', str(cifar_root)]) == 2
     assert verify.main(['--model', 'cifar_resnet18', '--weights', str(weights), '--data', str(tmp_path / 'none')]) == 2
     assert 'error:' in capsys.readouterr().err
+
+
+def test_verify_cli_records_the_training_run(tmp_path, cifar_root, capsys):
+    sys.path.insert(0, str(REPO / 'tools'))
+    try:
+        import verify
+    finally:
+        sys.path.pop(0)
+    model = timm.create_model('cifar_resnet18', num_classes=10)
+    weights = tmp_path / 'final.safetensors'
+    sha = save_weights(model, weights, dtype=torch.float16)
+    summary = {'schema': 'fsr-hub/train/v1', 'command': 'python tools/train.py --epochs 2', 'config': {'lr': 0.1},
+               'epoch_seconds': [3.5, 3.25], 'wall_clock_seconds': 7.0, 'hardware': {'device': 'NVIDIA H100'},
+               'weights': {'final': {'file': 'final.safetensors', 'sha256': sha},
+                           'best': {'file': 'best.safetensors', 'sha256': '0' * 64}}}
+    path = tmp_path / 'train_summary.json'
+    path.write_text(json.dumps(summary))
+    args = ['--model', 'cifar_resnet18', '--weights', str(weights), '--data', str(cifar_root), '--n', '2',
+            '--attacks', 'clean', '--no-masking-checks', '--device', 'cpu', '--no-progress',
+            '--train-summary', str(path)]
+    out = tmp_path / 'report.json'
+    assert verify.main(args + ['--out', str(out)]) == 0
+    training = json.loads(out.read_text())['training']
+    assert training['weights'] == 'final' and training['epochs'] == 2 and training['hardware'] == 'NVIDIA H100'
+    assert training['command'] == summary['command'] and training['config'] == {'lr': 0.1}
+    summary['weights']['final']['sha256'] = '1' * 64  # a summary of another run is refused before evaluating
+    path.write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert verify.main(args) == 2
+    assert 'belongs to another run' in capsys.readouterr().err

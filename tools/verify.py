@@ -21,8 +21,10 @@ import torch  # noqa: E402
 
 import fsr_hub  # noqa: E402,F401  (registers the models)
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset  # noqa: E402
-from fsr_hub.evaluate import ATTACKS, DEFAULT_ATTACKS, build_report, evaluate, model_info, parse_attacks  # noqa: E402
-from fsr_hub.weights import WeightsError, load_weights, resolve_pretrained_file  # noqa: E402
+from fsr_hub.evaluate import (  # noqa: E402
+    ATTACKS, DEFAULT_ATTACKS, build_report, evaluate, model_info, parse_attacks, training_section,
+)
+from fsr_hub.weights import WeightsError, load_weights, resolve_pretrained_file, sha256_file  # noqa: E402
 
 
 def _number(text: str) -> float:
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--out', default=None, help='write the JSON report here (default: stdout)')
+    p.add_argument('--train-summary', default=None,
+                   help="the trainer's train_summary.json of these weights: recipe, command and timing go into the report")
     p.add_argument('--no-progress', action='store_true')
     return p
 
@@ -76,6 +80,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
         model = _create(args.model, num_classes)
         load_weights(model, args.weights)
         weights = args.weights
+    training = None
+    if args.train_summary:  # checked before the (long) evaluation
+        training = training_section(json.loads(Path(args.train_summary).read_text()), sha256_file(weights))
     transfer_model, transfer_source = None, None
     if args.transfer_from:
         src_name, sep, src_weights = args.transfer_from.partition(':')
@@ -98,7 +105,10 @@ def run(args: argparse.Namespace, command: str) -> dict:
     data = {'dataset': args.dataset, 'split': 'test', 'n': len(labels),
             'subset': 'all' if len(labels) == total else 'first n', 'seed': args.seed}
     info = model_info(model, args.model, args.tag, weights)
-    return build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command)
+    report = build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command)
+    if training is not None:
+        report['training'] = training
+    return report
 
 
 def main(argv=None) -> int:
@@ -106,7 +116,7 @@ def main(argv=None) -> int:
     command = 'python tools/verify.py ' + ' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
         report = run(args, command)
-    except (DatasetError, WeightsError, ValueError, RuntimeError) as e:
+    except (DatasetError, WeightsError, ValueError, RuntimeError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2)
