@@ -85,10 +85,12 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def fsr_resnet18(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-18 (CIFAR) with FSR after layer4."""
-    return _create_resnet('fsr_resnet18', pretrained, **dict(dict(layers=(2, 2, 2, 2)), **kwargs))
+    model_args = dict(layers=(2, 2, 2, 2))
+    return _create_resnet('fsr_resnet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """ResNet-18 (CIFAR), vanilla twin of fsr_resnet18 (no FSR)."""
-    return _create_resnet('cifar_resnet18', pretrained, **dict(dict(layers=(2, 2, 2, 2), fsr_positions=()), **kwargs))
+    model_args = dict(layers=(2, 2, 2, 2), fsr_positions=())
+    return _create_resnet('cifar_resnet18', pretrained, **dict(model_args, **kwargs))

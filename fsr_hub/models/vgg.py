@@ -84,4 +84,5 @@ def fsr_vgg16(pretrained: bool = False, **kwargs: Any) -> CifarVGG:
 @register_model
 def cifar_vgg16(pretrained: bool = False, **kwargs: Any) -> CifarVGG:
     """VGG16-BN (CIFAR), vanilla twin of fsr_vgg16 (no FSR)."""
-    return _create_vgg('cifar_vgg16', pretrained, **dict(dict(fsr_positions=()), **kwargs))
+    model_args = dict(fsr_positions=())
+    return _create_vgg('cifar_vgg16', pretrained, **dict(model_args, **kwargs))

@@ -96,11 +96,12 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def fsr_wrn34_10(pretrained: bool = False, **kwargs: Any) -> CifarWideResNet:
     """WideResNet-34-10 (CIFAR) with FSR after block3 and the final BN-ReLU."""
-    return _create_wideresnet('fsr_wrn34_10', pretrained, **dict(dict(depth=34, widen_factor=10), **kwargs))
+    model_args = dict(depth=34, widen_factor=10)
+    return _create_wideresnet('fsr_wrn34_10', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def cifar_wrn34_10(pretrained: bool = False, **kwargs: Any) -> CifarWideResNet:
     """WideResNet-34-10 (CIFAR), vanilla twin of fsr_wrn34_10 (no FSR)."""
-    return _create_wideresnet(
-        'cifar_wrn34_10', pretrained, **dict(dict(depth=34, widen_factor=10, fsr_positions=()), **kwargs))
+    model_args = dict(depth=34, widen_factor=10, fsr_positions=())
+    return _create_wideresnet('cifar_wrn34_10', pretrained, **dict(model_args, **kwargs))
