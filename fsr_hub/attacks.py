@@ -25,11 +25,15 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
-    """C&W-inf margin loss as in the original FSR code: sum over the batch of clamp(max_wrong - true, min=-kappa)."""
+    """C&W-inf margin loss as in the original FSR code: -sum over the batch of max(true - max_wrong + kappa, 0).
+
+    Its gradient is non-zero until the best wrong class leads the true one by kappa, so the attack keeps
+    pushing confidently-correct examples (a clamp on the other side would leave them with zero gradient).
+    """
     logits = logits.float()
     true = logits.gather(1, y[:, None]).squeeze(1)
     wrong = logits.scatter(1, y[:, None], float('-inf')).amax(dim=1)
-    return torch.clamp(wrong - true, min=-kappa).sum()
+    return -torch.clamp(true - wrong + kappa, min=0).sum()
 
 
 def kl_loss(logits_adv: torch.Tensor, p_nat: torch.Tensor) -> torch.Tensor:

@@ -284,11 +284,11 @@ def train(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.lr_gamma)
 
-    start_epoch, history = 0, []
+    start_epoch, history, prior_seconds = 0, [], 0.0
     best = {'accuracy': -1.0, 'epoch': -1}
     last_path, best_path = out_dir / 'last.pt', out_dir / 'best.pt'
     if cfg.resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path, map_location=device)
+        ckpt = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors; weights are copied over
         if ckpt['config'].get('model') != cfg.model or ckpt['config'].get('objective') != cfg.objective:
             raise CheckpointError(
                 f'{last_path} was written by a {ckpt["config"].get("model")}/{ckpt["config"].get("objective")} run, '
@@ -298,20 +298,22 @@ def train(
         scheduler.load_state_dict(ckpt['scheduler'])
         _set_rng_state(ckpt['rng'])
         start_epoch, history, best = ckpt['epoch'], list(ckpt['history']), dict(ckpt['best'])
+        prior_seconds = float(ckpt.get('wall_clock_seconds', 0.0))
         if is_main and cfg.progress:
             print(f'resumed from {last_path} at epoch {start_epoch}', file=sys.stderr)
 
     objective = AdversarialObjective(model, cfg.objective_config())
     step_module: nn.Module = objective
     if world > 1:
+        # without the FSR losses the auxiliary heads get no gradient, which DDP must be told about
         step_module = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == 'cuda' else None)
+            objective, device_ids=[device.index] if device.type == 'cuda' else None,
+            find_unused_parameters=not cfg.fsr_loss)
     attack_model: nn.Module = model
     if cfg.compile:
         step_module = torch.compile(step_module)
         attack_model = torch.compile(model)
 
-    epoch_seconds: List[float] = []
     for epoch in range(start_epoch, cfg.epochs):
         _seed_epoch(cfg.seed, rank, epoch)
         loader.set_epoch(epoch)
@@ -358,13 +360,13 @@ def train(
                 is_best = True
         metrics['best_epoch'] = best['epoch'] if best['epoch'] > 0 else None
         history.append(metrics)
-        epoch_seconds.append(train_seconds)
         if is_main:
             print(json.dumps(metrics), flush=True)
             state = {
                 'format': CKPT_FORMAT, 'epoch': epoch + 1, 'model': model.state_dict(),
                 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(), 'rng': _rng_state(),
                 'best': best, 'history': history, 'config': _plain_config(cfg),
+                'wall_clock_seconds': prior_seconds + time.time() - t_start,
             }
             save_checkpoint(state, last_path)
             if is_best:
@@ -374,8 +376,8 @@ def train(
 
     summary: Dict[str, Any] = {}
     if is_main:
-        summary = _write_outputs(cfg, model, history, best, best_path, out_dir, epoch_seconds, t_start, device,
-                                 command, world)
+        summary = _write_outputs(cfg, model, history, best, best_path, out_dir, prior_seconds + time.time() - t_start,
+                                 device, command, world)
     if world > 1:
         dist.barrier()
     return TrainResult(model=model, history=history, summary=summary)
@@ -387,7 +389,7 @@ def _plain_config(cfg: TrainConfig) -> Dict[str, Any]:
     return d
 
 
-def _write_outputs(cfg, model, history, best, best_path, out_dir, epoch_seconds, t_start, device, command,
+def _write_outputs(cfg, model, history, best, best_path, out_dir, wall_clock_seconds, device, command,
                    world) -> Dict[str, Any]:
     dtype = torch.float16 if cfg.fp16 else None
     arch = cfg.model if not hasattr(model, 'pretrained_cfg') else model.pretrained_cfg.get('architecture', cfg.model)
@@ -408,8 +410,8 @@ def _write_outputs(cfg, model, history, best, best_path, out_dir, epoch_seconds,
         'weights': {'final': {'file': 'final.safetensors', 'sha256': final_sha},
                     'best': {'file': 'best.safetensors', 'sha256': best_sha} if best_sha else None,
                     'dtype': 'float16' if cfg.fp16 else 'float32'},
-        'epoch_seconds': [round(s, 3) for s in epoch_seconds],
-        'wall_clock_seconds': round(time.time() - t_start, 3),
+        'epoch_seconds': [h['epoch_seconds'] for h in history],  # every epoch, across resumes
+        'wall_clock_seconds': round(wall_clock_seconds, 3),  # summed over resumed processes
         'hardware': {'device': hardware_name(device), 'world_size': world, 'torch': torch.__version__},
         'command': command if command is not None else ' '.join(sys.argv),
     }

@@ -48,12 +48,15 @@ def gumbel_sigmoid_mask(r: torch.Tensor, tau: float, stochastic: bool) -> torch.
     softmax([log s(r) + g1, log(1 - s(r)) + g2] / tau)[0] = sigmoid((r + g1 - g2) / tau), because
     log s(r) - log(1 - s(r)) = r. The difference of two Gumbel(0, 1) samples is Logistic(0, 1),
     i.e. log(u) - log(1 - u) for u ~ U(0, 1). At inference g1 = g2 = -log(-log(0.5)) cancel, giving
-    the deterministic sigmoid(r / tau). This form never evaluates log(0).
+    the deterministic sigmoid(r / tau). This form never evaluates log(0). It is computed in float32 and
+    returned in the dtype of ``r``.
     """
+    dtype = r.dtype
+    r = r.float()  # under bf16 autocast, bf16 uniforms would truncate and skew the noise's tails
     if stochastic:
-        u = torch.rand_like(r).clamp_(torch.finfo(r.dtype).tiny, 1.0 - torch.finfo(r.dtype).eps)
+        u = torch.rand_like(r).clamp_(torch.finfo(torch.float32).tiny, 1.0 - torch.finfo(torch.float32).eps)
         r = r + (torch.log(u) - torch.log1p(-u))
-    return torch.sigmoid(r / tau)
+    return torch.sigmoid(r / tau).to(dtype)
 
 
 class FSR(nn.Module):

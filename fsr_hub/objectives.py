@@ -110,7 +110,7 @@ class AdversarialObjective(nn.Module):
         c = self.cfg
         out = forward_train(self.model, x_adv)
         logits_adv = out.logits
-        nat_correct = x_nat.new_tensor(-1.0)
+        nat_correct = x_nat.new_full((), -1.0)  # new_full: a device fill, no blocking host-to-device copy
         if c.name == 'at':
             loss = at_loss(logits_adv, y)
         else:
@@ -122,5 +122,5 @@ class AdversarialObjective(nn.Module):
             loss = loss + fsr_aux_loss(out.aux, logits_adv.float(), y, c.lambda_sep, c.lambda_rec)
         n = float(y.shape[0])
         adv_correct = (logits_adv.detach().argmax(1) == y).sum().float()
-        stats = torch.stack([loss.detach().float() * n, x_nat.new_tensor(n), adv_correct, nat_correct])
+        stats = torch.stack([loss.detach().float() * n, x_nat.new_full((), n), adv_correct, nat_correct])
         return loss, stats

@@ -127,3 +127,37 @@ def test_autoattack_on_linear_model_finds_the_exact_robust_set():
     with torch.no_grad():
         pgd_ok = model(pgd(model, x, y, EPS, EPS / 10, 100)).argmax(1) == y
     assert (pgd_ok | ~truth).all() and (pgd_ok >= truth).all()
+
+
+def _original_cw_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
+    """The original FSR code's C&W loss, written from its one-hot formulation."""
+    onehot = torch.nn.functional.one_hot(y, logits.shape[1]).float()
+    correct = (onehot * logits).sum(1)
+    wrong = ((1 - onehot) * logits - 1e4 * onehot).max(1)[0]
+    return -torch.clamp(correct - wrong + kappa, min=0).sum()
+
+
+def test_cw_margin_loss_equals_the_originals_and_pushes_confident_examples():
+    from fsr_hub.attacks import cw_margin_loss
+
+    logits = torch.tensor([[80.0, 0.0, 5.0], [1.0, 2.0, 0.5], [0.0, 60.0, 70.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 1])
+    ours, ref = cw_margin_loss(logits, y), _original_cw_loss(logits, y)
+    torch.testing.assert_close(ours, ref)
+    grad, = torch.autograd.grad(ours, logits)
+    # a margin of 75 > kappa still gets a gradient (lower the true logit, raise the best wrong one) ...
+    assert grad[0, 0] < 0 and grad[0, 2] > 0
+    # ... and so does an example misclassified by less than kappa (the wrong class leads by 10)
+    assert grad[2, 1] < 0 and grad[2, 2] > 0
+
+
+def test_cw_attack_moves_confidently_correct_examples():
+    # a linear model whose clean margins exceed kappa: the attack must still move every input
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(200.0)
+    x = torch.rand(16, 3, 4, 4)
+    y = model(x).argmax(1)
+    x_adv = cw_inf(model, x, y, eps=8 / 255, alpha=0.8 / 255, steps=5)
+    assert ((x_adv - x).flatten(1).abs().amax(1) > 0).all()

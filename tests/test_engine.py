@@ -72,6 +72,9 @@ def test_resume_after_kill_is_exact(tmp_path):
     drop = ('epoch_seconds', 'images_per_second', 'holdout_seconds')
     strip = lambda hs: [{k: v for k, v in h.items() if k not in drop} for h in hs]  # noqa: E731
     assert strip(res.history) == strip(ref.history)
+    # the summary counts every epoch, including those run before the kill, and the earlier process's time
+    assert len(res.summary['epoch_seconds']) == len(ref.summary['epoch_seconds']) == len(ref.history)
+    assert res.summary['wall_clock_seconds'] >= sum(res.summary['epoch_seconds'])
 
 
 def test_checkpoint_is_atomic(tmp_path, monkeypatch):
@@ -138,16 +141,17 @@ sys.path.insert(0, {tests!r}); sys.path.insert(0, {repo!r})
 from conftest import tiny_fsr_net, separable_data
 from fsr_hub.engine import TrainConfig, train
 cfg = TrainConfig(out={out!r}, epochs=1, batch_size=32, holdout=16, eval_batch_size=16, eval_steps=2, steps=2,
-                  device='cpu', progress=False, max_train_images=64)
+                  device='cpu', progress=False, max_train_images=64, fsr_loss={fsr_loss!r})
 res = train(cfg, model=tiny_fsr_net(), data=separable_data(80))
 rank = int(os.environ['RANK'])
 torch.save({{k: v for k, v in res.model.named_parameters()}}, {out!r} + f'/params_rank{{rank}}.pt')
 '''
 
 
-def test_ddp_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize('fsr_loss', [True, False])  # without FSR losses the aux heads are unused parameters
+def test_ddp_two_cpu_processes(tmp_path, fsr_loss):
     script = tmp_path / 'worker.py'
-    script.write_text(DDP_WORKER.format(tests=str(TESTS), repo=str(REPO), out=str(tmp_path)))
+    script.write_text(DDP_WORKER.format(tests=str(TESTS), repo=str(REPO), out=str(tmp_path), fsr_loss=fsr_loss))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(script)],

@@ -109,3 +109,12 @@ def test_highest_wrong_class_never_returns_the_target():
     assert (wrong != y).all()
     assert torch.equal(wrong, logits.scatter(1, y[:, None], -1e9).argmax(1))
     assert F.one_hot(wrong, 10).sum() == 64
+
+
+def test_train_mask_noise_is_unbiased_under_bf16():
+    # bf16 uniforms (as rand_like would draw under autocast) skew the logistic noise; the mask must not be
+    torch.manual_seed(0)
+    r = torch.zeros(2_000_000, dtype=torch.bfloat16)
+    m = gumbel_sigmoid_mask(r, 0.1, stochastic=True)
+    assert m.dtype == torch.bfloat16
+    assert abs(m.float().mean().item() - 0.5) < 1e-3  # standard error of the mean here: 3.5e-4
