@@ -21,9 +21,9 @@ from . import paper
 from .attacks import fgsm, pgd
 from .models import FSR_MODELS, VANILLA_TWINS
 from .models.base import hub_id
-from .release import RESULTS_NAME, ReleaseError, registry_sha256, validate_release
+from .release import RESULTS_NAME, ReleaseError, validate_release
 from .sample import SampleError, load_sample
-from .weights import WeightsError, load_weights
+from .weights import WeightsError, load_weights, registry_sha256
 
 __all__ = ['main', 'evaluate', 'DEFAULT_MODEL', 'DEFAULT_N', 'EPS']
 

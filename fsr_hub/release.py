@@ -34,12 +34,12 @@ from safetensors import safe_open
 from . import paper
 from .models import FSR_MODELS, VANILLA_TWINS
 from .models.base import HF_ORG
-from .weights import WEIGHTS_NAME, WeightsError, load_weights, sha256_file
+from .weights import WEIGHTS_NAME, WeightsError, load_weights, registry_sha256, sha256_file
 
 __all__ = [
     'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'VERIFY_SCHEMA', 'release_name', 'repo_id_for',
     'build_config', 'prepare_results', 'render_card', 'parse_card', 'card_metrics', 'check_card', 'assemble_release',
-    'write_card', 'validate_release', 'upload_plan', 'push_release', 'seed_hf_cache', 'registry_sha256',
+    'write_card', 'validate_release', 'upload_plan', 'push_release', 'seed_hf_cache',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -78,15 +78,6 @@ def release_name(architecture: str, tag: str) -> str:
 def repo_id_for(name: str, org: Optional[str] = None) -> str:
     """Hub repo id ``<org>/<arch>.<tag>`` (org defaults to :data:`fsr_hub.HF_ORG`)."""
     return f'{org or HF_ORG}/{name}'
-
-
-def registry_sha256(architecture: str, tag: str) -> Optional[str]:
-    """The sha256 pinned in the timm registry for ``arch.tag`` (None: unregistered or not released yet)."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(release_name(architecture, tag))
-    except (RuntimeError, KeyError, ValueError):
-        return None
-    return getattr(cfg, 'sha256', None) if cfg is not None else None
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -565,8 +556,8 @@ def validate_release(folder: PathLike, check_registry: bool = True, load_model: 
 
     Required files present; config.json names a registered fsr_hub architecture matching results.json and the
     folder name; sha256 of the weights equals config.json's pin, results.json's and (if pinned) the registry's;
-    the weights load strictly; the card's model-index equals results.json and every decimal number in the card
-    body is in results.json.
+    the weights load strictly; the card's model-index equals results.json, every decimal number in the card
+    body is in results.json, and the card is byte for byte the one those files render to.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -615,7 +606,13 @@ def validate_release(folder: PathLike, check_registry: bool = True, load_model: 
         except WeightsError as e:
             raise ReleaseError(str(e)) from e
         model.eval()
-    check_card((folder / CARD_NAME).read_text(), results, str(folder / CARD_NAME))
+    card = (folder / CARD_NAME).read_text()
+    check_card(card, results, str(folder / CARD_NAME))
+    # the card must be exactly what results.json and config.json render to: no edited, swapped or added number
+    org = re.search(rf"hf-hub:([^/\s'\"]+)/{re.escape(name)}", card)
+    if card != render_card(results, config, org=org.group(1) if org else None, folder=folder):
+        raise ReleaseError(f'{folder / CARD_NAME} differs from the card rendered from results.json and config.json; '
+                           f're-render it with: python tools/make_card.py --folder {folder}')
     return ReleaseInfo(folder=folder, name=name, architecture=arch, tag=tag, sha256=sha, config=config,
                        results=results, model_args=dict(model_args), model=model)
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
+import timm
 import torch
 import torch.nn as nn
 from huggingface_hub import hf_hub_download
@@ -14,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     'WeightsError', 'WEIGHTS_NAME', 'sha256_file', 'save_weights', 'read_weights', 'load_weights',
-    'resolve_pretrained_file', 'load_pretrained',
+    'resolve_pretrained_file', 'load_pretrained', 'registry_sha256',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -129,6 +130,33 @@ def resolve_pretrained_file(cfg: Mapping[str, Any], cache_dir: Optional[PathLike
             f'Could not get {filename} of {name} from the Hugging Face Hub repo {hub}: {type(e).__name__}: {e}') from e
 
 
+def _registry_cfg(architecture: Optional[str], tag: Optional[str]) -> Any:
+    if not architecture or not tag:
+        return None
+    try:
+        return timm.models.get_pretrained_cfg(f'{architecture}.{tag}')
+    except (RuntimeError, KeyError, ValueError):
+        return None
+
+
+def registry_sha256(architecture: str, tag: str) -> Optional[str]:
+    """The sha256 pinned in the timm registry for ``arch.tag`` (None: unregistered or not released yet)."""
+    return getattr(_registry_cfg(architecture, tag), 'sha256', None)
+
+
+def _expected_sha256(cfg: Mapping[str, Any]) -> Optional[str]:
+    # Weights fetched from the registry's own hub repo are held to the registry pin, whatever the repo's
+    # config.json says: replacing both files on the hub must not pass.
+    reg = _registry_cfg(cfg.get('architecture'), cfg.get('tag'))
+    pin = getattr(reg, 'sha256', None)
+    if pin and not cfg.get('file') and cfg.get('hf_hub_id') == getattr(reg, 'hf_hub_id', None):
+        if cfg.get('sha256') and cfg['sha256'] != pin:
+            raise WeightsError(
+                f"{cfg['hf_hub_id']}: config.json pins sha256 {cfg['sha256']} but fsr_hub's registry pins {pin}.")
+        return pin
+    return cfg.get('sha256')
+
+
 def load_pretrained(
         model: nn.Module, cfg: Optional[Mapping[str, Any]] = None, cache_dir: Optional[PathLike] = None) -> None:
     """Resolve, check (sha256) and strictly load the weights named by ``model.pretrained_cfg``."""
@@ -137,4 +165,4 @@ def load_pretrained(
     drop: tuple = ()
     if cfg.get('num_classes') is not None and cfg['num_classes'] != model.num_classes:
         drop = tuple(f'{c}.' for c in model.classifier_names())
-    load_weights(model, path, cfg.get('sha256'), drop_keys_with_prefix=drop)
+    load_weights(model, path, _expected_sha256(cfg), drop_keys_with_prefix=drop)

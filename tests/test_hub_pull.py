@@ -201,3 +201,25 @@ def test_http_endpoint_tampered_and_missing(loopback_hub, full_release):
     with pytest.raises(WeightsError, match=r'Could not get model\.safetensors .*EntryNotFoundError'):
         timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(sha256=full_release.sha256),
                           cache_dir=None)
+
+
+def test_registry_pin_beats_a_replaced_hub_repo(monkeypatch, tmp_path, full_release):
+    """Someone replaces the hub repo consistently (other weights + a config.json pinning them): the registry's
+    pin for our own repo still decides."""
+    other = build_release(tmp_path / 'other', model_args={}, seed=11)
+    assert other.sha256 != full_release.sha256
+    cache = _hub_env(monkeypatch, tmp_path, offline=True)
+    seed_hf_cache(other.folder, REPO_ID, cache)
+    real = timm.models.get_pretrained_cfg
+
+    def pinned(name, *a, **k):
+        cfg = real(name, *a, **k)
+        if cfg is not None and name == NAME:
+            cfg.sha256 = full_release.sha256
+        return cfg
+    monkeypatch.setattr(timm.models, 'get_pretrained_cfg', pinned)
+    monkeypatch.setattr(timm.models._builder, 'get_pretrained_cfg', pinned, raising=False)  # create_model's lookup
+    with pytest.raises(WeightsError, match=f"config.json pins sha256 {other.sha256} but fsr_hub's registry pins"):
+        timm.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
+    with pytest.raises(WeightsError, match='sha256 mismatch'):
+        timm.create_model(NAME, pretrained=True)

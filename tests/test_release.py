@@ -244,6 +244,17 @@ def _wrong_arch(folder: Path) -> Path:
     return folder.rename(folder.with_name('fsr_vgg16.at_cifar10'))
 
 
+def _swap_pgd20_for_clean(folder: Path) -> None:
+    """Show the clean accuracy in the PGD-20 row: a number that IS in results.json, in the wrong place."""
+    results = json.loads((folder / 'results.json').read_text())['results']
+    card = folder / 'README.md'
+    text = card.read_text()
+    row = next(l for l in text.splitlines() if l.startswith('| PGD-20 |'))
+    new = row.replace(f"{results['pgd20']['accuracy']:.2f}", f"{results['clean']['accuracy']:.2f}", 1)
+    assert new != row
+    card.write_text(text.replace(row, new))
+
+
 FAILURES = {
     'missing weights': (lambda f, mp: (f / 'model.safetensors').unlink(), r'missing model\.safetensors'),
     'missing card': (lambda f, mp: (f / 'README.md').unlink(), r'missing README\.md'),
@@ -259,6 +270,7 @@ FAILURES = {
     'card extra metric': (lambda f, mp: _edit_json(f / 'results.json', lambda d: d['results'].pop('fgsm')),
                           r'card model-index has fgsm = [\d.]+ but results\.json has no fgsm'),
     'card body number': (lambda f, mp: _card_body_number(f), r'README\.md: number [\d.]+ \(body line \d+\) is not in'),
+    'card swapped numbers': (lambda f, mp: _swap_pgd20_for_clean(f), r'README\.md differs from the card rendered'),
     'card without yaml': (lambda f, mp: (f / 'README.md').write_text('# no front matter\n'), r'no YAML front matter'),
     'results architecture': (lambda f, mp: _edit_json(f / 'results.json', lambda d: d['model'].__setitem__(
         'architecture', 'fsr_vgg16')), r"results\.json: model\.architecture 'fsr_vgg16' differs"),
