@@ -348,7 +348,8 @@ def train(
         is_best = False
         if hold_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             te = time.perf_counter()
-            c, r, m = robust_accuracy(model, hold_loader, cfg.eps, cfg.eps / 10, cfg.eval_steps, cfg.amp)
+            # float32 like tools/verify.py: a bf16 attack is weaker and would flatter the checkpoint it picks
+            c, r, m = robust_accuracy(model, hold_loader, cfg.eps, cfg.eps / 10, cfg.eval_steps, amp=False)
             counts = torch.stack([c, r, m])
             if world > 1:
                 dist.all_reduce(counts)

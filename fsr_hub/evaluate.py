@@ -76,6 +76,11 @@ def _assert_eval(model: nn.Module) -> None:
     model.eval()
     if any(m.training for m in model.modules()):
         raise RuntimeError('model is not fully in eval mode after model.eval().')
+    # attacks in reduced precision are weaker and overstate robustness: evaluate in float32 only
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise RuntimeError('evaluate in float32: the model has non-float32 parameters.')
+    if any(torch.is_autocast_enabled(t) for t in ('cpu', 'cuda')):
+        raise RuntimeError('evaluate without autocast: attacks in reduced precision overstate robustness.')
 
 
 def _run_batched(

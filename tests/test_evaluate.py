@@ -157,3 +157,11 @@ def test_verify_cli_records_the_training_run(tmp_path, cifar_root, capsys):
     capsys.readouterr()
     assert verify.main(args) == 2
     assert 'belongs to another run' in capsys.readouterr().err
+
+
+def test_evaluation_refuses_reduced_precision():
+    x, y = torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(RuntimeError, match='float32'):
+        evaluate(tiny_fsr_net().to(torch.bfloat16), x, y, attacks=('clean',), masking_checks=False, progress=False)
+    with torch.autocast('cpu', dtype=torch.bfloat16), pytest.raises(RuntimeError, match='without autocast'):
+        evaluate(tiny_fsr_net(), x, y, attacks=('clean',), masking_checks=False, progress=False)

@@ -175,3 +175,12 @@ def test_ablations_drop_a_stage(kwargs, pos_none, rec_none):
     assert (a.logits_pos is None) == pos_none and (a.logits_rec is None) == rec_none
     if pos_none:
         assert torch.count_nonzero(a.mask) == 0
+
+
+def test_vgg_uses_the_reference_initialisation():
+    torch.manual_seed(0)
+    m = timm.create_model('fsr_vgg16')
+    assert m.fc.weight.std().item() == pytest.approx(0.01, rel=0.1) and torch.count_nonzero(m.fc.bias) == 0
+    assert m.fsr['block3'].aux.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    conv = m.block4[0]  # kaiming fan-out: std = sqrt(2 / (out_channels * 9))
+    assert conv.weight.std().item() == pytest.approx((2 / (512 * 9)) ** 0.5, rel=0.05)

@@ -60,6 +60,21 @@ class CifarVGG(FSRNet):
             stage_channels, num_classes, fsr_positions, fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration,
             global_pool, pre_logits=pre_logits, head_hidden_size=mlp_hidden,
         )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # the VGG reference initialisation, as in the FSR code (FSR convs and auxiliary head included)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
 
 def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarVGG:
