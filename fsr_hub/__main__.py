@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from . import paper
 from .attacks import fgsm, pgd
-from .models import FSR_MODELS, VANILLA_TWINS
+from .models import ALL_MODELS, VANILLA_TWINS
 from .models.base import hub_id
 from .release import RESULTS_NAME, ReleaseError, validate_release
 from .sample import SampleError, load_sample
@@ -31,7 +31,6 @@ DEFAULT_MODEL = 'fsr_resnet18.at_cifar10'
 DEFAULT_N = 50
 EPS = 8 / 255
 ATTACKS = ('pgd20', 'fgsm', 'clean')
-_ARCHS = tuple(FSR_MODELS) + tuple(VANILLA_TWINS.values())
 
 
 def _attack(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -64,8 +63,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str = '
 
 def _parse_name(name: str) -> Tuple[str, str]:
     arch, _, tag = name.partition('.')
-    if arch not in _ARCHS:
-        raise ValueError(f'--model {name}: unknown architecture {arch!r}; choose from {", ".join(_ARCHS)}.')
+    if arch not in ALL_MODELS:
+        raise ValueError(f'--model {name}: unknown architecture {arch!r}; choose from {", ".join(ALL_MODELS)}.')
     if not tag:
         tag = timm.models.get_pretrained_cfg(arch).tag or ''
     return arch, tag

@@ -216,10 +216,10 @@ def _dist_info() -> Tuple[int, int, int]:
 
 def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     import timm
-    from . import models  # noqa: F401  (registers the fsr_hub architectures)
+    from . import models  # registers the fsr_hub architectures
 
     if not timm.models.is_model(cfg.model):
-        raise ValueError(f'Unknown model {cfg.model!r}; fsr_hub models: {sorted(timm.list_models(["fsr_*", "cifar_*"]))}.')
+        raise ValueError(f'Unknown model {cfg.model!r}; fsr_hub models: {", ".join(models.ALL_MODELS)}.')
     return timm.create_model(cfg.model, num_classes=num_classes)
 
 

@@ -32,7 +32,7 @@ import yaml
 from safetensors import safe_open
 
 from . import paper
-from .models import FSR_MODELS, VANILLA_TWINS
+from .models import ALL_MODELS
 from .models.base import HF_ORG
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, registry_sha256, sha256_file
 
@@ -46,7 +46,6 @@ PathLike = Union[str, os.PathLike]
 VERIFY_SCHEMA = 'fsr-hub/verify/v1'
 CONFIG_NAME, CARD_NAME, RESULTS_NAME = 'config.json', 'README.md', 'results.json'
 REQUIRED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME)
-_OUR_ARCHS = tuple(FSR_MODELS) + tuple(VANILLA_TWINS.values())
 # Extra attacks of the verify schema shown after the paper's suite when present.
 _EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer'}
 # pretrained_cfg keys that describe where weights come from; timm fills them in when it loads from the hub.
@@ -105,8 +104,8 @@ def _jsonable(v: Any) -> Any:
 
 
 def _check_arch(architecture: Any, where: str) -> str:
-    if architecture not in _OUR_ARCHS:
-        raise ReleaseError(f'{where}: architecture {architecture!r} is not an fsr_hub model ({", ".join(_OUR_ARCHS)}).')
+    if architecture not in ALL_MODELS:
+        raise ReleaseError(f'{where}: architecture {architecture!r} is not an fsr_hub model ({", ".join(ALL_MODELS)}).')
     return architecture
 
 

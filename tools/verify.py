@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 import fsr_hub  # noqa: E402,F401  (registers the models)
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset  # noqa: E402
+from fsr_hub.models import ALL_MODELS  # noqa: E402
 from fsr_hub.evaluate import (  # noqa: E402
     ATTACKS, DEFAULT_ATTACKS, build_report, evaluate, model_info, parse_attacks, training_section,
 )
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _create(name: str, num_classes: int, **kwargs) -> torch.nn.Module:
     if not timm.models.is_model(name):
-        raise ValueError(f'Unknown model {name!r}; fsr_hub models: {", ".join(timm.list_models(["fsr_*", "cifar_*"]))}.')
+        raise ValueError(f'Unknown model {name!r}; fsr_hub models: {", ".join(ALL_MODELS)}.')
     return timm.create_model(name, num_classes=num_classes, **kwargs)
 
 

@@ -6,3 +6,5 @@ from .wideresnet import CifarWideResNet, fsr_wrn34_10, cifar_wrn34_10
 
 FSR_MODELS = ('fsr_resnet18', 'fsr_vgg16', 'fsr_wrn34_10')
 VANILLA_TWINS = {'fsr_resnet18': 'cifar_resnet18', 'fsr_vgg16': 'cifar_vgg16', 'fsr_wrn34_10': 'cifar_wrn34_10'}
+#: every architecture this package registers: the FSR models, then their vanilla twins
+ALL_MODELS = FSR_MODELS + tuple(VANILLA_TWINS.values())
