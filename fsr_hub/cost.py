@@ -16,6 +16,7 @@ with warnings.catch_warnings():  # fvcore decorates with torch.jit.script, which
     warnings.simplefilter('ignore', FutureWarning)
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
+from .hardware import hardware_name, synchronize
 from .models import FSR_MODELS, VANILLA_TWINS
 from .paper import table7
 
@@ -57,12 +58,10 @@ def measure_latency(
     times: List[List[float]] = [[] for _ in models]
     for it in range(warmup + iters):
         for i, m in enumerate(models):
-            if dev.type == 'cuda':
-                torch.cuda.synchronize(dev)
+            synchronize(dev)
             t0 = time.perf_counter()
             m(x)
-            if dev.type == 'cuda':
-                torch.cuda.synchronize(dev)
+            synchronize(dev)
             if it >= warmup:
                 times[i].append((time.perf_counter() - t0) * 1e3)
     return [sorted(t)[len(t) // 2] for t in times]
@@ -98,7 +97,7 @@ def cost_table(
         if latency:
             ms_vanilla, ms_fsr = measure_latency([vanilla_model, fsr_model], batch_size, iters, device=device)
             row['latency'] = {
-                'device': torch.cuda.get_device_name(device) if device.startswith('cuda') else 'cpu',
+                'device': hardware_name(torch.device(device)),
                 'batch_size': batch_size, 'iters': iters, 'threads': torch.get_num_threads(),
                 'ms_vanilla': ms_vanilla, 'ms_fsr': ms_fsr, 'ratio': ms_fsr / ms_vanilla,
             }
@@ -128,7 +127,7 @@ def format_markdown(rows: Sequence[Dict]) -> str:
         lines += [
             '',
             f"Forward latency, eval mode, batch {l0['batch_size']}, median of {l0['iters']} runs, "
-            f"device {l0['device']} ({l0['threads']} threads), models interleaved:",
+            f"device {l0['device']}, models interleaved:",
             '',
             '| model | vanilla ms | +FSR ms | ratio |',
             '| --- | ---: | ---: | ---: |',

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import pickle
-import platform
 import sys
 import time
 from contextlib import nullcontext
@@ -29,12 +28,13 @@ from tqdm import tqdm
 
 from .attacks import pgd
 from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
+from .hardware import hardware_name, synchronize
 from .objectives import OBJECTIVES, AdversarialObjective, ObjectiveConfig
 from .weights import save_weights
 
 __all__ = [
     'TrainConfig', 'TrainResult', 'train', 'save_checkpoint', 'load_checkpoint', 'CheckpointError',
-    'hardware_name', 'autocast', 'robust_accuracy', 'benchmark_train_step', 'benchmark_eval',
+    'autocast', 'robust_accuracy', 'benchmark_train_step', 'benchmark_eval',
 ]
 
 CKPT_FORMAT = 'fsr-hub/ckpt/v1'
@@ -129,20 +129,9 @@ class TrainResult:
     summary: Dict[str, Any] = field(default_factory=dict)
 
 
-def hardware_name(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    return f'cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)'
-
-
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on ``device`` (CPU included) or a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def _seed_epoch(seed: int, rank: int, epoch: int) -> None:
@@ -320,7 +309,7 @@ def train(
         model.train()
         stats = torch.zeros(4, device=device)
         lr = optimizer.param_groups[0]['lr']
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (is_main and cfg.progress),
                    leave=False, file=sys.stderr)
@@ -337,7 +326,7 @@ def train(
         scheduler.step()
         if world > 1:
             dist.all_reduce(stats)
-        _sync(device)
+        synchronize(device)
         train_seconds = time.perf_counter() - t0
 
         metrics: Dict[str, Any] = {'epoch': epoch + 1, 'lr': lr}
@@ -430,11 +419,11 @@ def _timed(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.devic
     """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (device-synchronised)."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t0
 
 

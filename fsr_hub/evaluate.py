@@ -6,7 +6,6 @@ Attack names are fixed (they are the report's keys): ``clean``, ``fgsm``, ``pgd2
 margin loss, kappa 50) start at x (no random start), as in the original FSR code. The per-example Ensemble
 (Eq. 6) is correct under clean and every suite attack that ran.
 """
-import platform
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from .attacks import cw_inf, fgsm, linf_violation, pgd, pgd_trajectory
 from .autoattack import run_autoattack
+from .hardware import hardware_name, synchronize
 from .weights import sha256_file
 
 __all__ = [
@@ -53,11 +53,6 @@ def attack_params(name: str, eps: float) -> Dict[str, Any]:
         'cw': {'eps': eps, 'alpha': eps / 10, 'steps': 30, 'kappa': 50.0, 'random_start': False},
         'transfer': {'eps': eps, 'alpha': eps / 10, 'steps': 20, 'random_start': False, 'attack': 'pgd20 on source'},
     }.get(name, {})
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def _pct(correct: torch.Tensor) -> float:
@@ -156,7 +151,7 @@ def evaluate(
     suite['pgd100'] = pgd100_traj
 
     for name in attacks:
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         entry: Dict[str, Any] = {}
         if name in suite:
@@ -172,7 +167,7 @@ def evaluate(
             entry['implementation'] = cfg['implementation']
             entry['params'] = cfg
             _assert_eval(model)
-        _sync(device)
+        synchronize(device)
         correct_by[name] = correct
         results[name] = {'accuracy': _pct(correct), 'per_class': _per_class(correct, y.cpu(), num_classes),
                          'seconds': round(time.perf_counter() - t0, 3), 'max_bound_violation': worst, **entry}
@@ -276,15 +271,13 @@ def build_report(
 ) -> Dict[str, Any]:
     """Assemble the ``fsr-hub/verify/v1`` JSON report."""
     device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
-        f'cpu ({platform.processor() or platform.machine()})'
     return {
         'schema': SCHEMA,
         'model': model,
         'data': data,
         'eps': eps,
         'batch_size': batch_size,
-        'hardware': {'device': name, 'torch': torch.__version__, 'dtype': dtype},
+        'hardware': {'device': hardware_name(device), 'torch': torch.__version__, 'dtype': dtype},
         'results': evaluation['results'],
         'masking_checks': evaluation['masking_checks'],
         'timing': evaluation['timing'],

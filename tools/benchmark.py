@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 import fsr_hub  # noqa: E402,F401
 from fsr_hub.cost import count_cost  # noqa: E402
-from fsr_hub.engine import benchmark_eval, benchmark_train_step, hardware_name  # noqa: E402
+from fsr_hub.engine import benchmark_eval, benchmark_train_step  # noqa: E402
+from fsr_hub.hardware import hardware_name  # noqa: E402
 from fsr_hub.models import VANILLA_TWINS  # noqa: E402
 
 
