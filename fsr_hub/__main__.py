@@ -15,50 +15,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import timm
 import torch
-import torch.nn as nn
 
 from . import paper
-from .attacks import fgsm, pgd
+from .evaluate import evaluate
 from .models import ALL_MODELS, VANILLA_TWINS
 from .models.base import hub_id
 from .release import RESULTS_NAME, ReleaseError, validate_release
 from .sample import SampleError, load_sample
 from .weights import WeightsError, load_weights, registry_sha256
 
-__all__ = ['main', 'evaluate', 'DEFAULT_MODEL', 'DEFAULT_N', 'EPS']
+__all__ = ['main', 'DEFAULT_MODEL', 'DEFAULT_N', 'EPS']
 
 DEFAULT_MODEL = 'fsr_resnet18.at_cifar10'
 DEFAULT_N = 50
 EPS = 8 / 255
 ATTACKS = ('pgd20', 'fgsm', 'clean')
-
-
-def _attack(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if name == 'pgd20':  # the paper's protocol: step eps/10, no random start
-        return pgd(model, x, y, eps=EPS, alpha=EPS / 10, steps=20, random_start=False)
-    if name == 'fgsm':
-        return fgsm(model, x, y, eps=EPS)
-    raise ValueError(f'unknown attack {name!r}')
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str = 'pgd20', batch_size: int = 50,
-             device: str = 'cpu', progress: bool = True) -> Dict[str, float]:
-    """Clean and (unless ``attack == 'clean'``) attacked accuracy (%) of ``model`` in eval mode."""
-    from tqdm import tqdm
-
-    model = model.eval().to(device)
-    keys = ['clean'] + ([attack] if attack != 'clean' else [])
-    correct = {k: 0 for k in keys}
-    batches = range(0, len(x), batch_size)
-    for i in tqdm(batches, desc=f"{'+'.join(keys)} on {device}", unit='batch', disable=not progress, file=sys.stderr):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        with torch.no_grad():
-            correct['clean'] += (model(xb).argmax(1) == yb).sum().item()
-        if attack != 'clean':
-            x_adv = _attack(model, attack, xb, yb)
-            with torch.no_grad():
-                correct[attack] += (model(x_adv).argmax(1) == yb).sum().item()
-    return {k: 100.0 * v / len(x) for k, v in correct.items()}
 
 
 def _parse_name(name: str) -> Tuple[str, str]:
@@ -170,7 +141,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = f'{arch}.{tag}'
     print(f'{name}: {source}')
     t0 = time.perf_counter()
-    measured = evaluate(model, x, y, args.attack, args.batch_size, str(device), progress=not args.no_progress)
+    attacks = ('clean',) if args.attack == 'clean' else ('clean', args.attack)  # the verify suite's attacks
+    report = evaluate(model, x, y, attacks=attacks, eps=EPS, batch_size=args.batch_size, device=device,
+                      masking_checks=False, progress=not args.no_progress)
+    measured = {k: report['results'][k]['accuracy'] for k in attacks}
     seconds = time.perf_counter() - t0
     print(f'\n{_table(measured, card, paper.paper_reference(arch, tag), len(x), str(device))}')
     print(f'\nLinf eps 8/255; PGD-20: step eps/10, no random start. {len(x)} images of the shipped CIFAR-10 '

@@ -11,7 +11,7 @@ Their layouts (key prefixes):
 import pickle
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 

@@ -85,7 +85,7 @@ def _run_batched(
 ) -> Tuple[torch.Tensor, float]:
     """Per-example correctness of ``model`` on fn(x, y) (adversarial inputs), and the worst bound violation."""
     correct, worst = [], 0.0
-    for i in tqdm(range(0, len(y), batch_size), desc=desc, disable=not progress, leave=False):
+    for i in tqdm(range(0, len(y), batch_size), desc=desc, unit='batch', disable=not progress, leave=False):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         x_adv = fn(xb, yb)
         worst = max(worst, linf_violation(x_adv, xb, eps))

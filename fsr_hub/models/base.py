@@ -7,7 +7,7 @@ everything FSR-related (insertion, auxiliary outputs, classifier reset) lives he
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Type, Union
+from typing import Any, Dict, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
