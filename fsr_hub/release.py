@@ -68,6 +68,7 @@ class ReleaseInfo:
     results: Dict[str, Any]
     model_args: Dict[str, Any] = field(default_factory=dict)
     model: Optional[nn.Module] = None
+    org: str = HF_ORG  # the hub organisation the card was rendered for
 
 
 def release_name(architecture: str, tag: str) -> str:
@@ -608,12 +609,13 @@ def validate_release(folder: PathLike, check_registry: bool = True, load_model: 
     card = (folder / CARD_NAME).read_text()
     check_card(card, results, str(folder / CARD_NAME))
     # the card must be exactly what results.json and config.json render to: no edited, swapped or added number
-    org = re.search(rf"hf-hub:([^/\s'\"]+)/{re.escape(name)}", card)
-    if card != render_card(results, config, org=org.group(1) if org else None, folder=folder):
+    found = re.search(rf"hf-hub:([^/\s'\"]+)/{re.escape(name)}", card)
+    org = found.group(1) if found else HF_ORG
+    if card != render_card(results, config, org=org, folder=folder):
         raise ReleaseError(f'{folder / CARD_NAME} differs from the card rendered from results.json and config.json; '
                            f're-render it with: python tools/make_card.py --folder {folder}')
     return ReleaseInfo(folder=folder, name=name, architecture=arch, tag=tag, sha256=sha, config=config,
-                       results=results, model_args=dict(model_args), model=model)
+                       results=results, model_args=dict(model_args), model=model, org=org)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -636,7 +638,10 @@ def push_release(folder: PathLike, org: Optional[str] = None, private: bool = Fa
     Returns the repo id. The token comes from ``token`` or huggingface_hub's usual HF_TOKEN / login lookup.
     """
     info = validate_release(folder)
-    repo_id = repo_id_for(info.name, org)
+    if org and org != info.org:
+        raise ReleaseError(f'{info.folder / CARD_NAME} was rendered for the hub organisation {info.org}, not {org}; '
+                           f're-render it with: python tools/make_card.py --folder {info.folder} --org {org}')
+    repo_id = repo_id_for(info.name, org or info.org)
     plan = upload_plan(info.folder)
     print_fn(f'{"[dry-run] would upload" if dry_run else "uploading"} {info.folder} -> '
              f'https://huggingface.co/{repo_id} ({"private" if private else "public"})')

@@ -21,7 +21,7 @@ from fsr_hub.sample import SAMPLE_PATH, SampleError, load_sample, read_sample, w
 from fsr_hub.weights import read_weights, save_weights, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PAPER_TXT = Path('/work/shared/papers/fsr_cvpr2023.txt')
+PAPER_TXT = REPO_ROOT.parent / 'shared' / 'papers' / 'fsr_cvpr2023.txt'  # shared/ sits beside the checkout
 SMALL_ARGS = {'layers': [1, 1, 1, 1]}  # a 4-block ResNet: same code paths, half the cost
 ALL_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble', 'autoattack')
 
@@ -331,6 +331,7 @@ def test_push_dry_run_prints_plan_and_uploads_nothing(rel, monkeypatch, capsys):
         def __init__(self, *a, **k):
             raise AssertionError('dry run must not touch the hub')
     monkeypatch.setattr(huggingface_hub, 'HfApi', NoApi)
+    release.write_card(rel.folder, org='myorg')  # the card names the repo it is uploaded to
     assert load_tool('push_to_hub').main([str(rel.folder), '--org', 'myorg', '--dry-run']) == 0
     out = capsys.readouterr().out
     assert 'myorg/fsr_resnet18.at_cifar10' in out and 'dry-run' in out
@@ -353,12 +354,22 @@ def test_push_calls_public_api(rel, monkeypatch, capsys):
         def upload_folder(self, **kw):
             calls.append(('upload_folder', kw))
     monkeypatch.setattr(huggingface_hub, 'HfApi', FakeApi)
+    release.write_card(rel.folder, org='myorg')
     assert load_tool('push_to_hub').main([str(rel.folder), '--org', 'myorg', '--private']) == 0
     assert calls[1] == ('create_repo', 'myorg/fsr_resnet18.at_cifar10',
                         {'private': True, 'exist_ok': True, 'repo_type': 'model'})
     up = calls[2][1]
     assert up['repo_id'] == 'myorg/fsr_resnet18.at_cifar10' and Path(up['folder_path']) == rel.folder
     assert sorted(up['allow_patterns']) == sorted(release.REQUIRED_FILES)
+
+
+def test_push_refuses_a_card_rendered_for_another_org(rel, capsys):
+    # the card's load instructions name fsr-hub/...: uploading it to myorg/... would point users elsewhere
+    assert load_tool('push_to_hub').main([str(rel.folder), '--org', 'myorg', '--dry-run']) == 2
+    err = capsys.readouterr().err
+    assert f'rendered for the hub organisation {fsr_hub.HF_ORG}, not myorg' in err and err.count('\n') == 1
+    assert load_tool('push_to_hub').main([str(rel.folder), '--dry-run']) == 0  # its own org is fine
+    assert f'{fsr_hub.HF_ORG}/fsr_resnet18.at_cifar10' in capsys.readouterr().out
 
 
 def test_push_invalid_folder_is_one_line(rel, capsys):
