@@ -55,3 +55,13 @@ def separable_data(n: int = 256, seed: int = 0):
 @pytest.fixture
 def cifar_root(tmp_path):
     return write_cifar_batches(tmp_path / 'data')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped where no CUDA device exists (they run on the GPU machine: ``-m cuda``)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA device')
+    for item in items:
+        if 'cuda' in item.keywords:
+            item.add_marker(skip)
