@@ -19,7 +19,7 @@ import torch
 from . import paper
 from .evaluate import evaluate
 from .models import ALL_MODELS, VANILLA_TWINS
-from .models.base import hub_id
+from .releases import hub_id
 from .release import RESULTS_NAME, ReleaseError, validate_release
 from .sample import SampleError, load_sample
 from .weights import WeightsError, load_weights, registry_sha256

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .attacks import cw_inf, fgsm, linf_violation, pgd, pgd_trajectory
 from .autoattack import run_autoattack
 from .hardware import hardware_name, synchronize
+from .inputs import check_pixels
 from .weights import sha256_file
 
 __all__ = [
@@ -114,6 +115,7 @@ def evaluate(
 ) -> Dict[str, Any]:
     """Run ``attacks`` on (x float [0, 1] NCHW, y) and the masking checks; returns the report's
     ``results``, ``masking_checks`` and ``timing`` sections (accuracies in %, 2 decimals)."""
+    check_pixels(x, 'evaluate: x')
     for a in attacks:
         if a not in ATTACKS:
             raise ValueError(f'Unknown attack {a!r}; choose from {ATTACKS}.')

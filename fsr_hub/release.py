@@ -33,7 +33,7 @@ from safetensors import safe_open
 
 from . import paper
 from .models import ALL_MODELS
-from .models.base import HF_ORG
+from .releases import DEFAULT_ORG as HF_ORG
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, registry_sha256, sha256_file
 
 __all__ = [

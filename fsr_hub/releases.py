@@ -4,10 +4,14 @@ A name is registered with timm as a pretrained tag only once its weights are rel
 ``model_cards/<arch>.<tag>/`` exists and the sha256 of its ``model.safetensors`` is pinned in :data:`RELEASED`.
 :data:`PLANNED` lists the releases the project intends (the GPU queue), so that tools can tell a planned,
 not yet released name from a typo.
+
+Each released name also goes by a RobustBench name (:func:`robustbench_name`), registered with timm as an alias.
 """
 from typing import Dict, Optional, Tuple
 
-__all__ = ['DEFAULT_ORG', 'RELEASED', 'PLANNED', 'release_name', 'split_name', 'hub_id']
+from .paper import split_tag
+
+__all__ = ['DEFAULT_ORG', 'RELEASED', 'PLANNED', 'release_name', 'split_name', 'hub_id', 'robustbench_name']
 
 #: Hugging Face organisation of the released weights (override per call, never through the environment)
 DEFAULT_ORG = 'fsr-hub'
@@ -36,3 +40,26 @@ def split_name(name: str) -> Tuple[str, Optional[str]]:
 def hub_id(name: str, org: Optional[str] = None) -> str:
     """Hub repo id of a release: ``<org>/<arch>.<tag>`` (org: :data:`DEFAULT_ORG`)."""
     return f'{org or DEFAULT_ORG}/{name}'
+
+
+#: RobustBench-style short names of the architectures (RobustBench writes e.g. RN18, WRN-34-10)
+_ROBUSTBENCH_ARCH = {
+    'fsr_resnet18': 'rn18', 'fsr_vgg16': 'vgg16', 'fsr_wrn34_10': 'wrn_34_10',
+    'cifar_resnet18': 'rn18_nofsr', 'cifar_vgg16': 'vgg16_nofsr', 'cifar_wrn34_10': 'wrn_34_10_nofsr',
+}
+
+
+def robustbench_name(name: str) -> str:
+    """RobustBench name of release ``arch.tag``: ``kim2023fsr_<arch>[_<method>]_<dataset>_linf``.
+
+    RobustBench's ``load_model(model_name, dataset, threat_model)`` first asks timm for
+    ``f'{model_name}_{dataset}_{threat_model}'.lower()`` (with '-' as '_'), so
+    ``load_model('Kim2023FSR_RN18', 'cifar10', 'Linf')`` finds ``fsr_resnet18.at_cifar10`` as
+    ``kim2023fsr_rn18_cifar10_linf``. The method is part of the name unless it is the paper's PGD-AT (``at``);
+    the vanilla twins carry ``_nofsr``. Every release is L-inf (eps 8/255).
+    """
+    arch, tag = split_name(name)
+    if arch not in _ROBUSTBENCH_ARCH or not tag:
+        raise ValueError(f'{name!r} is not a release name <architecture>.<tag> of an fsr_hub architecture.')
+    method, dataset = split_tag(tag)
+    return '_'.join(['kim2023fsr', _ROBUSTBENCH_ARCH[arch]] + ([] if method == 'at' else [method]) + [dataset, 'linf'])

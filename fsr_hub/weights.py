@@ -1,21 +1,23 @@
-"""Checked safetensors weights: save (fp16 option), sha256, strict load with clear errors, and resolution of
-a model's pretrained cfg to a file (local ``file`` or ``hf_hub_id`` through huggingface_hub's cache)."""
+"""Checked safetensors weights: deterministic save (fp16 option), sha256, strict load with one-line errors, and the
+check in front of every pretrained load: the file a pretrained cfg names is resolved (a local file or folder, or
+``hf_hub_id`` through huggingface_hub's cache) and its sha256 checked before timm reads a tensor of it."""
 import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 import timm
 import torch
 import torch.nn as nn
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
 __all__ = [
-    'WeightsError', 'WEIGHTS_NAME', 'sha256_file', 'save_weights', 'read_weights', 'load_weights',
-    'resolve_pretrained_file', 'load_pretrained', 'registry_sha256',
+    'WeightsError', 'WEIGHTS_NAME', 'sha256_file', 'save_weights', 'read_weights', 'check_fit', 'load_weights',
+    'resolve_pretrained_file', 'registry_sha256', 'expected_sha256', 'check_pretrained_file',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -42,7 +44,10 @@ def save_weights(
 ) -> str:
     """Write a state dict as safetensors (floating tensors cast to ``dtype`` if given); returns its sha256.
 
-    The file is written next to its destination and renamed into place, so a crash never leaves a partial file.
+    Equal tensors and metadata give equal bytes: the JSON header is written with sorted keys (safetensors itself
+    orders the metadata differently from call to call). The file gets the permissions of any file the user
+    creates (umask), and is written next to its destination and renamed into place, so a crash never leaves a
+    partial file.
     """
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     out = {}
@@ -51,12 +56,36 @@ def save_weights(
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         out[k] = v.contiguous()
+    data = save(out, metadata={'format': 'pt', **(metadata or {})})
+    n = int.from_bytes(data[:8], 'little')
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode()
+    header += b' ' * (-len(header) % 8)  # tensor data stays 8-byte aligned, as safetensors lays it out
+    parts = (len(header).to_bytes(8, 'little'), header, memoryview(data)[8 + n:])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    save_file(out, str(tmp), metadata={'format': 'pt', **(metadata or {})})
-    os.replace(tmp, path)
-    return sha256_file(path)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, 'wb') as f:
+            for part in parts:
+                f.write(part)
+                digest.update(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, expected: Optional[str]) -> None:
+    if expected is None:
+        return
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise WeightsError(
+            f'sha256 mismatch for {path}: expected {expected}, got {actual}. The file is truncated, tampered with, '
+            f'or not the released one; delete it to re-download.')
 
 
 def read_weights(path: PathLike, expected_sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -64,16 +93,39 @@ def read_weights(path: PathLike, expected_sha256: Optional[str] = None) -> Dict[
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f'Weight file not found: {path}')
-    if expected_sha256 is not None:
-        actual = sha256_file(path)
-        if actual != expected_sha256.lower():
-            raise WeightsError(
-                f'sha256 mismatch for {path}: expected {expected_sha256}, got {actual}. The file is truncated, '
-                f'tampered with, or not the released one; delete it to re-download.')
+    _check_sha256(path, expected_sha256)
     try:
         return load_file(str(path), device='cpu')
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f'{path} is not a readable safetensors file ({e}).') from e
+
+
+def check_fit(
+        state: Mapping[str, torch.Tensor],
+        model: nn.Module,
+        path: PathLike,
+        skip_prefixes: tuple = (),
+        skip_shape: Iterable[str] = (),
+) -> None:
+    """Raise WeightsError (naming ``path``) unless ``state`` has exactly the model's keys and shapes.
+
+    Keys under ``skip_prefixes`` (re-initialised classifiers) are not compared; tensors in ``skip_shape`` (an
+    input conv that timm adapts to another channel count) are compared by name only.
+    """
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(skip_prefixes)}
+    given = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    arch = type(model).__name__
+    if missing or unexpected:
+        raise WeightsError(
+            f'{path} does not fit {arch}: {len(missing)} missing keys {missing[:5]}, '
+            f'{len(unexpected)} unexpected keys {unexpected[:5]} (wrong architecture or FSR positions?).')
+    skip_shape = set(skip_shape)
+    wrong = [f'{k}: file {tuple(given[k].shape)} vs model {tuple(v.shape)}'
+             for k, v in expected.items() if k not in skip_shape and given[k].shape != v.shape]
+    if wrong:
+        raise WeightsError(f'{path} does not fit {arch}: shape mismatch in {len(wrong)} tensors, e.g. {wrong[:3]}.')
 
 
 def load_weights(
@@ -88,46 +140,45 @@ def load_weights(
     built with another ``num_classes`` than the weights were trained for.
     """
     state = read_weights(path, expected_sha256)
-    expected = model.state_dict()
+    check_fit(state, model, path, skip_prefixes=drop_keys_with_prefix)
     if drop_keys_with_prefix:
         state = {k: v for k, v in state.items() if not k.startswith(drop_keys_with_prefix)}
-        expected = {k: v for k, v in expected.items() if not k.startswith(drop_keys_with_prefix)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    arch = type(model).__name__
-    if missing or unexpected:
-        raise WeightsError(
-            f'{path} does not fit {arch}: {len(missing)} missing keys {missing[:5]}, '
-            f'{len(unexpected)} unexpected keys {unexpected[:5]} (wrong architecture or FSR positions?).')
-    wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-             for k, v in expected.items() if state[k].shape != v.shape]
-    if wrong:
-        raise WeightsError(f'{path} does not fit {arch}: shape mismatch in {len(wrong)} tensors, e.g. {wrong[:3]}.')
     model.load_state_dict(state, strict=not drop_keys_with_prefix)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# pretrained cfgs -> checked files
+
+
+def _cfg_name(cfg: Mapping[str, Any]) -> str:
+    name = cfg.get('architecture') or 'model'
+    return f"{name}.{cfg['tag']}" if cfg.get('tag') else name
+
+
 def resolve_pretrained_file(cfg: Mapping[str, Any], cache_dir: Optional[PathLike] = None) -> Path:
-    """Local path of the weight file a pretrained cfg names (``file``, else ``hf_hub_id`` via the HF cache)."""
-    name = cfg.get('architecture', 'model')
-    if cfg.get('tag'):
-        name = f"{name}.{cfg['tag']}"
+    """Local path of the weight file a pretrained cfg names: ``file`` (a file, or a folder holding
+    ``model.safetensors``, as ``local-dir:`` gives), else ``hf_hub_id`` through huggingface_hub's cache
+    (``cache_dir`` as timm's own ``cache_dir``)."""
+    name = _cfg_name(cfg)
+    if cfg.get('url') or cfg.get('state_dict'):
+        raise WeightsError(f'{name}: fsr_hub loads weights from a safetensors file or the Hugging Face Hub only, '
+                           f'not from a url or an in-memory state_dict.')
     if cfg.get('file'):
         path = Path(cfg['file'])
         return path / WEIGHTS_NAME if path.is_dir() else path
     hub = cfg.get('hf_hub_id')
     if not hub:
-        raise WeightsError(f'No pretrained weights exist for {name}; use pretrained=False.')
-    if not cfg.get('sha256') and cfg.get('source') != 'hf-hub':
+        released = timm.list_pretrained(f"{cfg.get('architecture')}.*") if cfg.get('architecture') else []
         raise WeightsError(
-            f'No weights have been released for {name} yet (no sha256 pinned). Build it with pretrained=False, or '
-            f'load your own file with pretrained_cfg_overlay=dict(file=...).')
+            f'{name} has no pretrained weights (released tags: {", ".join(released) or "none yet"}). Build it with '
+            f'pretrained=False, or load your own file with pretrained_cfg_overlay=dict(file=..., sha256=...).')
     repo, _, revision = hub.partition('@')
     filename = cfg.get('hf_hub_filename') or WEIGHTS_NAME
     try:
         return Path(hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, OSError) as e:
-        raise WeightsError(
-            f'Could not get {filename} of {name} from the Hugging Face Hub repo {hub}: {type(e).__name__}: {e}') from e
+        raise WeightsError(f'Could not get {filename} of {name} from the Hugging Face Hub repo {hub}: '
+                           f'{type(e).__name__}: {e}'.replace('\n', ' ')) from e
 
 
 def _registry_cfg(architecture: Optional[str], tag: Optional[str]) -> Any:
@@ -140,29 +191,44 @@ def _registry_cfg(architecture: Optional[str], tag: Optional[str]) -> Any:
 
 
 def registry_sha256(architecture: str, tag: str) -> Optional[str]:
-    """The sha256 pinned in the timm registry for ``arch.tag`` (None: unregistered or not released yet)."""
+    """The sha256 pinned in the timm registry for ``arch.tag`` (None: not released)."""
     return getattr(_registry_cfg(architecture, tag), 'sha256', None)
 
 
-def _expected_sha256(cfg: Mapping[str, Any]) -> Optional[str]:
-    # Weights fetched from the registry's own hub repo are held to the registry pin, whatever the repo's
-    # config.json says: replacing both files on the hub must not pass.
+def expected_sha256(cfg: Mapping[str, Any]) -> Optional[str]:
+    """The sha256 a pretrained cfg's weight file must have (None: unpinned).
+
+    Weights from the registry's own hub repo of a released ``arch.tag`` are held to the registry pin, whatever
+    the cfg (e.g. the repo's config.json) says: replacing both files on the hub must not pass.
+    """
     reg = _registry_cfg(cfg.get('architecture'), cfg.get('tag'))
     pin = getattr(reg, 'sha256', None)
-    if pin and not cfg.get('file') and cfg.get('hf_hub_id') == getattr(reg, 'hf_hub_id', None):
+    hub = (cfg.get('hf_hub_id') or '').partition('@')[0]
+    if pin and not cfg.get('file') and hub and hub == getattr(reg, 'hf_hub_id', None):
         if cfg.get('sha256') and cfg['sha256'] != pin:
-            raise WeightsError(
-                f"{cfg['hf_hub_id']}: config.json pins sha256 {cfg['sha256']} but fsr_hub's registry pins {pin}.")
+            raise WeightsError(f"{cfg['hf_hub_id']}: config.json pins sha256 {cfg['sha256']} but fsr_hub's registry "
+                               f"pins {pin}.")
         return pin
     return cfg.get('sha256')
 
 
-def load_pretrained(
-        model: nn.Module, cfg: Optional[Mapping[str, Any]] = None, cache_dir: Optional[PathLike] = None) -> None:
-    """Resolve, check (sha256) and strictly load the weights named by ``model.pretrained_cfg``."""
-    cfg = cfg if cfg is not None else model.pretrained_cfg
+def check_pretrained_file(cfg: Mapping[str, Any], cache_dir: Optional[PathLike] = None) -> Path:
+    """Resolve the weight file of a pretrained cfg and check it before any tensor of it is read: its sha256
+    (see :func:`expected_sha256`), that it is a safetensors file, and that its header parses."""
+    expected = expected_sha256(cfg)
+    if expected is None and not cfg.get('file') and cfg.get('hf_hub_id') and cfg.get('source') != 'hf-hub':
+        raise WeightsError(
+            f"{_cfg_name(cfg)}: no sha256 pinned for the weights of {cfg['hf_hub_id']}; pass "
+            f"pretrained_cfg_overlay=dict(sha256=...) to load them.")
     path = resolve_pretrained_file(cfg, cache_dir)
-    drop: tuple = ()
-    if cfg.get('num_classes') is not None and cfg['num_classes'] != model.num_classes:
-        drop = tuple(f'{c}.' for c in model.classifier_names())
-    load_weights(model, path, _expected_sha256(cfg), drop_keys_with_prefix=drop)
+    if not path.is_file():
+        raise WeightsError(f'Weight file not found: {path}')
+    if path.suffix != '.safetensors':
+        raise WeightsError(f'{path}: fsr_hub loads safetensors files only (*.safetensors), never pickles.')
+    _check_sha256(path, expected)
+    try:
+        with safe_open(str(path), framework='pt'):
+            pass
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f'{path} is not a readable safetensors file ({e}).') from e
+    return path

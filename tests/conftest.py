@@ -7,18 +7,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fsr_hub.models.base import FSRNet
+from fsr_hub.models.base import FSRNet, Stage
 
 
 class TinyFSRNet(FSRNet):
-    """A two-stage, 8/16-channel CNN with the FSRNet interface (FSR after ``s2`` unless ``fsr_positions=()``)."""
+    """A two-stage, 8/16-channel CNN for 32x32 inputs (FSR after ``s2`` unless ``fsr_positions=()``)."""
 
     def __init__(self, num_classes: int = 10, fsr_positions=('s2',)):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.s1 = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.s2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self._init_head_and_fsr({'s1': 8, 's2': 16}, num_classes, fsr_positions, 0.1, 8, True, True, 'avg')
+        stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        s1 = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        s2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        super().__init__(stem=stem, stages=[Stage('s1', s1, 8, reduction=2), Stage('s2', s2, 16, reduction=4)],
+                         num_classes=num_classes, fsr_positions=fsr_positions, fsr_hidden=8)
 
 
 def tiny_fsr_net(**kwargs) -> TinyFSRNet:

@@ -9,8 +9,10 @@ Two ways of serving a release folder to huggingface_hub, both without network:
 huggingface_hub 2.4.0 reads ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` into
 ``huggingface_hub.constants`` at import, and ``hf_hub_download`` looks those module attributes up at call time,
 so the tests monkeypatch the constants (setting the environment too, for anything that reads it later).
-The registry tag has no sha256 pin until a release lands; ``pretrained_cfg_overlay=dict(sha256=...)`` stands in.
+The registry has no release (no tag) until one lands; ``pretrained_cfg_overlay=dict(hf_hub_id=..., sha256=...)`` on the
+architecture stands in.
 """
+import dataclasses
 import hashlib
 import http.server
 import re
@@ -30,7 +32,8 @@ from test_release import build_release
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAME = 'fsr_resnet18.at_cifar10'
-REPO_ID = f'{fsr_hub.HF_ORG}/{NAME}'
+ARCH = 'fsr_resnet18'
+REPO_ID = f'{fsr_hub.DEFAULT_ORG}/{NAME}'
 
 
 @pytest.fixture(scope='module')
@@ -70,8 +73,8 @@ def offline_cache(monkeypatch, tmp_path, full_release):
 
 
 def _pull_all_ways(sha: str):
-    overlay = dict(sha256=sha)
-    yield 'registry', timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=overlay)
+    overlay = dict(hf_hub_id=REPO_ID, sha256=sha)
+    yield 'registry', timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=overlay)
     yield 'hf-hub', timm.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
     yield 'torch.hub', torch.hub.load(str(REPO_ROOT), 'fsr_resnet18', source='local', pretrained=True,
                                       pretrained_cfg_overlay=overlay)
@@ -92,7 +95,7 @@ def test_offline_pull_byte_identical(offline_cache, full_release):
         assert model.pretrained_cfg['sha256'] == full_release.sha256, way
     # hf-hub: config.json's sha256 pin came along with the architecture
     model = timm.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
-    assert model.pretrained_cfg['source'] == 'hf-hub' and model.fsr_positions == ('layer4',)
+    assert model.pretrained_cfg['hf_hub_id'] == REPO_ID and model.fsr_positions == ('layer4',)
 
 
 def test_offline_tampered_blob_fails(offline_cache, full_release):
@@ -101,7 +104,7 @@ def test_offline_tampered_blob_fails(offline_cache, full_release):
     data[-1] ^= 0xFF  # flip bits of the last tensor element: still a readable safetensors file
     blob.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match=r'sha256 mismatch .*model\.safetensors: expected ' + full_release.sha256):
-        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(sha256=full_release.sha256))
+        timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, sha256=full_release.sha256))
     with pytest.raises(WeightsError, match='sha256 mismatch'):  # the pin from config.json is checked too
         timm.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
 
@@ -109,19 +112,19 @@ def test_offline_tampered_blob_fails(offline_cache, full_release):
 def test_offline_missing_file_fails(monkeypatch, tmp_path, full_release):
     cache = _hub_env(monkeypatch, tmp_path, offline=True)
     seed_hf_cache(full_release.folder, REPO_ID, cache, files=['config.json', 'README.md', 'results.json'])
-    with pytest.raises(WeightsError, match=rf'Could not get model\.safetensors of {re.escape(NAME)} from .* {REPO_ID}'):
-        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(sha256=full_release.sha256))
+    with pytest.raises(WeightsError, match=rf'Could not get model\.safetensors of {ARCH} from .* {REPO_ID}'):
+        timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, sha256=full_release.sha256))
 
 
 def test_offline_pull_honours_cache_dir(monkeypatch, tmp_path, full_release):
     _hub_env(monkeypatch, tmp_path, offline=True)  # the default cache stays empty
     other = tmp_path / 'elsewhere'
     seed_hf_cache(full_release.folder, REPO_ID, other)
-    model = timm.create_model(NAME, pretrained=True, cache_dir=other,
-                              pretrained_cfg_overlay=dict(sha256=full_release.sha256))
+    model = timm.create_model(ARCH, pretrained=True, cache_dir=other,
+                              pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, sha256=full_release.sha256))
     assert_byte_identical(model, full_release.folder / 'model.safetensors')
     with pytest.raises(WeightsError, match='Could not get model.safetensors'):
-        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(sha256=full_release.sha256))
+        timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, sha256=full_release.sha256))
 
 
 def test_unreleased_tag_says_so(offline_cache):
@@ -199,7 +202,7 @@ def test_http_endpoint_tampered_and_missing(loopback_hub, full_release):
         timm.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
     (served / 'model.safetensors').unlink()
     with pytest.raises(WeightsError, match=r'Could not get model\.safetensors .*EntryNotFoundError'):
-        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(sha256=full_release.sha256),
+        timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, sha256=full_release.sha256),
                           cache_dir=None)
 
 
@@ -213,10 +216,9 @@ def test_registry_pin_beats_a_replaced_hub_repo(monkeypatch, tmp_path, full_rele
     real = timm.models.get_pretrained_cfg
 
     def pinned(name, *a, **k):
-        cfg = real(name, *a, **k)
-        if cfg is not None and name == NAME:
-            cfg.sha256 = full_release.sha256
-        return cfg
+        if name == NAME:  # as if released: the architecture's cfg plus the repo and the pin
+            return dataclasses.replace(real(ARCH), tag='at_cifar10', hf_hub_id=REPO_ID, sha256=full_release.sha256)
+        return real(name, *a, **k)
     monkeypatch.setattr(timm.models, 'get_pretrained_cfg', pinned)
     monkeypatch.setattr(timm.models._builder, 'get_pretrained_cfg', pinned, raising=False)  # create_model's lookup
     with pytest.raises(WeightsError, match=f"config.json pins sha256 {other.sha256} but fsr_hub's registry pins"):

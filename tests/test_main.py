@@ -1,5 +1,6 @@
 """The main job (``python -m fsr_hub``): no released weights -> says so + cost report; a release folder, a local
 file, or a pinned registry tag served from an offline HF cache -> a table of measured vs card vs paper numbers."""
+import dataclasses
 import os
 import re
 import subprocess
@@ -96,10 +97,9 @@ def test_pinned_release_pulled_from_hf_cache(monkeypatch, tmp_path, capsys):
     real = timm.models.get_pretrained_cfg
 
     def pinned(name, *a, **k):
-        cfg = real(name, *a, **k)
-        if cfg is not None and name in (NAME, 'fsr_resnet18'):
-            cfg.sha256 = rel.sha256
-        return cfg
+        if name == NAME:  # as if released: the architecture's cfg plus the repo and the pin
+            return dataclasses.replace(real('fsr_resnet18'), tag='at_cifar10', hf_hub_id=REPO_ID, sha256=rel.sha256)
+        return real(name, *a, **k)
     monkeypatch.setattr(timm.models, 'get_pretrained_cfg', pinned)
     monkeypatch.setattr(timm.models._builder, 'get_pretrained_cfg', pinned, raising=False)
     assert main(['--attack', 'clean', '--n', '20', '--no-progress']) == 0

@@ -1,11 +1,20 @@
 """Every registered fsr_hub architecture: shapes, exact parameter counts, determinism, gradients, heads, cfgs."""
+import copy
+
 import pytest
 import timm
 import torch
 from timm.data import resolve_data_config
 
 import fsr_hub
-from fsr_hub.models import ALL_MODELS, HF_ORG, VANILLA_TWINS
+from fsr_hub.models import ALL_MODELS, VANILLA_TWINS
+from fsr_hub.releases import RELEASED, hub_id
+
+# stage attribute names that feature_info lists, per architecture family
+FEATURES = {'resnet18': ['layer1', 'layer2', 'layer3', 'layer4'], 'vgg16': ['block0', 'block1', 'block2', 'block3', 'block4'],
+            'wrn34_10': ['block1', 'block2', 'block3', 'final_norm']}
+# smaller members of the same family, for the tests that build extra models (WRN-34-10 is the slow one)
+SMALL = {'resnet18': dict(layers=(1, 1, 1, 1)), 'vgg16': {}, 'wrn34_10': dict(depth=10, widen_factor=2)}
 
 MODELS = timm.list_models(['fsr_*', 'cifar_*'])  # what timm sees; ALL_MODELS is what the package declares
 FSR_ONLY = [m for m in MODELS if m.startswith('fsr_')]
@@ -104,6 +113,7 @@ def test_fsr_losses_train_separation_and_recalibration_nets(name):
 
 def test_reset_classifier_resets_main_and_aux_heads(model):
     name, m = model
+    m = copy.deepcopy(m)  # the module-scoped model stays as built
     m.reset_classifier(5)
     assert m.num_classes == 5
     assert m.eval()(_x()).shape == (2, 5)
@@ -111,7 +121,6 @@ def test_reset_classifier_resets_main_and_aux_heads(model):
         assert f.aux.out_features == 5
     m.reset_classifier(0)
     assert m(_x()).shape == (2, m.head_hidden_size)
-    m.reset_classifier(10)
 
 
 @pytest.mark.parametrize('name', ['fsr_resnet18', 'cifar_vgg16'])
@@ -125,8 +134,11 @@ def test_num_classes_override(name):
 def test_pretrained_cfg_declares_cifar_preprocessing(model):
     name, m = model
     cfg = m.pretrained_cfg
-    assert cfg['input_size'] == (3, 32, 32) and cfg['crop_pct'] == 1.0 and cfg['num_classes'] == 10
-    assert cfg['hf_hub_id'] == f'{HF_ORG}/{name}.{cfg["tag"]}'
+    assert cfg['input_size'] == (3, 32, 32) and cfg['fixed_input_size'] and cfg['crop_pct'] == 1.0
+    assert cfg['num_classes'] == 10 and cfg['architecture'] == name
+    released = [n for n in RELEASED if n.startswith(name + '.')]  # timm's default: the first release, if any
+    assert cfg.get('sha256') == (RELEASED[released[0]] if released else None)
+    assert cfg.get('hf_hub_id') == (hub_id(released[0]) if released else None)
     data_cfg = resolve_data_config({}, model=m)
     assert data_cfg['mean'] == (0.0, 0.0, 0.0) and data_cfg['std'] == (1.0, 1.0, 1.0)
     classifiers = (cfg['classifier'],) if isinstance(cfg['classifier'], str) else tuple(cfg['classifier'])
@@ -151,16 +163,12 @@ def test_several_fsr_positions_and_indices():
     (dict(fsr_positions=('layer4', 4 - 1)), 'given twice'),
     (dict(fsr_separation=False, fsr_recalibration=False), 'at least one'),
     (dict(fsr_tau=0.0), 'tau must be > 0'),
+    (dict(img_size=36), r'img_size \(36, 36\) must be positive multiples of 8'),
+    (dict(drop_rate=1.0), r'drop_rate must be in \[0, 1\)'),
 ])
 def test_bad_model_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model('fsr_resnet18', **kwargs)
-
-
-def test_bad_input_shape_raises_clear_error():
-    m = timm.create_model('cifar_resnet18').eval()
-    with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
-        m(torch.rand(3, 32, 32))
 
 
 @pytest.mark.parametrize('kwargs, pos_none, rec_none', [
@@ -184,3 +192,136 @@ def test_vgg_uses_the_reference_initialisation():
     assert m.fsr['block3'].aux.weight.std().item() == pytest.approx(0.01, rel=0.1)
     conv = m.block4[0]  # kaiming fan-out: std = sqrt(2 / (out_channels * 9))
     assert conv.weight.std().item() == pytest.approx((2 / (512 * 9)) ** 0.5, rel=0.05)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timm's model interface, over the whole registry (the ideas of timm's own model tests)
+
+
+def _family(name):
+    return name.split('_', 1)[1]
+
+
+def test_feature_info_lists_stage_modules(model):
+    name, m = model
+    assert [f['module'] for f in m.feature_info] == FEATURES[_family(name)]
+    for f in m.feature_info:
+        assert m.get_submodule(f['module']) is getattr(m, f['module'])
+    with torch.no_grad():
+        feats = m.eval().forward_intermediates(_x(1), intermediates_only=True)
+    assert [t.shape[1] for t in feats] == [f['num_chs'] for f in m.feature_info]
+    assert [32 // t.shape[-1] for t in feats] == [f['reduction'] for f in m.feature_info]
+
+
+def test_forward_intermediates(model):
+    name, m = model
+    m.eval()
+    x = _x(1)
+    captured = {}
+    hooks = [f.register_forward_hook(lambda mod, inp, out, pos=pos: captured.setdefault(pos, out[0]))
+             for pos, f in m.fsr.items()]
+    with torch.no_grad():
+        final, feats = m.forward_intermediates(x)
+        for h in hooks:
+            h.remove()
+        assert torch.equal(final, m.forward_features(x)) and torch.equal(m.forward_head(final), m(x))
+        assert len(feats) == len(m.feature_info)
+        last2 = m.forward_intermediates(x, indices=2, intermediates_only=True)
+        picked = m.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+        early_x, early = m.forward_intermediates(x, indices=[1], stop_early=True)
+    assert all(torch.equal(a, b) for a, b in zip(last2, feats[-2:]))
+    assert torch.equal(picked[0], feats[0]) and torch.equal(picked[1], feats[-1])
+    assert torch.equal(early_x, feats[1]) and torch.equal(early[0], feats[1])
+    # the feature of a stage that FSR follows is the FSR output f~
+    names = [f['module'] for f in m.feature_info]
+    for pos, out in captured.items():
+        assert torch.equal(feats[names.index(pos)], out)
+    with pytest.raises(ValueError, match='out of range'):
+        m.forward_intermediates(x, indices=[len(names)])
+    with pytest.raises(ValueError, match='NCHW'):
+        m.forward_intermediates(x, output_fmt='NHWC')
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_features_only_through_timm(name):
+    kwargs = SMALL[_family(name)]
+    torch.manual_seed(0)
+    full = timm.create_model(name, **kwargs).eval()
+    torch.manual_seed(0)
+    feat = timm.create_model(name, features_only=True, **kwargs).eval()
+    torch.manual_seed(0)
+    first2 = timm.create_model(name, features_only=True, out_indices=(0, 1), **kwargs).eval()
+    x = _x(1)
+    with torch.no_grad():
+        expected = full.forward_intermediates(x, intermediates_only=True)
+        got, got2 = feat(x), first2(x)
+    assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert feat.feature_info.channels() == [f['num_chs'] for f in full.feature_info]
+    assert feat.feature_info.module_name() == FEATURES[_family(name)]
+    assert len(got2) == 2 and all(torch.equal(a, b) for a, b in zip(got2, expected[:2]))
+    # stages after the last one asked for are pruned, with their FSR modules
+    pruned = first2.model
+    assert all(isinstance(getattr(pruned, s), torch.nn.Identity) for s in full.stage_names[full.stage_names.index(
+        FEATURES[_family(name)][1]) + 1:])
+    assert pruned.fsr_positions == tuple(p for p in full.fsr_positions if p in FEATURES[_family(name)][:2]) == ()
+
+
+def test_group_matcher_covers_parameters_in_forward_order(model):
+    name, m = model
+    params = [n for n, _ in m.named_parameters()]
+    for coarse in (True, False):
+        groups = timm.models.group_parameters(m, m.group_matcher(coarse=coarse))
+        ordered = [n for i in sorted(groups) for n in groups[i]]
+        assert sorted(ordered) == sorted(params)
+        first, last = groups[min(groups)], groups[max(groups)]
+        assert all(n.startswith(('stem.', m.stage_names[0] + '.')) for n in first)
+        assert 'fc.weight' in last and all(n.startswith(('fc.', 'pre_logits.')) for n in last)
+        group_of = {n: i for i, ns in groups.items() for n in ns}
+        order = [s for s in m.stage_names if any(n.startswith(s + '.') for n in params)]
+        spans = [[group_of[n] for n in params if n.startswith(s + '.')] for s in order]
+        assert all(max(a) <= min(b) for a, b in zip(spans, spans[1:]))  # stages in forward order
+        for pos in m.fsr_positions:  # each FSR module is grouped with (the last block of) its stage
+            fsr = {group_of[n] for n in params if n.startswith(f'fsr.{pos}.')}
+            assert fsr == {max(group_of[n] for n in params if n.startswith(pos + '.'))}
+    coarse_groups = timm.models.group_parameters(m, m.group_matcher(coarse=True))
+    assert len(coarse_groups) == int(any(n.startswith('stem.') for n in params)) + len(order) + 1
+
+
+@pytest.mark.parametrize('name', ['fsr_resnet18', 'fsr_vgg16', 'fsr_wrn34_10'])
+def test_grad_checkpointing_gives_the_same_gradients(name):
+    torch.manual_seed(0)
+    m = timm.create_model(name, **SMALL[_family(name)]).eval()
+    x = _x(2)
+    grads = []
+    for enable in (False, True):
+        m.set_grad_checkpointing(enable)
+        assert m.grad_checkpointing is enable
+        xi = x.clone().requires_grad_(True)
+        m.zero_grad(set_to_none=True)
+        m(xi).logsumexp(1).sum().backward()
+        grads.append((xi.grad, [p.grad.clone() for p in m.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_drop_rate_drops_pre_logits_in_train_mode_only():
+    torch.manual_seed(0)
+    m = timm.create_model('fsr_resnet18', drop_rate=0.5, **SMALL['resnet18'])
+    feats = torch.rand(4, m.num_features, 4, 4)
+    m.eval()
+    ref = m.forward_head(feats, pre_logits=True)
+    assert torch.equal(ref, m.forward_head(feats, pre_logits=True))
+    m.train()
+    out = m.forward_head(feats, pre_logits=True)
+    ratio = out / ref  # inverted dropout: each feature is dropped (0) or scaled by 1 / (1 - 0.5)
+    assert set(ratio.unique().tolist()) == {0.0, 2.0}
+    m0 = timm.create_model('fsr_resnet18', **SMALL['resnet18'])
+    assert torch.equal(m0.train().forward_head(feats, pre_logits=True), m0.eval().forward_head(feats, pre_logits=True))
+
+
+def test_input_size_and_channels_follow_the_build():
+    m = timm.create_model('cifar_resnet18', in_chans=1, img_size=64, **SMALL['resnet18']).eval()
+    assert m(torch.rand(2, 1, 64, 64)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r'shape \(B, 1, 64, 64\)'):
+        m(torch.rand(2, 1, 32, 32))

@@ -150,7 +150,7 @@ def test_card_table_measured_beside_paper_and_not_measured(rel):
         assert cells[1] == expected, row
         assert cells[2] == f'{ref.metrics[key]:.2f}' and cells[3] == ref.sources[key]
     for needle in ("timm.create_model('fsr_resnet18.at_cifar10', pretrained=True)", 'torch.hub.load',
-                   f'hf-hub:{fsr_hub.HF_ORG}/fsr_resnet18.at_cifar10', rel.sha256, rel.results['command'],
+                   f'hf-hub:{fsr_hub.DEFAULT_ORG}/fsr_resnet18.at_cifar10', rel.sha256, rel.results['command'],
                    rel.results['training']['command'], 'Gradient-masking checks', 'Limitations', 'F16'):
         assert needle in body, needle
 
@@ -229,10 +229,9 @@ def _registry_pin(monkeypatch):
     real = timm.models.get_pretrained_cfg
 
     def fake(name, *a, **k):
-        cfg = real(name, *a, **k)
-        if name == 'fsr_resnet18.at_cifar10':
-            cfg.sha256 = 'f' * 64
-        return cfg
+        if name == 'fsr_resnet18.at_cifar10':  # as if released with another file
+            return dataclasses.replace(real('fsr_resnet18'), tag='at_cifar10', sha256='f' * 64)
+        return real(name, *a, **k)
     monkeypatch.setattr(timm.models, 'get_pretrained_cfg', fake)
 
 
@@ -367,9 +366,9 @@ def test_push_refuses_a_card_rendered_for_another_org(rel, capsys):
     # the card's load instructions name fsr-hub/...: uploading it to myorg/... would point users elsewhere
     assert load_tool('push_to_hub').main([str(rel.folder), '--org', 'myorg', '--dry-run']) == 2
     err = capsys.readouterr().err
-    assert f'rendered for the hub organisation {fsr_hub.HF_ORG}, not myorg' in err and err.count('\n') == 1
+    assert f'rendered for the hub organisation {fsr_hub.DEFAULT_ORG}, not myorg' in err and err.count('\n') == 1
     assert load_tool('push_to_hub').main([str(rel.folder), '--dry-run']) == 0  # its own org is fine
-    assert f'{fsr_hub.HF_ORG}/fsr_resnet18.at_cifar10' in capsys.readouterr().out
+    assert f'{fsr_hub.DEFAULT_ORG}/fsr_resnet18.at_cifar10' in capsys.readouterr().out
 
 
 def test_push_invalid_folder_is_one_line(rel, capsys):

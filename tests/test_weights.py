@@ -1,4 +1,8 @@
-"""Safetensors save/load, sha256 pinning, and clear errors for every bad weight file."""
+"""Safetensors save/load, sha256 pinning, pretrained loading through timm, and clear errors for every bad
+weight file."""
+import json
+import os
+
 import pytest
 import timm
 import torch
@@ -56,8 +60,92 @@ def test_create_model_pretrained_from_local_file(resnet, saved):
 
 
 def test_unreleased_tag_says_so():
-    with pytest.raises(WeightsError, match='No weights have been released for fsr_resnet18.at_cifar10'):
+    with pytest.raises(WeightsError, match='No weights have been released for fsr_resnet18.at_cifar10 yet'):
         timm.create_model('fsr_resnet18.at_cifar10', pretrained=True)
+    with pytest.raises(ValueError, match="Unknown pretrained tag 'at_cifar11' for fsr_resnet18; released: none yet"):
+        timm.create_model('fsr_resnet18.at_cifar11')
+    with pytest.raises(WeightsError, match=r'fsr_resnet18 has no pretrained weights \(released tags: none yet\)'):
+        timm.create_model('fsr_resnet18', pretrained=True)
+
+
+def test_pretrained_through_timm_keeps_features_and_adapts_input_channels(resnet, saved):
+    path, sha = saved
+    overlay = dict(file=str(path), sha256=sha)
+    feat = timm.create_model('fsr_resnet18', pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = resnet.forward_intermediates(x, intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(feat.eval()(x), expected))
+    gray = timm.create_model('fsr_resnet18', pretrained=True, in_chans=1, pretrained_cfg_overlay=overlay)
+    torch.testing.assert_close(gray.stem[0].weight, resnet.stem[0].weight.sum(1, keepdim=True))  # timm's adaptation
+    assert torch.equal(gray.layer1[0].conv1.weight, resnet.layer1[0].conv1.weight)
+
+
+def test_pretrained_from_a_local_folder(resnet, saved, tmp_path):
+    """``local-dir:<folder>`` reads config.json (timm's format) and is held to the sha256 it pins."""
+    path, sha = saved
+    folder = tmp_path / 'release'
+    folder.mkdir()
+    (folder / 'model.safetensors').write_bytes(path.read_bytes())
+    cfg = {k: v for k, v in resnet.pretrained_cfg.items() if k != 'architecture'}
+    (folder / 'config.json').write_text(json.dumps(
+        {'architecture': 'fsr_resnet18', 'num_classes': 10, 'pretrained_cfg': dict(cfg, tag='local', sha256=sha)}))
+    m = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert torch.equal(m.fc.weight, resnet.fc.weight) and m.pretrained_cfg['sha256'] == sha
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    (folder / 'model.safetensors').write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=f'sha256 mismatch for {folder}/model.safetensors'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_only_checked_safetensors_files_load(saved, tmp_path):
+    path, _ = saved
+    pickle_name = tmp_path / 'model.pth'
+    pickle_name.write_bytes(path.read_bytes())
+    with pytest.raises(WeightsError, match='model.pth: fsr_hub loads safetensors files only'):
+        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(pickle_name)))
+    truncated = tmp_path / 'cut.safetensors'
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match='cut.safetensors is not a readable safetensors file') as e:
+        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(truncated)))
+    assert '\n' not in str(e.value)
+    with pytest.raises(WeightsError, match='Weight file not found: .*nothing.safetensors'):
+        timm.create_model('fsr_resnet18', pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / 'nothing.safetensors')))
+    # a hub download needs a pin (checked before anything is fetched)
+    with pytest.raises(WeightsError, match=r'no sha256 pinned for the weights of someone/mirror'):
+        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someone/mirror'))
+
+
+def test_another_num_classes_is_still_strict_for_everything_else(resnet, tmp_path):
+    state = dict(resnet.state_dict(), **{'bogus.weight': torch.zeros(1)})
+    path = tmp_path / 'extra.safetensors'
+    save_weights(state, path)
+    with pytest.raises(WeightsError, match=r"extra.safetensors does not fit CifarResNet: 0 missing keys \[\], "
+                                           r"1 unexpected keys \['bogus.weight'\]"):
+        timm.create_model('fsr_resnet18', pretrained=True, num_classes=5, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_equal_tensors_give_equal_bytes(resnet, tmp_path):
+    """safetensors orders the metadata differently from call to call; save_weights writes sorted JSON."""
+    meta = {'architecture': 'fsr_resnet18', 'epoch': '3', 'zeta': 'z', 'alpha': 'a', 'tag': 'at_cifar10'}
+    shas = {save_weights(resnet, tmp_path / f'{i}.safetensors', metadata=meta) for i in range(6)}
+    assert len(shas) == 1 and sha256_file(tmp_path / '0.safetensors') in shas
+    with safe_open(str(tmp_path / '0.safetensors'), 'pt') as f:
+        assert f.metadata() == {'format': 'pt', **meta}
+    state, back = resnet.state_dict(), read_weights(tmp_path / '0.safetensors')
+    assert back.keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in back.items())
+
+
+@pytest.mark.parametrize('umask, mode', [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_file_mode_follows_the_umask(resnet, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        save_weights({'w': torch.zeros(2)}, tmp_path / 'w.safetensors')
+    finally:
+        os.umask(old)
+    assert (tmp_path / 'w.safetensors').stat().st_mode & 0o777 == mode
 
 
 def test_missing_file(tmp_path):

@@ -1,49 +1,40 @@
-"""Shared skeleton of the CIFAR-style FSR networks: a stem, named stages, FSR modules after chosen
-stages, a pooled classifier head, and timm's model interface on top.
+"""The one base class of every fsr_hub network: a stem, named stages, FSR modules after chosen stages, a pooled
+classifier head, and timm's model interface (features, intermediates, grouping, checkpointing) on top.
 
-Each architecture file builds its stem and stages and declares which stage names FSR may follow;
-everything FSR-related (insertion, auxiliary outputs, classifier reset) lives here once.
+Architecture files build their stem and stages and hand them, as :class:`Stage` records, to
+:class:`FSRNet`'s keyword-only ``__init__``, which owns everything shared: FSR insertion, the head, the
+auxiliary heads, ``feature_info`` and the input checks.
 """
-import dataclasses
-import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
-from timm.models import PretrainedCfg, build_model_with_cfg
+from timm.models import PretrainedCfg, checkpoint
 
 from ..fsr import FSR, FSRAux
 
-__all__ = [
-    'FSRNet', 'FSROutput', 'FSRPretrainedCfg', 'HF_ORG', 'CIFAR10_CLASSES', 'cifar_cfg', 'hub_id', 'build_fsr_model',
-]
-
-#: Hugging Face organisation the released weights live under; override with the FSR_HUB_ORG environment
-#: variable (read at import) or per call with ``pretrained_cfg_overlay=dict(hf_hub_id='org/name')``.
-HF_ORG = os.environ.get('FSR_HUB_ORG', 'fsr-hub')
+__all__ = ['FSRNet', 'FSROutput', 'Stage', 'FSRPretrainedCfg', 'CIFAR10_CLASSES', 'cifar_cfg']
 
 CIFAR10_CLASSES = (
     'airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck',
 )
 
+_DTYPE_NAMES = {torch.float32: 'float32', torch.float16: 'float16', torch.bfloat16: 'bfloat16'}
+
 
 @dataclass
 class FSRPretrainedCfg(PretrainedCfg):
-    """timm's PretrainedCfg plus the sha256 of the released weight file, checked on every load."""
+    """timm's PretrainedCfg plus the sha256 of the weight file, checked before any of its tensors is used."""
     sha256: Optional[str] = None
 
 
-def hub_id(name: str) -> str:
-    """Hub repo id of a released ``arch.tag``: ``<HF_ORG>/<arch>.<tag>``."""
-    return f'{HF_ORG}/{name}'
-
-
 def cifar_cfg(**kwargs: Any) -> FSRPretrainedCfg:
-    """Pretrained cfg of a 32x32 model fed raw [0, 1] pixels (no normalisation: mean 0, std 1)."""
+    """Pretrained cfg of a 32x32 CIFAR model fed raw [0, 1] pixels (no normalisation: mean 0, std 1)."""
     base = dict(
-        input_size=(3, 32, 32), interpolation='bilinear', crop_pct=1.0,
+        input_size=(3, 32, 32), fixed_input_size=True, interpolation='bilinear', crop_pct=1.0,
         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=10, label_names=CIFAR10_CLASSES,
         first_conv='stem.0', license='mit', paper_name='Feature Separation and Recalibration for Adversarial Robustness',
         paper_ids='arXiv:2303.13846', origin_url='https://github.com/wkim97/FSR',
@@ -59,47 +50,104 @@ class FSROutput:
     aux: Dict[str, FSRAux]
 
 
-class FSRNet(nn.Module):
-    """Base of every fsr_hub network; subclasses set ``stem``, the stage modules and ``stage_channels``.
+@dataclass
+class Stage:
+    """One named stage of a network, as an architecture file hands it to :class:`FSRNet`.
 
-    Args (shared by all architectures):
-        num_classes: classifier outputs (also the auxiliary FSR heads).
+    ``channels`` and ``reduction`` describe its output (reduction: input size / output size). A stage with
+    ``feature=True`` is listed in ``feature_info`` (what ``features_only`` and ``forward_intermediates`` return);
+    FSR may follow any stage.
+    """
+    name: str
+    module: nn.Module
+    channels: int
+    reduction: int
+    feature: bool = True
+
+
+def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(h), int(w)
+
+
+class FSRNet(nn.Module):
+    """Base of every fsr_hub network.
+
+    Args:
+        stem: module applied to the input before the first stage.
+        stages: the stages in forward order (see :class:`Stage`); each becomes an attribute of that name.
+        num_classes: classifier outputs (also of the auxiliary FSR heads); 0 gives pooled features.
+        in_chans, img_size: the input the model is built for; ``forward`` refuses any other (see ``expected_input``).
         fsr_positions: stage names (or indices into ``stage_names``) after which an FSR module is inserted;
-            empty for the vanilla twin.
+            empty for a vanilla network.
         fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration: see :class:`fsr_hub.fsr.FSR`.
-        global_pool: pooling before the classifier ('avg' or 'max').
+        global_pool: pooling before the classifier ('avg', 'max', ...; see timm's SelectAdaptivePool2d).
+        drop_rate: dropout on the pooled (pre-logits) features, before the main classifier.
+        pre_logits: module between the pooling and the classifier (e.g. VGG's MLP); identity if None.
+        head_hidden_size: width of the ``pre_logits`` output (default: the last stage's channels).
     """
 
-    def _init_head_and_fsr(
+    def __init__(
             self,
-            stage_channels: Dict[str, int],
-            num_classes: int,
-            fsr_positions: Sequence[Union[str, int]],
-            fsr_tau: float,
-            fsr_hidden: int,
-            fsr_separation: bool,
-            fsr_recalibration: bool,
-            global_pool: str,
+            *,
+            stem: nn.Module,
+            stages: Sequence[Stage],
+            num_classes: int = 10,
+            in_chans: int = 3,
+            img_size: Union[int, Sequence[int]] = 32,
+            fsr_positions: Union[str, int, Sequence[Union[str, int]]] = (),
+            fsr_tau: float = 0.1,
+            fsr_hidden: int = 64,
+            fsr_separation: bool = True,
+            fsr_recalibration: bool = True,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.0,
             pre_logits: Optional[nn.Module] = None,
             head_hidden_size: Optional[int] = None,
-    ) -> None:
-        self.stage_names = tuple(stage_channels)
+    ):
+        super().__init__()
+        if not stages:
+            raise ValueError('FSRNet needs at least one stage.')
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
         self.num_classes = num_classes
-        self.num_features = stage_channels[self.stage_names[-1]]
-        self.head_hidden_size = head_hidden_size or self.num_features
+        self.in_chans = in_chans
+        self.img_size = _pair(img_size)
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        last_reduction = stages[-1].reduction
+        if any(s <= 0 or s % last_reduction for s in self.img_size):
+            raise ValueError(f'img_size {self.img_size} must be positive multiples of {last_reduction} '
+                             f'(the total downsampling of {type(self).__name__}).')
+
+        self.stem = stem
+        for s in stages:
+            self.add_module(s.name, s.module)
+        self.stage_names: Tuple[str, ...] = tuple(s.name for s in stages)
+        channels = {s.name: s.channels for s in stages}
+        #: timm's feature metadata: one dict per feature stage; ``module`` is the stage attribute name
+        self.feature_info: List[Dict[str, Any]] = [
+            dict(num_chs=s.channels, reduction=s.reduction, module=s.name) for s in stages if s.feature]
+        self._feature_index = {f['module']: i for i, f in enumerate(self.feature_info)}
+
         self.fsr_positions = self._resolve_positions(fsr_positions)
         self.fsr = nn.ModuleDict({
-            name: FSR(stage_channels[name], num_classes, fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration)
+            name: FSR(channels[name], num_classes, fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration)
             for name in self.fsr_positions
         })
+        self.num_features = stages[-1].channels
+        self.head_hidden_size = head_hidden_size or self.num_features
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.pre_logits = pre_logits if pre_logits is not None else nn.Identity()
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _resolve_positions(self, positions: Sequence[Union[str, int]]) -> tuple:
+    # ------------------------------------------------------------------------------------------------------------
+    # construction helpers
+
+    def _resolve_positions(self, positions: Union[str, int, Sequence[Union[str, int]]]) -> Tuple[str, ...]:
         if isinstance(positions, (str, int)):
             positions = (positions,)
-        names = []
+        names: List[str] = []
         for p in positions:
             if isinstance(p, int) and not isinstance(p, bool):
                 if not -len(self.stage_names) <= p < len(self.stage_names):
@@ -112,24 +160,95 @@ class FSRNet(nn.Module):
             names.append(p)
         return tuple(sorted(names, key=self.stage_names.index))
 
-    def _forward_stages(self, x: torch.Tensor, aux: Optional[Dict[str, FSRAux]]) -> torch.Tensor:
-        if x.ndim != 4:
-            raise ValueError(f'Expected an image batch of shape (B, C, H, W), got shape {tuple(x.shape)}.')
+    # ------------------------------------------------------------------------------------------------------------
+    # input checks: host metadata only (no device synchronisation, no graph break under torch.compile)
+
+    def expected_input(self) -> str:
+        """The input ``forward`` accepts, in words."""
+        dtype = next(self.parameters()).dtype
+        others = '/'.join(n for d, n in _DTYPE_NAMES.items() if d != dtype)
+        return (f'{_DTYPE_NAMES.get(dtype, str(dtype))} (or {others} under autocast), shape '
+                f'(B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), raw RGB values in [0, 1]')
+
+    def _check_input(self, x: Any) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f'{type(self).__name__} expects a torch.Tensor: {self.expected_input()}; '
+                             f'got {type(x).__name__}.')
+        dtype_ok = x.dtype == next(self.parameters()).dtype or (
+            x.dtype in _DTYPE_NAMES and torch.is_autocast_enabled(x.device.type))
+        if dtype_ok and x.ndim == 4 and x.shape[1] == self.in_chans and (x.shape[2], x.shape[3]) == self.img_size:
+            return
+        if not x.is_floating_point():
+            hint = ' (integer images: convert with x.float() / 255)'
+        elif x.ndim == 3:
+            hint = ' (a single image: add the batch dimension with x.unsqueeze(0))'
+        elif x.ndim == 4 and x.shape[-1] == self.in_chans and x.shape[1] != self.in_chans:
+            hint = ' (channels last: use x.permute(0, 3, 1, 2))'
+        elif not dtype_ok:
+            hint = f' (convert with x.to({next(self.parameters()).dtype}))'
+        elif x.ndim == 4 and x.shape[1] == self.in_chans:
+            hint = ' (resize the images, or build the model with img_size=...)'
+        else:
+            hint = ''
+        raise ValueError(f'{type(self).__name__} expects {self.expected_input()}; got {str(x.dtype)[6:]} '
+                         f'{tuple(x.shape)}{hint}.')
+
+    # ------------------------------------------------------------------------------------------------------------
+    # forward
+
+    def _take_indices(self, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:
+        n = len(self.feature_info)
+        if indices is None:
+            indices = n
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f'Take the last 1 to {n} features, not {indices}.')
+            take = list(range(n - indices, n))
+        else:
+            take = [i + n if i < 0 else i for i in indices]
+            if not take or any(not 0 <= i < n for i in take):
+                raise ValueError(f'Feature indices {list(indices)} out of range for {n} features '
+                                 f'{[f["module"] for f in self.feature_info]}.')
+        return take, max(take)
+
+    def _forward_stages(
+            self,
+            x: torch.Tensor,
+            aux: Optional[Dict[str, FSRAux]] = None,
+            take: Sequence[int] = (),
+            last: Optional[str] = None,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Stem, stages and FSR modules; returns the output and the features at the feature indices ``take``.
+
+        A feature of a stage that FSR follows is the FSR output f~. Stops after stage ``last`` if given.
+        """
+        self._check_input(x)
+        features: List[torch.Tensor] = []
         x = self.stem(x)
         for name in self.stage_names:
-            x = getattr(self, name)(x)
+            stage = getattr(self, name)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(stage, x)
+            else:
+                x = stage(x)
             if name in self.fsr:
                 x, a = self.fsr[name](x, need_aux=aux is not None)
                 if aux is not None:
                     aux[name] = a
-        return x
+            if self._feature_index.get(name, -1) in take:
+                features.append(x)
+            if name == last:
+                break
+        return x, features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Raw [0, 1] pixels -> unpooled features (B, num_features, h, w), through every FSR module."""
-        return self._forward_stages(x, None)
+        return self._forward_stages(x)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pre_logits(self.global_pool(x))
+        if self.drop_rate:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,13 +257,74 @@ class FSRNet(nn.Module):
     def forward_train(self, x: torch.Tensor) -> FSROutput:
         """Logits plus, per FSR position, the mask and the auxiliary logits p+, p-, p~- for the FSR losses."""
         aux: Dict[str, FSRAux] = {}
-        logits = self.forward_head(self._forward_stages(x, aux))
+        logits = self.forward_head(self._forward_stages(x, aux)[0])
         return FSROutput(logits=logits, aux=aux)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's feature API: the stage features at ``indices`` (None: all; int n: the last n), NCHW.
+
+        The feature of a stage that FSR follows is the FSR output f~. There is no separate final norm
+        (WideResNet's final BN-ReLU is its ``final_norm`` stage), so ``norm`` changes nothing.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"Only output_fmt='NCHW' is supported, got {output_fmt!r}.")
+        take, max_index = self._take_indices(indices)
+        last = self.feature_info[max_index]['module'] if stop_early or intermediates_only else None
+        x, features = self._forward_stages(x, take=take, last=last)
+        return features if intermediates_only else (x, features)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # timm model interface
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, Sequence[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and their FSR modules) after the last feature in ``indices``; returns the absolute
+        indices. With ``prune_head`` the head goes too (``num_classes`` 0, no pooling)."""
+        take, max_index = self._take_indices(indices)
+        stop = self.stage_names.index(self.feature_info[max_index]['module'])
+        for name in self.stage_names[stop + 1:]:
+            setattr(self, name, nn.Identity())
+            if name in self.fsr:
+                del self.fsr[name]
+        self.fsr_positions = tuple(p for p in self.fsr_positions if p in self.fsr)
+        if prune_head:
+            self.pre_logits = nn.Identity()
+            self.head_hidden_size = self.num_features
+            self.reset_classifier(0, '')
+        return take
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups in forward order for timm's layer-wise tools: the stem, then each stage (by block
+        unless ``coarse``; an FSR module joins the group of its stage's last block), then the head (unmatched: last)."""
+        matcher: Dict[str, Any] = {'stem': r'^stem\.'}
+        for name in self.stage_names:
+            if coarse:
+                matcher[name] = [(rf'^{name}\.', None), (rf'^fsr\.{name}\.', None)]
+            else:
+                matcher[name] = [(rf'^{name}\.(\d+)', None), (rf'^fsr\.{name}\.', (99999,))]
+        return matcher
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in the backward pass instead of storing its activations (FSR modules excluded)."""
+        self.grad_checkpointing = enable
 
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def classifier_names(self) -> tuple:
+    def classifier_names(self) -> Tuple[str, ...]:
         """Module names of every classification head: the main ``fc`` and each FSR auxiliary head."""
         return ('fc',) + tuple(f'fsr.{name}.aux' for name in self.fsr_positions)
 
@@ -156,21 +336,3 @@ class FSRNet(nn.Module):
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.fsr.values():
             m.reset_aux(num_classes)
-
-
-def build_fsr_model(model_cls: Type[FSRNet], variant: str, pretrained: bool = False, **kwargs: Any) -> FSRNet:
-    """timm's ``build_model_with_cfg`` plus fsr_hub's checked safetensors loading (see :mod:`fsr_hub.weights`)."""
-    from ..weights import load_pretrained  # weights imports this module
-
-    pretrained_cfg = kwargs.pop('pretrained_cfg', None)
-    if isinstance(pretrained_cfg, dict):  # e.g. from an hf-hub config.json: keep our sha256 field
-        known = {f.name for f in dataclasses.fields(FSRPretrainedCfg)}
-        unknown = sorted(set(pretrained_cfg) - known)
-        if unknown:
-            raise ValueError(f'pretrained_cfg for {variant} has unknown keys {unknown}.')
-        pretrained_cfg = FSRPretrainedCfg(**pretrained_cfg)
-    cache_dir = kwargs.pop('cache_dir', None)
-    model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_cfg=pretrained_cfg, **kwargs)
-    if pretrained:
-        load_pretrained(model, cache_dir=cache_dir)
-    return model

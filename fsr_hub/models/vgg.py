@@ -4,12 +4,13 @@
 and a 512-512-512-10 MLP classifier. FSR sits after ``block3`` (the 4th conv block, 512 x 4 x 4, before
 its max-pool) by default (paper Sec. 4.1). ``cifar_vgg16`` is the vanilla twin.
 """
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from .base import FSRNet, build_fsr_model, cifar_cfg, hub_id
+from .base import FSRNet, Stage, cifar_cfg
+from .registry import build_fsr_model, pretrained_cfgs
 
 __all__ = ['CifarVGG']
 
@@ -25,41 +26,29 @@ def _conv_block(in_chs: int, widths: Sequence[int]) -> nn.Sequential:
 
 
 class CifarVGG(FSRNet):
-    """VGG with BN for 32x32 inputs; stages are ``block0, pool0, ..., pool3, block4``."""
+    """VGG with BN for 32x32 inputs; stages ``block0, pool0, ..., pool3, block4`` (the blocks are the features).
 
-    def __init__(
-            self,
-            blocks: Sequence[Sequence[int]] = _VGG16_BLOCKS,
-            num_classes: int = 10,
-            in_chans: int = 3,
-            fsr_positions: Sequence[Union[str, int]] = ('block3',),
-            fsr_tau: float = 0.1,
-            fsr_hidden: int = 64,
-            fsr_separation: bool = True,
-            fsr_recalibration: bool = True,
-            global_pool: str = 'max',
-            mlp_hidden: int = 512,
-    ):
-        super().__init__()
-        self.stem = nn.Identity()
-        stage_channels = {}
-        in_chs = in_chans
+    ``blocks``: conv widths per block; ``mlp_hidden``: width of the two hidden classifier layers (``pre_logits``);
+    every other option is :class:`FSRNet`'s (global max-pool by default: over the final 2x2 map it equals the
+    original's last 2x2 max-pool + flatten).
+    """
+
+    def __init__(self, blocks: Sequence[Sequence[int]] = _VGG16_BLOCKS, mlp_hidden: int = 512, *,
+                 in_chans: int = 3, **kwargs: Any):
+        kwargs.setdefault('fsr_positions', ('block3',))
+        kwargs.setdefault('global_pool', 'max')
+        stages, in_chs = [], in_chans
         for i, widths in enumerate(blocks):
             if i > 0:
-                self.add_module(f'pool{i - 1}', nn.MaxPool2d(2, 2))
-                stage_channels[f'pool{i - 1}'] = in_chs
-            self.add_module(f'block{i}', _conv_block(in_chs, widths))
+                stages.append(Stage(f'pool{i - 1}', nn.MaxPool2d(2, 2), in_chs, reduction=2 ** i, feature=False))
+            stages.append(Stage(f'block{i}', _conv_block(in_chs, widths), widths[-1], reduction=2 ** i))
             in_chs = widths[-1]
-            stage_channels[f'block{i}'] = in_chs
         pre_logits = nn.Sequential(
             nn.Linear(in_chs, mlp_hidden), nn.ReLU(inplace=True),
             nn.Linear(mlp_hidden, mlp_hidden), nn.ReLU(inplace=True),
         )
-        # global max-pool over the final 2x2 map == the original's last 2x2 max-pool + flatten
-        self._init_head_and_fsr(
-            stage_channels, num_classes, fsr_positions, fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration,
-            global_pool, pre_logits=pre_logits, head_hidden_size=mlp_hidden,
-        )
+        super().__init__(stem=nn.Identity(), stages=stages, in_chans=in_chans, pre_logits=pre_logits,
+                         head_hidden_size=mlp_hidden, **kwargs)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -78,15 +67,14 @@ class CifarVGG(FSRNet):
 
 
 def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarVGG:
-    return build_fsr_model(CifarVGG, variant, pretrained, **kwargs)
+    n_blocks = len(kwargs.get('blocks', _VGG16_BLOCKS))
+    return build_fsr_model(CifarVGG, variant, pretrained, feature_cfg=dict(out_indices=tuple(range(n_blocks))),
+                           **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
-    'fsr_vgg16.at_cifar10': cifar_cfg(
-        hf_hub_id=hub_id('fsr_vgg16.at_cifar10'), first_conv='block0.0', classifier=('fc', 'fsr.block3.aux'),
-        sha256=None),
-    'cifar_vgg16.at_cifar10': cifar_cfg(
-        hf_hub_id=hub_id('cifar_vgg16.at_cifar10'), first_conv='block0.0', classifier='fc', sha256=None),
+    **pretrained_cfgs('fsr_vgg16', cifar_cfg(first_conv='block0.0', classifier=('fc', 'fsr.block3.aux'))),
+    **pretrained_cfgs('cifar_vgg16', cifar_cfg(first_conv='block0.0', classifier='fc')),
 })
 
 

@@ -4,13 +4,14 @@ FSR sits after ``block3`` and the final BN-ReLU (stage ``final_norm``, 640 x 8 x
 Sec. 4.1). ``cifar_wrn34_10`` is the vanilla twin. The original code's unused ``sub_block1`` is not built.
 """
 import math
-from typing import Any, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from .base import FSRNet, build_fsr_model, cifar_cfg, hub_id
+from .base import FSRNet, Stage, cifar_cfg
+from .registry import build_fsr_model, pretrained_cfgs
 
 __all__ = ['CifarWideResNet', 'PreActBlock']
 
@@ -23,8 +24,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.conv2 = nn.Conv2d(out_chs, out_chs, 3, stride=1, padding=1, bias=False)
         self.act = nn.ReLU(inplace=True)
-        self.equal_in_out = in_chs == out_chs
-        self.shortcut = None if self.equal_in_out else nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+        self.shortcut = None if in_chs == out_chs else nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = self.act(self.bn1(x))
@@ -34,40 +34,28 @@ class PreActBlock(nn.Module):
 
 
 class CifarWideResNet(FSRNet):
-    """Pre-activation WideResNet (Zagoruyko & Komodakis 2016) for 32x32 inputs."""
+    """Pre-activation WideResNet (Zagoruyko & Komodakis 2016) for 32x32 inputs; stages ``block1..block3``
+    and ``final_norm`` (the final BN-ReLU).
 
-    def __init__(
-            self,
-            depth: int = 34,
-            widen_factor: int = 10,
-            num_classes: int = 10,
-            in_chans: int = 3,
-            fsr_positions: Sequence[Union[str, int]] = ('final_norm',),
-            fsr_tau: float = 0.1,
-            fsr_hidden: int = 64,
-            fsr_separation: bool = True,
-            fsr_recalibration: bool = True,
-            global_pool: str = 'avg',
-    ):
-        super().__init__()
-        if (depth - 4) % 6:
-            raise ValueError(f'WideResNet depth must be 6n + 4, got {depth}.')
+    ``depth`` (6n + 4) and ``widen_factor`` set the size; every other option is :class:`FSRNet`'s.
+    """
+
+    def __init__(self, depth: int = 34, widen_factor: int = 10, *, in_chans: int = 3, **kwargs: Any):
+        kwargs.setdefault('fsr_positions', ('final_norm',))
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f'WideResNet depth must be 6n + 4 (n >= 1), got {depth}.')
         n = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False))
-        stage_channels = {}
+        stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False))
+        stages = []
         for i in range(3):
             stride = 1 if i == 0 else 2
             blocks = [PreActBlock(widths[i] if d == 0 else widths[i + 1], widths[i + 1], stride if d == 0 else 1)
                       for d in range(n)]
-            self.add_module(f'block{i + 1}', nn.Sequential(*blocks))
-            stage_channels[f'block{i + 1}'] = widths[i + 1]
-        self.final_norm = nn.Sequential(nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True))
-        stage_channels['final_norm'] = widths[3]
-        self._init_head_and_fsr(
-            stage_channels, num_classes, fsr_positions, fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration,
-            global_pool,
-        )
+            stages.append(Stage(f'block{i + 1}', nn.Sequential(*blocks), widths[i + 1], reduction=2 ** i))
+        final_norm = nn.Sequential(nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True))
+        stages.append(Stage('final_norm', final_norm, widths[3], reduction=4))
+        super().__init__(stem=stem, stages=stages, in_chans=in_chans, **kwargs)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -83,13 +71,13 @@ class CifarWideResNet(FSRNet):
 
 
 def _create_wideresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarWideResNet:
-    return build_fsr_model(CifarWideResNet, variant, pretrained, **kwargs)
+    return build_fsr_model(CifarWideResNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+                           **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
-    'fsr_wrn34_10.at_cifar10': cifar_cfg(
-        hf_hub_id=hub_id('fsr_wrn34_10.at_cifar10'), classifier=('fc', 'fsr.final_norm.aux'), sha256=None),
-    'cifar_wrn34_10.at_cifar10': cifar_cfg(hf_hub_id=hub_id('cifar_wrn34_10.at_cifar10'), classifier='fc', sha256=None),
+    **pretrained_cfgs('fsr_wrn34_10', cifar_cfg(classifier=('fc', 'fsr.final_norm.aux'))),
+    **pretrained_cfgs('cifar_wrn34_10', cifar_cfg(classifier='fc')),
 })
 
 
