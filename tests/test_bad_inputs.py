@@ -154,3 +154,16 @@ def test_input_checks_compile_without_graph_breaks(model):
 
     x = _x(2, 3, 32, 32)
     assert torch.equal(torch.compile(check, fullgraph=True, backend='eager')(x), x * 2)
+
+
+@pytest.mark.cuda
+def test_cuda_autocast_and_compile_take_the_same_checks():
+    m = timm.create_model('fsr_resnet18').cuda().eval()
+    x = _x(2, 3, 32, 32).cuda()
+    with torch.no_grad():
+        with torch.autocast('cuda', dtype=torch.float16):
+            assert m(x.half()).shape == (2, 10) and m(x).shape == (2, 10)
+        with pytest.raises(ValueError, match='got float16'):
+            m(x.half())
+        compiled = torch.compile(m, fullgraph=True)
+        torch.testing.assert_close(compiled(x), m(x), atol=1e-3, rtol=1e-3)
