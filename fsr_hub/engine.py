@@ -208,6 +208,18 @@ class _Run:
         return bool(self.cfg.holdout) and epoch + 1 in eval_epochs(self.cfg.epochs, self.cfg.eval_every)
 
 
+def _with_epochs(raw: TrainConfig, epochs: int) -> TrainConfig:
+    """``raw`` resolved for another epoch count. Milestones and an evaluation interval equal to the defaults of
+    the old count (filled in by :meth:`TrainConfig.resolved`, e.g. through ``for_dataset``) are taken for defaults
+    and follow the new count; others are kept."""
+    fractions = NATURAL_MILESTONES if raw.objective == 'natural' else AT_MILESTONES
+    milestones = raw.milestones
+    if milestones is not None and tuple(int(m) for m in milestones) == lr_milestones(raw.epochs, fractions):
+        milestones = None
+    eval_every = None if raw.eval_every == default_eval_every(raw.epochs) else raw.eval_every
+    return dataclasses.replace(raw, epochs=epochs, milestones=milestones, eval_every=eval_every).resolved()
+
+
 def _seed_epoch(seed: int, rank: int, epoch: int) -> None:
     s = (seed * 1_000_003 + rank * 10_007 + epoch) % (2 ** 63)
     torch.manual_seed(s)  # seeds CPU and every CUDA device
@@ -347,7 +359,7 @@ def _resume(run: _Run) -> None:
     run.prior_seconds = float(ckpt.get('wall_clock_seconds', 0.0))
     if ckpt.get('budget') and run.raw.time_budget is not None:  # keep the epoch count the budget fixed
         run.budget = dict(ckpt['budget'])
-        run.cfg = dataclasses.replace(run.raw, epochs=int(run.budget['epochs'])).resolved()
+        run.cfg = _with_epochs(run.raw, int(run.budget['epochs']))
         measured = run.budget['measured']
         run.costs.update(evaluation=measured['evaluation_seconds'], checkpoint=measured['checkpoint_seconds'])
     if run.is_main and run.cfg.progress:
@@ -429,15 +441,17 @@ def _plan_budget(run: _Run, step_seconds: float, steps_done: int, warmup_seconds
     reproduces the run). Neither timing changes the model, the optimizer or any generator."""
     evaluation = _time_evaluation(run) if run.cfg.holdout else 0.0
     checkpoint = _time_checkpoint(run) if run.is_main else 0.0
-    step_seconds, evaluation, checkpoint = _all_reduce_max([step_seconds, evaluation, checkpoint], run)
+    elapsed = time.monotonic() - run.clock_start
+    # maxima over the ranks: every rank then plans the same count
+    step_seconds, evaluation, checkpoint, elapsed = _all_reduce_max(
+        [step_seconds, evaluation, checkpoint, elapsed], run)
     budget = 60.0 * run.raw.time_budget
     reserve = max(1.0, 0.02 * budget)
-    elapsed = time.monotonic() - run.clock_start
     costs = BudgetCosts(step=step_seconds, steps_per_epoch=len(run.loader), steps_done=steps_done,
                         evaluation=evaluation, checkpoint=checkpoint)
     epochs, estimate, fits = plan_epochs(budget - reserve - elapsed, costs, max_epochs=run.raw.epochs,
                                          eval_every=run.raw.eval_every, holdout=run.cfg.holdout > 0)
-    run.cfg = dataclasses.replace(run.raw, epochs=epochs).resolved()
+    run.cfg = _with_epochs(run.raw, epochs)
     run.costs.update(evaluation=evaluation, checkpoint=checkpoint)
     run.budget = {
         'minutes': run.raw.time_budget, 'max_epochs': run.raw.epochs, 'epochs': epochs, 'fits': fits,
