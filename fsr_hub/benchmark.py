@@ -61,6 +61,8 @@ def benchmark_train_step(
         probe = _timed(lambda i: run(warmup), 1, dev)
         n = max(1, min(batches, int((max_seconds - warmup_seconds - probe) / max(probe, 1e-9))))
     elapsed = _timed(lambda i: run(warmup + i), n, dev)
+    if train_step.fallback is not None:  # the step ran eagerly: its timing is not the asked path's
+        raise RuntimeError(f'the {step} step fell back to eager: {train_step.fallback}')
     ips = n * batch_size / elapsed
     return {'images_per_second': ips, 'seconds_per_epoch': EPOCH_IMAGES / ips, 'warmup_steps': warmup,
             'warmup_seconds': warmup_seconds, 'timed_steps': n, 'includes_setup': warmup < train_step.setup_calls}

@@ -606,6 +606,6 @@ def _summary(run: _Run, final_sha: Optional[str]) -> Dict[str, Any]:
         'epoch_seconds': [h['epoch_seconds'] for h in run.history],  # every epoch, across resumes
         'wall_clock_seconds': round(run.prior_seconds + time.time() - run.t_start, 3),  # summed over processes
         'hardware': {'device': hardware_name(run.device), 'world_size': run.world, 'torch': torch.__version__,
-                     'step': cfg.step},
+                     'step': cfg.step, 'step_fallback': run.step.fallback if run.step is not None else None},
         'command': run.command,
     }

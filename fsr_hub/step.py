@@ -16,6 +16,7 @@ SGD update, run in one of three ways (:data:`STEP_MODES`).
 Nothing in a step synchronises with the host: it returns its statistics as a device tensor.
 """
 import contextlib
+import sys
 from typing import Any, Dict, Optional
 
 import torch
@@ -114,6 +115,7 @@ class TrainStep:
             self.loss_module = torch.compile(self.loss_module, backend=compile_backend)
             self.attack_model = torch.compile(self.model, backend=compile_backend)
         self.calls = 0
+        self.fallback: Optional[str] = None  # why a cuda-graph step runs eagerly instead (its capture failed)
         self._graph: Optional[torch.cuda.CUDAGraph] = None
         self._side: Optional[torch.cuda.Stream] = None
 
@@ -143,12 +145,17 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if self.mode != 'cuda-graph':
+        if self.mode != 'cuda-graph' or self.fallback is not None:
             return self.body(x, y)
         if self._graph is None:
             if self.calls <= self.graph_warmup:
                 return self._on_side_stream(x, y)
-            self._capture(x, y)
+            try:
+                self._capture(x, y)
+            except RuntimeError as e:  # a capture records kernels without running them: nothing was updated
+                self.fallback = f'capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+                print(f'warning: cuda-graph step {self.fallback}; running the step eagerly', file=sys.stderr)
+                return self.body(x, y)
         if x.shape != self._x.shape or y.shape != self._y.shape:
             raise ValueError(f'the cuda-graph step was captured for batches of {tuple(self._x.shape)}, got '
                              f'{tuple(x.shape)}: graphs need static shapes (drop the last incomplete batch).')

@@ -70,7 +70,8 @@ def test_resume_of_a_cuda_run(tmp_path, step):
     data = separable_data(160)  # 128 training images: 4 steps per epoch
     cfg = _tiny_cuda_config(tmp_path / 'ref', step=step)
     ref = train(cfg, model=tiny_fsr_net(), data=data)
-    assert ref.summary['hardware']['step'] == step and ref.summary['complete']
+    assert ref.summary['hardware']['step'] == step and ref.summary['hardware']['step_fallback'] is None
+    assert ref.summary['complete']
 
     def kill(epoch, i):
         if epoch == 1 and i == 1:
@@ -123,7 +124,7 @@ def _agree(mode: str, fsr_positions, random_start: bool):
 
 def test_cuda_graph_step_agrees_with_eager_and_replays_new_batches():
     step, batches = _agree('cuda-graph', (), random_start=False)
-    assert step.calls == 6 and step.setup_calls == 4
+    assert step.fallback is None and step.calls == 6 and step.setup_calls == 4  # captured, not run eagerly
     x, y = batches[0]
     with pytest.raises(ValueError, match='static shapes'):
         step(x[:8], y[:8])
@@ -131,7 +132,8 @@ def test_cuda_graph_step_agrees_with_eager_and_replays_new_batches():
 
 def test_cuda_graph_step_draws_the_random_numbers_of_eager():
     # random start and FSR Gumbel noise from the global generator: the graph replays draw what eager draws
-    _agree('cuda-graph', ('s2',), random_start=True)
+    step, _ = _agree('cuda-graph', ('s2',), random_start=True)
+    assert step.fallback is None
 
 
 @pytest.mark.slow
@@ -146,7 +148,8 @@ def test_cuda_graph_training_run_under_a_budget(tmp_path):
                 data=separable_data(160))
     plan = res.summary['budget']
     assert plan['epochs'] == 2 and plan['measured']['seconds_per_step'] > 0 and res.summary['complete']
-    assert res.summary['hardware']['step'] == 'cuda-graph' and (tmp_path / 'best.safetensors').is_file()
+    assert res.summary['hardware']['step'] == 'cuda-graph' and res.summary['hardware']['step_fallback'] is None
+    assert (tmp_path / 'best.safetensors').is_file()
 
 
 def test_benchmark_runs_the_cuda_paths():
