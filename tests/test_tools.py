@@ -31,3 +31,11 @@ def test_benchmark_cli_warmup_zero_gives_no_ratio(capsys, tmp_path):
 def test_benchmark_cli_errors(capsys):
     assert benchmark_main(['--device', 'cpu', '--paths', 'cuda-graph']) == 2
     assert 'needs a CUDA device' in capsys.readouterr().err
+
+
+def test_benchmark_cli_time_cap_skips_what_does_not_fit(capsys, tmp_path):
+    out = tmp_path / 'bench.json'
+    assert benchmark_main(['--device', 'cpu', '--seconds', '0.5', '--json', str(out)]) == 1  # no path measured
+    assert 'skipped (--seconds cap)' in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc['paths']['eager']['status'].startswith('skipped') and doc['fastest'] is None and doc['seconds'] < 5

@@ -37,10 +37,10 @@ from fsr_hub.weights import WeightsError  # noqa: E402
 #: help of every TrainConfig field, each naming its default once
 HELP = {
     'model': 'timm model name: fsr_resnet18, fsr_vgg16, fsr_wrn34_10 or the vanilla cifar_* twins (default: fsr_resnet18)',
-    'dataset': 'cifar10 | svhn (default: cifar10)',
+    'dataset': 'training set (default: cifar10)',
     'data': 'dataset root: CIFAR-10 in DIR/cifar-10-batches-py, SVHN in DIR/train_32x32.mat (default: data)',
     'out': 'output folder (default: runs/train)',
-    'objective': f'{" | ".join(OBJECTIVES)} (default: at); natural: clean cross-entropy, no attack, recipe: '
+    'objective': f'training objective (default: at); natural: clean cross-entropy, no attack, recipe: '
                  f'{NATURAL_RECIPE}',
     'fsr_loss': 'add the FSR separation/recalibration losses (ignored by vanilla models) (default: on)',
     'lambda_sep': 'weight of L_sep (default: 1)', 'lambda_rec': 'weight of L_rec (default: 1)',
@@ -66,7 +66,7 @@ HELP = {
     'max_train_images': 'train on the first N images only, for smoke runs (default: all)',
     'seed': 'random seed (default: 0)', 'device': 'cpu | cuda | cuda:N (default: cuda if available)',
     'amp': 'bf16 autocast (default: on for CUDA)', 'channels_last': 'channels_last memory format (default: on for CUDA)',
-    'step': f'{" | ".join(STEP_MODES)}: how the training step runs (default: cuda-graph on one CUDA device, else eager)',
+    'step': 'how the training step runs (default: cuda-graph on one CUDA device, else eager)',
     'deterministic': 'CUDA: deterministic cuDNN algorithms, no autotuning, for bit-exact resume (default: off)',
     'fp16': 'write final/best safetensors in float16 (default: off)',
     'resume': 'continue from OUT/last.pt if it exists (default: off)',
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name == 'milestones':
             p.add_argument(flag, type=int_tuple, metavar='E1,E2', **kw)
         elif base is float:
-            p.add_argument(flag, type=number, **kw)
+            p.add_argument(flag, type=number, metavar='MINUTES' if f.name == 'time_budget' else None, **kw)
         else:
             p.add_argument(flag, type=base, choices=CHOICES.get(f.name), **kw)
     return p
