@@ -1,9 +1,10 @@
 """Datasets for adversarial training and evaluation: CIFAR-10 (python batches) and SVHN (torchvision ``.mat``).
 
 Nothing is ever downloaded. Images are returned as uint8 tensors of shape (N, 32, 32, 3) (NHWC) and labels
-as int64. :class:`DeviceLoader` keeps the whole uint8 dataset on the training device and does the paper's
-augmentation there (zero-pad 4, random 32x32 crop, horizontal flip for CIFAR; none for SVHN), yielding
-float [0, 1] batches in NCHW (channels_last memory if asked).
+as int64; :func:`images_to_float` turns them into the models' float [0, 1] NCHW input. :class:`DeviceLoader`
+keeps the whole uint8 dataset on the training device and does the paper's augmentation there (zero-pad 4,
+random 32x32 crop, horizontal flip for CIFAR; none for SVHN), yielding float [0, 1] batches in NCHW
+(channels_last memory if asked).
 """
 import importlib.util
 import io
@@ -29,6 +30,11 @@ CIFAR10_DIR = 'cifar-10-batches-py'
 CIFAR10_TRAIN = tuple(f'data_batch_{i}' for i in range(1, 6))
 CIFAR10_TEST = ('test_batch',)
 SVHN_SPLITS = ('train', 'test', 'extra')
+#: what a CIFAR-10 error tells the user: the folder's expected content and how to get it
+CIFAR10_HOW = (
+    f'Pass --data DIR where DIR/{CIFAR10_DIR}/ holds the CIFAR-10 python batches data_batch_1 .. data_batch_5 and '
+    f'test_batch: the layout that torchvision.datasets.CIFAR10(DIR, download=True) leaves, or the archive '
+    f'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz unpacked into DIR (this package downloads nothing).')
 
 
 class DatasetError(RuntimeError):
@@ -60,9 +66,7 @@ def _cifar_dir(root: PathLike) -> Path:
 
 def _read_cifar_batch(path: Path) -> Tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
-        raise DatasetError(
-            f'CIFAR-10 batch file {path} not found: pass --data DIR where DIR/{CIFAR10_DIR}/ holds data_batch_1..5 '
-            f'and test_batch (torchvision layout; e.g. python ../shared/data/cifar10/unpack.py DIR).')
+        raise DatasetError(f'CIFAR-10 batch file {path} not found. {CIFAR10_HOW}')
     try:
         with open(path, 'rb') as f:
             entry = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding='bytes').load()
@@ -85,9 +89,7 @@ def load_cifar10(root: PathLike, train: bool) -> Tuple[torch.Tensor, torch.Tenso
     """CIFAR-10 from ``root/cifar-10-batches-py`` (or that folder itself): uint8 (N, 32, 32, 3), int64 (N,)."""
     folder = _cifar_dir(root)
     if not folder.is_dir():
-        raise DatasetError(
-            f'CIFAR-10 not found: {folder} does not exist. Pass --data DIR where DIR/{CIFAR10_DIR}/ holds the '
-            f'python batches (torchvision layout; nothing is downloaded).')
+        raise DatasetError(f'CIFAR-10 not found: {folder} does not exist. {CIFAR10_HOW}')
     parts = [_read_cifar_batch(folder / name) for name in (CIFAR10_TRAIN if train else CIFAR10_TEST)]
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts])
@@ -240,11 +242,6 @@ class DeviceLoader:
         bi = torch.arange(b, device=self.device)[:, None, None]
         return xp[bi, rows[:, :, None], cols[:, None, :]]
 
-    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)  # NHWC storage viewed as NCHW is already channels_last in memory
-        x = x.float().div_(255.0)
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         g = self._generator()
         idx = self._indices(g)
@@ -253,11 +250,15 @@ class DeviceLoader:
             x = self.images[sel]
             if self.augment:
                 x = self._augment(x, g)
-            yield self._to_float(x), self.labels[sel]
+            yield images_to_float(x, channels_last=self.channels_last), self.labels[sel]
 
 
-def images_to_float(images: torch.Tensor, device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
-    """uint8 NHWC -> float [0, 1] NCHW (contiguous), optionally moved to ``device``."""
+def images_to_float(
+        images: torch.Tensor, device: Optional[Union[str, torch.device]] = None, channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 NHWC images -> float [0, 1] NCHW (contiguous, or channels_last memory), optionally moved to ``device``."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f'images_to_float expects uint8 images, got {images.dtype}.')
     x = images.to(device) if device is not None else images
-    return x.permute(0, 3, 1, 2).float().div(255.0).contiguous()
-
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # NHWC storage viewed as NCHW is channels_last in memory already
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

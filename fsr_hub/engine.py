@@ -1,22 +1,29 @@
-"""Adversarial training engine: the paper's recipe (Sec. 4.1) by default, atomic checkpoints with exact resume,
-best-checkpoint selection on a held-out slice of the training set, DDP under ``torchrun``, and a benchmark.
+"""Training engine: the paper's recipe (Sec. 4.1) by default, natural training as an option, a time budget,
+atomic checkpoints with exact resume, best-checkpoint selection on a held-out slice of the training set, DDP
+under ``torchrun``.
+
+A run is a sequence of named steps: :func:`_setup` (DDP, data, model, optimizer), :func:`_resume`,
+:func:`_build_step` (eager, compiled or CUDA-graph step: :mod:`fsr_hub.step`), then per epoch
+:func:`_train_epoch` (under a time budget the first epoch also measures the speed and fixes the epoch count:
+:func:`_plan_budget`), :func:`_evaluate` (on the epochs of :func:`fsr_hub.schedule.eval_epochs`) and
+:func:`_checkpoint` (``last.pt``, ``best.safetensors`` at each new best, ``train_summary.json`` every epoch),
+and :func:`_finish` (``final.safetensors``, the complete summary). Everything written is written atomically,
+so a copy taken at any moment holds valid weights and a valid summary.
 
 Speed on a GPU: the uint8 dataset lives on the device and is augmented there (:class:`fsr_hub.data.DeviceLoader`),
-forward/backward of both the attack and the update run under bf16 autocast, the model is channels_last, and the
-inner loop never syncs with the host (metrics accumulate on the device and are read once per epoch).
+the attack and the update run under bf16 autocast, the model is channels_last, cuDNN autotunes, and the inner
+loop never syncs with the host (metrics accumulate on the device and are read once per epoch).
 
 Exact resume: at the start of every epoch the global torch generators (CPU and CUDA) are re-seeded from
-(seed, rank, epoch), and the loader's shuffling / augmentation is a function of (seed, epoch). A checkpoint
-written after epoch e (model, optimizer, scheduler, RNG states, history) therefore continues bit-exactly
-(with deterministic kernels), whichever moment the previous process was killed at.
+(seed, rank, epoch), the loader's shuffling / augmentation is a function of (seed, epoch), and the lr is a
+function of the epoch. A checkpoint written after epoch e therefore continues bit-exactly (on the CPU, and on
+CUDA with ``deterministic=True``), whichever moment the previous process was killed at.
 """
 import dataclasses
 import json
 import os
-import pickle
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -27,21 +34,32 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .attacks import pgd
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
 from .hardware import hardware_name, synchronize
+from .models import create
 from .objectives import OBJECTIVES, AdversarialObjective, ObjectiveConfig
+from .schedule import (
+    AT_MILESTONES, EVAL_RULE, NATURAL_MILESTONES, BudgetCosts, default_eval_every, eval_epochs, lr_at, lr_milestones,
+    plan_epochs,
+)
+from .schemas import CKPT_FORMAT, TRAIN_SCHEMA
+from .step import STEP_MODES, TrainStep, autocast, build_optimizer, default_step_mode, load_optimizer_state
 from .weights import save_weights
 
 __all__ = [
-    'TrainConfig', 'TrainResult', 'train', 'save_checkpoint', 'load_checkpoint', 'CheckpointError',
-    'autocast', 'robust_accuracy', 'benchmark_train_step', 'benchmark_eval',
+    'TrainConfig', 'TrainResult', 'train', 'save_checkpoint', 'load_checkpoint', 'CheckpointError', 'autocast',
+    'robust_accuracy', 'STEP_MODES', 'NATURAL_RECIPE',
 ]
 
-CKPT_FORMAT = 'fsr-hub/ckpt/v1'
+#: natural training (``objective='natural'``): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop
+#: and flip, lr /10 after 1/2 and 3/4 of the epochs. The schedule is He et al. 2016's CIFAR-10 one (Sec. 4.2:
+#: /10 at 32k and 48k of 64k iterations); weight decay and the rest are the paper's adversarial recipe, so the
+#: natural and adversarial runs differ only in the objective. Best checkpoint: held-out clean accuracy.
+NATURAL_RECIPE = ('SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop + flip; lr x0.1 after 1/2 and '
+                  '3/4 of the epochs (He et al. 2016, Sec. 4.2); best checkpoint by held-out clean accuracy')
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not belong to this run."""
+PROBE_STEPS = 10  # steady-state steps timed (after the set-up calls) to plan a time budget
 
 
 @dataclass
@@ -60,16 +78,17 @@ class TrainConfig:
     alpha: Optional[float] = None  # None: eps / 4 (CIFAR), eps / 8 (SVHN)
     steps: int = 10
     random_start: bool = True
-    epochs: int = 100
+    epochs: int = 100  # with time_budget: the most epochs
+    time_budget: Optional[float] = None  # minutes for the whole run; the epoch count is fixed after the first steps
     batch_size: int = 128  # global batch; split evenly over DDP ranks
     lr: Optional[float] = None  # None: 0.1 (CIFAR), 0.01 (SVHN)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    milestones: Tuple[int, ...] = (75, 90)
+    milestones: Optional[Tuple[int, ...]] = None  # None: after 75% and 90% of the epochs (natural: 50% and 75%)
     lr_gamma: float = 0.1
     augment: Optional[bool] = None  # None: the dataset's default (CIFAR yes, SVHN no)
     holdout: int = 1000  # last N training images, never trained on; 0 disables best-checkpoint selection
-    eval_every: int = 1
+    eval_every: Optional[int] = None  # None: epochs // 10 (>= 1); the last quarter is evaluated every epoch anyway
     eval_steps: int = 20
     eval_batch_size: int = 500
     max_train_images: Optional[int] = None  # first N training images only (smoke runs)
@@ -77,7 +96,8 @@ class TrainConfig:
     device: Optional[str] = None  # None: cuda if available
     amp: Optional[bool] = None  # bf16 autocast; None: on for CUDA
     channels_last: Optional[bool] = None  # None: on for CUDA
-    compile: bool = False
+    step: Optional[str] = None  # eager | compile | cuda-graph; None: cuda-graph on one CUDA device, else eager
+    deterministic: bool = False  # CUDA: cuDNN deterministic algorithms and no autotuning (bit-exact resume)
     fp16: bool = False  # final/best safetensors in float16
     resume: bool = False
     progress: bool = True
@@ -91,28 +111,45 @@ class TrainConfig:
         return cfg.resolved()
 
     def resolved(self) -> 'TrainConfig':
-        """A copy with every dataset- and device-dependent default (None) filled in, after validation."""
+        """A copy with every dataset-, device- and epoch-dependent default (None) filled in, after validation."""
         if self.dataset not in DATASETS:
             raise ValueError(f'Unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}.')
         if self.objective not in OBJECTIVES:
             raise ValueError(f'Unknown objective {self.objective!r}; expected one of {OBJECTIVES}.')
-        for name in ('epochs', 'batch_size', 'eval_every', 'eval_batch_size'):
+        for name in ('epochs', 'batch_size', 'eval_batch_size'):
             if getattr(self, name) <= 0:
                 raise ValueError(f'{name} must be positive, got {getattr(self, name)}.')
+        if self.eval_every is not None and self.eval_every <= 0:
+            raise ValueError(f'eval_every must be positive, got {self.eval_every}.')
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f'time_budget must be a positive number of minutes, got {self.time_budget}.')
+        if self.milestones is not None and any(int(m) < 1 for m in self.milestones):
+            raise ValueError(f'milestones must be epoch counts >= 1, got {self.milestones}.')
         if self.holdout < 0 or self.steps < 0 or self.eps < 0:
             raise ValueError('holdout, steps and eps must be >= 0.')
         svhn = self.dataset == 'svhn'
-        device = self.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        cuda = torch.device(device).type == 'cuda'
+        device = torch.device(self.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+        cuda = device.type == 'cuda'
+        world = _dist_info()[1]
+        step = self.step or default_step_mode(device, world)
+        if step not in STEP_MODES:
+            raise ValueError(f'Unknown step {step!r}; expected one of {", ".join(STEP_MODES)}.')
+        if step == 'cuda-graph' and (not cuda or world > 1):
+            raise ValueError('the cuda-graph step needs one CUDA device in a single process; use --step eager or '
+                             'compile (DDP, CPU).')
+        fractions = NATURAL_MILESTONES if self.objective == 'natural' else AT_MILESTONES
         return dataclasses.replace(
             self,
             alpha=self.alpha if self.alpha is not None else self.eps / (8 if svhn else 4),
             lr=self.lr if self.lr is not None else (0.01 if svhn else 0.1),
             augment=self.augment if self.augment is not None else DATASETS[self.dataset][1],
-            device=device,
+            device=str(device),
             amp=self.amp if self.amp is not None else cuda,
             channels_last=self.channels_last if self.channels_last is not None else cuda,
-            milestones=tuple(int(m) for m in self.milestones),
+            step=step,
+            milestones=(tuple(int(m) for m in self.milestones) if self.milestones is not None
+                        else lr_milestones(self.epochs, fractions)),
+            eval_every=self.eval_every or default_eval_every(self.epochs),
         )
 
     def objective_config(self) -> ObjectiveConfig:
@@ -129,9 +166,58 @@ class TrainResult:
     summary: Dict[str, Any] = field(default_factory=dict)
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on ``device`` (CPU included) or a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+@dataclass
+class _Run:
+    """The state of one training process, passed between the named steps of :func:`train`."""
+    raw: TrainConfig  # as given: re-resolved when a time budget fixes the epoch count
+    cfg: TrainConfig  # resolved
+    device: torch.device
+    rank: int
+    world: int
+    out: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DeviceLoader
+    hold_loader: Optional[DeviceLoader]
+    command: str
+    clock_start: float  # time.monotonic() when the run (and its time budget) started
+    t_start: float = field(default_factory=time.time)
+    step: Optional[TrainStep] = None
+    epoch: int = 0  # the next epoch to run, 0-based
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    best: Dict[str, Any] = field(default_factory=lambda: {'accuracy': -1.0, 'epoch': -1})
+    best_sha: Optional[str] = None
+    prior_seconds: float = 0.0  # wall clock of earlier (resumed) processes
+    budget: Optional[Dict[str, Any]] = None  # the time-budget plan, once made
+    costs: Dict[str, float] = field(default_factory=lambda: {'evaluation': 0.0, 'checkpoint': 0.0})
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def deadline(self) -> Optional[float]:
+        return None if self.raw.time_budget is None else self.clock_start + 60.0 * self.raw.time_budget
+
+    @property
+    def natural(self) -> bool:
+        return self.cfg.objective == 'natural'
+
+    def evaluates(self, epoch: int) -> bool:
+        """Whether the held-out slice is evaluated after 0-based ``epoch``."""
+        return bool(self.cfg.holdout) and epoch + 1 in eval_epochs(self.cfg.epochs, self.cfg.eval_every)
+
+
+def _with_epochs(raw: TrainConfig, epochs: int) -> TrainConfig:
+    """``raw`` resolved for another epoch count. Milestones and an evaluation interval equal to the defaults of
+    the old count (filled in by :meth:`TrainConfig.resolved`, e.g. through ``for_dataset``) are taken for defaults
+    and follow the new count; others are kept."""
+    fractions = NATURAL_MILESTONES if raw.objective == 'natural' else AT_MILESTONES
+    milestones = raw.milestones
+    if milestones is not None and tuple(int(m) for m in milestones) == lr_milestones(raw.epochs, fractions):
+        milestones = None
+    eval_every = None if raw.eval_every == default_eval_every(raw.epochs) else raw.eval_every
+    return dataclasses.replace(raw, epochs=epochs, milestones=milestones, eval_every=eval_every).resolved()
 
 
 def _seed_epoch(seed: int, rank: int, epoch: int) -> None:
@@ -139,84 +225,45 @@ def _seed_epoch(seed: int, rank: int, epoch: int) -> None:
     torch.manual_seed(s)  # seeds CPU and every CUDA device
 
 
-def _rng_state() -> Dict[str, Any]:
-    state: Dict[str, Any] = {'cpu': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
+def _dist_info() -> Tuple[int, int, int]:
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state['cpu'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+def _all_reduce_max(values: List[float], run: _Run) -> List[float]:
+    if run.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=run.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
 
 
-def save_checkpoint(state: Dict[str, Any], path: os.PathLike) -> None:
-    """torch.save to ``path.tmp``, fsync, then atomic ``os.replace``: a kill at any moment leaves either the old
-    or the new file, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'wb') as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: os.PathLike, map_location: Any = 'cpu') -> Dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain types only: weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'Checkpoint not found: {path}')
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f'Checkpoint {path} is unreadable ({type(e).__name__}: {e}).') from e
-    if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT:
-        raise CheckpointError(f'{path} is not an fsr-hub training checkpoint.')
-    return state
+def _batch_counts(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: Optional[int], amp: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    with autocast(x.device, amp):
+        clean = (model(x).argmax(1) == y).sum()
+        robust = (model(pgd(model, x, y, eps, alpha, steps)).argmax(1) == y).sum() if steps is not None else clean
+    return clean, robust
 
 
 @torch.no_grad()
 def robust_accuracy(
-        model: nn.Module, loader: DeviceLoader, eps: float, alpha: float, steps: int, amp: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """On-device (clean correct, PGD correct, n) over ``loader`` with PGD-``steps`` (no random start), eval mode."""
+        model: nn.Module, loader: DeviceLoader, eps: float, alpha: float, steps: Optional[int], amp: bool,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """On-device (clean correct, PGD-``steps`` correct, n) over ``loader`` (no random start, eval mode);
+    ``steps=None``: clean accuracy only (PGD correct is None)."""
     device = loader.device
     model.eval()
     clean = torch.zeros((), device=device)
     robust = torch.zeros((), device=device)
     n = torch.zeros((), device=device)
     for x, y in loader:
-        with autocast(device, amp):
-            clean += (model(x).argmax(1) == y).sum()
-            x_adv = pgd(model, x, y, eps, alpha, steps)
-            robust += (model(x_adv).argmax(1) == y).sum()
+        c, r = _batch_counts(model, x, y, eps, alpha, steps, amp)
+        clean += c
+        robust += r
         n += y.numel()
-    return clean, robust, n
-
-
-def _dist_info() -> Tuple[int, int, int]:
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
-
-
-def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    import timm
-    from . import models  # registers the fsr_hub architectures
-
-    if not timm.models.is_model(cfg.model):
-        raise ValueError(f'Unknown model {cfg.model!r}; fsr_hub models: {", ".join(models.ALL_MODELS)}.')
-    return timm.create_model(cfg.model, num_classes=num_classes)
-
-
-def _load_data(cfg: TrainConfig):
-    images, labels = load_dataset(cfg.dataset, cfg.data, train=True)
-    if cfg.max_train_images is not None:
-        images, labels = images[:cfg.max_train_images + cfg.holdout], labels[:cfg.max_train_images + cfg.holdout]
-    return split_holdout(images, labels, cfg.holdout)
+    return clean, (robust if steps is not None else None), n
 
 
 def train(
@@ -225,14 +272,37 @@ def train(
         data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
         step_callback: Optional[Callable[[int, int], None]] = None,
         command: Optional[str] = None,
+        clock_start: Optional[float] = None,
 ) -> TrainResult:
-    """Run (or resume) adversarial training; returns the trained (unwrapped) model and per-epoch metrics.
+    """Run (or resume) training; returns the trained (unwrapped) model and per-epoch metrics.
 
     ``model`` overrides ``config.model`` (tests, custom architectures); ``data`` = (uint8 NHWC images, labels)
     overrides reading ``config.data`` (the held-out slice is still split off its end). ``step_callback(epoch,
-    step)`` runs after every optimizer step. Rank 0 writes ``last.pt`` / ``best.pt`` every epoch and, at the
-    end, ``final.safetensors``, ``best.safetensors`` and ``train_summary.json`` in ``config.out``.
+    step)`` runs after every optimizer step. ``clock_start`` (a ``time.monotonic()`` value, default now) is
+    when the time budget started. Rank 0 writes to ``config.out``: ``last.pt`` and ``train_summary.json``
+    after every epoch, ``best.safetensors`` at each new best, ``final.safetensors`` at the end.
     """
+    run = _setup(config, model, data, command, time.monotonic() if clock_start is None else clock_start)
+    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    if run.device.type == 'cuda':
+        torch.backends.cudnn.benchmark = not run.cfg.deterministic
+        torch.backends.cudnn.deterministic = run.cfg.deterministic
+    try:
+        _resume(run)
+        _build_step(run)
+        while run.epoch < run.cfg.epochs and not _out_of_time(run):
+            metrics = _train_epoch(run, step_callback)
+            is_best = _evaluate(run, metrics) if run.evaluates(run.epoch) else False
+            _checkpoint(run, metrics, is_best)
+            run.epoch += 1
+        summary = _finish(run)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags
+    return TrainResult(model=run.model, history=run.history, summary=summary)
+
+
+def _setup(config: TrainConfig, model: Optional[nn.Module], data, command: Optional[str], clock_start: float) -> _Run:
+    """Set-up: DDP process group, data and loaders, model, optimizer."""
     cfg = config.resolved()
     rank, world, local_rank = _dist_info()
     device = torch.device(cfg.device)
@@ -244,22 +314,18 @@ def train(
             dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     if cfg.batch_size % world:
         raise ValueError(f'batch_size {cfg.batch_size} is not divisible by the {world} DDP processes.')
-    is_main = rank == 0
-    out_dir = Path(cfg.out)
-    t_start = time.time()
-
     if data is None:
-        (train_x, train_y), (hold_x, hold_y) = _load_data(cfg)
-    else:
-        (train_x, train_y), (hold_x, hold_y) = split_holdout(data[0], data[1], cfg.holdout)
-    num_classes = DATASETS[cfg.dataset][0]
+        images, labels = load_dataset(cfg.dataset, cfg.data, train=True)
+        if cfg.max_train_images is not None:
+            images, labels = images[:cfg.max_train_images + cfg.holdout], labels[:cfg.max_train_images + cfg.holdout]
+        data = images, labels
+    (train_x, train_y), (hold_x, hold_y) = split_holdout(data[0], data[1], cfg.holdout)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     if model is None:
-        model = _build_model(cfg, num_classes)
+        model = create(cfg.model, num_classes=DATASETS[cfg.dataset][0])
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-
     loader = DeviceLoader(
         train_x, train_y, cfg.batch_size // world, device=device, shuffle=True, augment=cfg.augment,
         drop_last=True, seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
@@ -268,213 +334,278 @@ def train(
     hold_loader = DeviceLoader(
         hold_x, hold_y, cfg.eval_batch_size, device=device, rank=rank, world_size=world,
         channels_last=cfg.channels_last) if cfg.holdout else None
+    optimizer = build_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.step, device)
+    return _Run(raw=config, cfg=cfg, device=device, rank=rank, world=world, out=Path(cfg.out), model=model,
+                optimizer=optimizer, loader=loader, hold_loader=hold_loader, clock_start=clock_start,
+                command=command if command is not None else ' '.join(sys.argv))
 
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.lr_gamma)
 
-    start_epoch, history, prior_seconds = 0, [], 0.0
-    best = {'accuracy': -1.0, 'epoch': -1}
-    last_path, best_path = out_dir / 'last.pt', out_dir / 'best.pt'
-    if cfg.resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors; weights are copied over
-        if ckpt['config'].get('model') != cfg.model or ckpt['config'].get('objective') != cfg.objective:
-            raise CheckpointError(
-                f'{last_path} was written by a {ckpt["config"].get("model")}/{ckpt["config"].get("objective")} run, '
-                f'not {cfg.model}/{cfg.objective}; use another --out or drop --resume.')
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scheduler.load_state_dict(ckpt['scheduler'])
-        _set_rng_state(ckpt['rng'])
-        start_epoch, history, best = ckpt['epoch'], list(ckpt['history']), dict(ckpt['best'])
-        prior_seconds = float(ckpt.get('wall_clock_seconds', 0.0))
-        if is_main and cfg.progress:
-            print(f'resumed from {last_path} at epoch {start_epoch}', file=sys.stderr)
+def _resume(run: _Run) -> None:
+    """Resume: model, optimizer, RNG, history, best and time-budget plan from ``last.pt`` (with ``resume``)."""
+    path = run.out / 'last.pt'
+    if not (run.cfg.resume and path.is_file()):
+        return
+    ckpt = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors; weights are copied over
+    old = ckpt['config']
+    if old.get('model') != run.cfg.model or old.get('objective') != run.cfg.objective:
+        raise CheckpointError(
+            f'{path} was written by a {old.get("model")}/{old.get("objective")} run, not '
+            f'{run.cfg.model}/{run.cfg.objective}; use another --out or drop --resume.')
+    run.model.load_state_dict(ckpt['model'])
+    load_optimizer_state(run.optimizer, ckpt['optimizer'])
+    set_rng_state(ckpt['rng'])
+    run.epoch, run.history, run.best = ckpt['epoch'], list(ckpt['history']), dict(ckpt['best'])
+    run.best_sha = ckpt.get('best_sha256')
+    run.prior_seconds = float(ckpt.get('wall_clock_seconds', 0.0))
+    if ckpt.get('budget') and run.raw.time_budget is not None:  # keep the epoch count the budget fixed
+        run.budget = dict(ckpt['budget'])
+        run.cfg = _with_epochs(run.raw, int(run.budget['epochs']))
+        measured = run.budget['measured']
+        run.costs.update(evaluation=measured['evaluation_seconds'], checkpoint=measured['checkpoint_seconds'])
+    if run.is_main and run.cfg.progress:
+        print(f'resumed from {path} at epoch {run.epoch}', file=sys.stderr)
 
-    objective = AdversarialObjective(model, cfg.objective_config())
-    step_module: nn.Module = objective
-    if world > 1:
+
+def _build_step(run: _Run) -> None:
+    """The training step (after resume: DDP broadcasts the loaded weights, a graph captures the loaded state)."""
+    objective = AdversarialObjective(run.model, run.cfg.objective_config())
+    loss_module: nn.Module = objective
+    if run.world > 1:
         # without the FSR losses the auxiliary heads get no gradient, which DDP must be told about
-        step_module = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == 'cuda' else None,
-            find_unused_parameters=not cfg.fsr_loss)
-    attack_model: nn.Module = model
-    if cfg.compile:
-        step_module = torch.compile(step_module)
-        attack_model = torch.compile(model)
+        loss_module = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[run.device.index] if run.device.type == 'cuda' else None,
+            find_unused_parameters=not run.cfg.fsr_loss)
+    run.step = TrainStep(objective, run.optimizer, mode=run.cfg.step, amp=run.cfg.amp, loss_module=loss_module)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        _seed_epoch(cfg.seed, rank, epoch)
-        loader.set_epoch(epoch)
-        model.train()
-        stats = torch.zeros(4, device=device)
-        lr = optimizer.param_groups[0]['lr']
-        synchronize(device)
-        t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (is_main and cfg.progress),
-                   leave=False, file=sys.stderr)
-        for step, (x, y) in enumerate(bar):
-            with autocast(device, cfg.amp):
-                x_adv = objective.perturb(x, y, attack_model=attack_model)
-                loss, s = step_module(x, x_adv, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            stats += s
-            if step_callback is not None:
-                step_callback(epoch, step)
-        scheduler.step()
-        if world > 1:
-            dist.all_reduce(stats)
-        synchronize(device)
-        train_seconds = time.perf_counter() - t0
 
-        metrics: Dict[str, Any] = {'epoch': epoch + 1, 'lr': lr}
-        loss_sum, n, adv_c, nat_c = stats.tolist()
-        metrics.update(train_loss=round(loss_sum / n, 5), train_adv_acc=round(100 * adv_c / n, 2),
-                       train_nat_acc=round(100 * nat_c / n, 2) if nat_c >= 0 else None)
-        metrics.update(epoch_seconds=round(train_seconds, 3), images_per_second=round(n / train_seconds, 1))
-        is_best = False
-        if hold_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            te = time.perf_counter()
-            # float32 like tools/verify.py: a bf16 attack is weaker and would flatter the checkpoint it picks
-            c, r, m = robust_accuracy(model, hold_loader, cfg.eps, cfg.eps / 10, cfg.eval_steps, amp=False)
-            counts = torch.stack([c, r, m])
-            if world > 1:
-                dist.all_reduce(counts)
-            c, r, m = counts.tolist()
-            metrics.update(holdout_clean_acc=round(100 * c / m, 2), holdout_pgd_acc=round(100 * r / m, 2),
-                           holdout_seconds=round(time.perf_counter() - te, 3))
-            if metrics['holdout_pgd_acc'] > best['accuracy']:
-                best = {'accuracy': metrics['holdout_pgd_acc'], 'epoch': epoch + 1}
-                is_best = True
-        metrics['best_epoch'] = best['epoch'] if best['epoch'] > 0 else None
-        history.append(metrics)
-        if is_main:
-            print(json.dumps(metrics), flush=True)
-            state = {
-                'format': CKPT_FORMAT, 'epoch': epoch + 1, 'model': model.state_dict(),
-                'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(), 'rng': _rng_state(),
-                'best': best, 'history': history, 'config': _plain_config(cfg),
-                'wall_clock_seconds': prior_seconds + time.time() - t_start,
-            }
-            save_checkpoint(state, last_path)
-            if is_best:
-                save_checkpoint(state, best_path)
-        if world > 1:
-            dist.barrier()
+def _out_of_time(run: _Run) -> bool:
+    """Under a time budget: whether the next epoch, with its evaluation and writes, would end past the deadline
+    (measured on the last epoch). The planned count normally fits; this guards against a machine that slows."""
+    if run.deadline is None or not run.history or run.budget is None:
+        return False
+    need = (run.history[-1]['epoch_seconds'] + 2 * run.costs['checkpoint']
+            + (run.costs['evaluation'] if run.evaluates(run.epoch) else 0.0))
+    stop = _all_reduce_max([float(time.monotonic() + need > run.deadline)], run)[0] > 0
+    if stop:
+        run.budget['stopped_after_epoch'] = run.epoch
+        if run.is_main:
+            print(f'time budget: stopping after epoch {run.epoch} of {run.cfg.epochs} (the next would end past '
+                  f'the deadline)', file=sys.stderr)
+    return stop
 
-    summary: Dict[str, Any] = {}
-    if is_main:
-        summary = _write_outputs(cfg, model, history, best, best_path, out_dir, prior_seconds + time.time() - t_start,
-                                 device, command, world)
-    if world > 1:
+
+def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]]) -> Dict[str, Any]:
+    """One epoch of training steps; under a time budget the first epoch also plans the run."""
+    cfg, epoch = run.cfg, run.epoch
+    _seed_epoch(cfg.seed, run.rank, epoch)
+    run.loader.set_epoch(epoch)
+    lr = lr_at(epoch, cfg.lr, cfg.milestones, cfg.lr_gamma)
+    run.step.set_lr(lr)
+    planning = run.raw.time_budget is not None and run.budget is None
+    warm = run.step.setup_calls
+    stats = torch.zeros(4, device=run.device)
+    synchronize(run.device)
+    t0 = t_warm = time.perf_counter()
+    bar = tqdm(run.loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (run.is_main and cfg.progress),
+               leave=False, file=sys.stderr)
+    for i, (x, y) in enumerate(bar):
+        stats += run.step(x, y)
+        if step_callback is not None:
+            step_callback(epoch, i)
+        if planning and i + 1 in (warm, warm + PROBE_STEPS):
+            synchronize(run.device)
+            if i + 1 == warm:
+                t_warm = time.perf_counter()
+            else:
+                _plan_budget(run, (time.perf_counter() - t_warm) / PROBE_STEPS, i + 1, t_warm - t0)
+                planning = False
+    if run.world > 1:
+        dist.all_reduce(stats)
+    synchronize(run.device)
+    seconds = time.perf_counter() - t0
+    if planning:  # an epoch too short to probe: time its steps after the set-up calls, or all of them
+        steps = len(run.loader)
+        after = steps - warm
+        per_step = (t0 + seconds - t_warm) / after if after > 0 else seconds / steps
+        _plan_budget(run, per_step, steps, t_warm - t0 if after > 0 else seconds)
+    loss_sum, n, adv_c, nat_c = stats.tolist()
+    return {'epoch': epoch + 1, 'lr': lr, 'train_loss': round(loss_sum / n, 5),
+            'train_adv_acc': round(100 * adv_c / n, 2) if adv_c >= 0 else None,
+            'train_nat_acc': round(100 * nat_c / n, 2) if nat_c >= 0 else None,
+            'epoch_seconds': round(seconds, 3), 'images_per_second': round(n / seconds, 1)}
+
+
+def _plan_budget(run: _Run, step_seconds: float, steps_done: int, warmup_seconds: float) -> None:
+    """Fix the epoch count under the time budget from the measured step time, one timed held-out evaluation and
+    one timed checkpoint write; the lr schedule and evaluation epochs follow from the count (``--epochs N``
+    reproduces the run). Neither timing changes the model, the optimizer or any generator."""
+    evaluation = _time_evaluation(run) if run.cfg.holdout else 0.0
+    checkpoint = _time_checkpoint(run) if run.is_main else 0.0
+    elapsed = time.monotonic() - run.clock_start
+    # maxima over the ranks: every rank then plans the same count
+    step_seconds, evaluation, checkpoint, elapsed = _all_reduce_max(
+        [step_seconds, evaluation, checkpoint, elapsed], run)
+    budget = 60.0 * run.raw.time_budget
+    reserve = max(1.0, 0.02 * budget)
+    costs = BudgetCosts(step=step_seconds, steps_per_epoch=len(run.loader), steps_done=steps_done,
+                        evaluation=evaluation, checkpoint=checkpoint)
+    epochs, estimate, fits = plan_epochs(budget - reserve - elapsed, costs, max_epochs=run.raw.epochs,
+                                         eval_every=run.raw.eval_every, holdout=run.cfg.holdout > 0)
+    run.cfg = _with_epochs(run.raw, epochs)
+    run.costs.update(evaluation=evaluation, checkpoint=checkpoint)
+    run.budget = {
+        'minutes': run.raw.time_budget, 'max_epochs': run.raw.epochs, 'epochs': epochs, 'fits': fits,
+        'measured': {
+            'seconds_per_step': round(step_seconds, 6), 'steps_per_epoch': len(run.loader),
+            'seconds_per_epoch': round(step_seconds * len(run.loader), 3),
+            'setup_steps': run.step.setup_calls, 'setup_seconds': round(warmup_seconds, 3),
+            'evaluation_seconds': round(evaluation, 3), 'checkpoint_seconds': round(checkpoint, 3),
+            'planned_after_seconds': round(elapsed, 3),
+        },
+        'reserve_seconds': round(reserve, 3), 'estimated_total_seconds': round(elapsed + estimate, 3),
+        'stopped_after_epoch': None,
+        'reproduce': f'the same command with --epochs {epochs} and without --time-budget trains this run exactly',
+    }
+    if run.is_main:
+        warn = '' if fits else ' (even one epoch does not fit: running one)'
+        print(f'time budget {run.raw.time_budget:g} min: {step_seconds * len(run.loader):.2f} s/epoch measured, '
+              f'{epochs} epochs{warn}, ~{elapsed + estimate:.0f} s in all', file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def _time_evaluation(run: _Run) -> float:
+    """Seconds of one held-out evaluation: one batch timed after an untimed one (cuDNN autotuning), scaled."""
+    x, y = next(iter(run.hold_loader))
+    steps = None if run.natural else run.cfg.eval_steps
+    run.model.eval()
+    seconds = 0.0
+    for _ in range(2):
+        synchronize(run.device)
+        t = time.perf_counter()
+        _batch_counts(run.model, x, y, run.cfg.eps, run.cfg.eps / 10, steps, amp=False)
+        synchronize(run.device)
+        seconds = time.perf_counter() - t
+    return seconds * len(run.hold_loader)
+
+
+def _time_checkpoint(run: _Run) -> float:
+    """Seconds to write this run's checkpoint (to a probe file, removed at once)."""
+    probe = run.out / 'last.pt.probe'
+    t = time.perf_counter()
+    save_checkpoint(_state(run), probe)
+    seconds = time.perf_counter() - t
+    probe.unlink()
+    return seconds
+
+
+def _evaluate(run: _Run, metrics: Dict[str, Any]) -> bool:
+    """Evaluation on the held-out slice in float32 (like tools/verify.py: a bf16 attack is weaker and would
+    flatter the checkpoint it picks): PGD accuracy, or clean accuracy for natural training. True on a new best."""
+    cfg = run.cfg
+    t = time.perf_counter()
+    c, r, m = robust_accuracy(run.model, run.hold_loader, cfg.eps, cfg.eps / 10,
+                              None if run.natural else cfg.eval_steps, amp=False)
+    counts = torch.stack([c, r if r is not None else torch.zeros_like(c), m])
+    if run.world > 1:
+        dist.all_reduce(counts)
+    c, r, m = counts.tolist()
+    run.costs['evaluation'] = time.perf_counter() - t
+    metrics.update(holdout_clean_acc=round(100 * c / m, 2),
+                   holdout_pgd_acc=None if run.natural else round(100 * r / m, 2),
+                   holdout_seconds=round(run.costs['evaluation'], 3))
+    accuracy = metrics['holdout_clean_acc' if run.natural else 'holdout_pgd_acc']
+    if accuracy > run.best['accuracy']:
+        run.best = {'accuracy': accuracy, 'epoch': metrics['epoch']}
+        return True
+    return False
+
+
+def _state(run: _Run) -> Dict[str, Any]:
+    return {
+        'format': CKPT_FORMAT, 'epoch': run.epoch + 1, 'model': run.model.state_dict(),
+        'optimizer': run.optimizer.state_dict(), 'rng': rng_state(), 'best': run.best, 'best_sha256': run.best_sha,
+        'history': run.history, 'config': _plain_config(run.cfg), 'budget': run.budget,
+        'wall_clock_seconds': run.prior_seconds + time.time() - run.t_start,
+    }
+
+
+def _weights_metadata(run: _Run, epoch: int) -> Dict[str, str]:
+    return {'architecture': _architecture(run), 'epoch': str(epoch)}
+
+
+def _checkpoint(run: _Run, metrics: Dict[str, Any], is_best: bool) -> None:
+    """Checkpoint after an epoch: last.pt, best.safetensors on a new best, then the summary that names them."""
+    metrics['best_epoch'] = run.best['epoch'] if run.best['epoch'] > 0 else None
+    run.history.append(metrics)
+    if run.is_main:
+        print(json.dumps(metrics), flush=True)
+        t = time.perf_counter()
+        if is_best:
+            run.best_sha = save_weights(run.model, run.out / 'best.safetensors', dtype=_weights_dtype(run),
+                                        metadata=_weights_metadata(run, metrics['epoch']))
+        save_checkpoint(_state(run), run.out / 'last.pt')
+        run.costs['checkpoint'] = time.perf_counter() - t
+        write_json(_summary(run, final_sha=None), run.out / 'train_summary.json')
+    if run.world > 1:
         dist.barrier()
-    return TrainResult(model=model, history=history, summary=summary)
+
+
+def _finish(run: _Run) -> Dict[str, Any]:
+    """final.safetensors and the complete summary."""
+    summary: Dict[str, Any] = {}
+    if run.is_main:
+        epoch = run.history[-1]['epoch'] if run.history else 0
+        final_sha = save_weights(run.model, run.out / 'final.safetensors', dtype=_weights_dtype(run),
+                                 metadata=_weights_metadata(run, epoch))
+        summary = _summary(run, final_sha)
+        write_json(summary, run.out / 'train_summary.json')
+    if run.world > 1:
+        dist.barrier()
+    return summary
 
 
 def _plain_config(cfg: TrainConfig) -> Dict[str, Any]:
     d = asdict(cfg)
-    d['milestones'] = list(d['milestones'])
+    d['milestones'] = list(d['milestones']) if d['milestones'] is not None else None
     return d
 
 
-def _write_outputs(cfg, model, history, best, best_path, out_dir, wall_clock_seconds, device, command,
-                   world) -> Dict[str, Any]:
-    dtype = torch.float16 if cfg.fp16 else None
-    arch = cfg.model if not hasattr(model, 'pretrained_cfg') else model.pretrained_cfg.get('architecture', cfg.model)
-    final_sha = save_weights(model, out_dir / 'final.safetensors', dtype=dtype,
-                             metadata={'architecture': str(arch), 'epoch': str(history[-1]['epoch'] if history else 0)})
-    best_sha = None
-    if best['epoch'] > 0 and best_path.is_file():
-        best_state = load_checkpoint(best_path)['model']
-        best_sha = save_weights(best_state, out_dir / 'best.safetensors', dtype=dtype,
-                                metadata={'architecture': str(arch), 'epoch': str(best['epoch'])})
-    summary = {
-        'schema': 'fsr-hub/train/v1',
-        'architecture': str(arch),
+def _architecture(run: _Run) -> str:
+    cfg = getattr(run.model, 'pretrained_cfg', None) or {}
+    return str(cfg.get('architecture', run.cfg.model))
+
+
+def _weights_dtype(run: _Run) -> Optional[torch.dtype]:
+    return torch.float16 if run.cfg.fp16 else None
+
+
+def _summary(run: _Run, final_sha: Optional[str]) -> Dict[str, Any]:
+    """``train_summary.json``: complete once the final weights exist; before that, the state after the last epoch."""
+    cfg = run.cfg
+    selected_by = (f'clean accuracy on the last {cfg.holdout} training images (held out, not trained on)' if run.natural
+                   else f'PGD-{cfg.eval_steps} (step eps/10) accuracy on the last {cfg.holdout} training images '
+                        f'(held out, not trained on)')
+    fractions = NATURAL_MILESTONES if run.natural else AT_MILESTONES
+    return {
+        'schema': TRAIN_SCHEMA,
+        'complete': final_sha is not None,
+        'architecture': _architecture(run),
         'config': _plain_config(cfg),
-        'history': history,
-        'best': {**best, 'selected_by': f'PGD-{cfg.eval_steps} (step eps/10) accuracy on the last {cfg.holdout} '
-                                        f'training images (held out, not trained on)'} if best['epoch'] > 0 else None,
-        'weights': {'final': {'file': 'final.safetensors', 'sha256': final_sha},
-                    'best': {'file': 'best.safetensors', 'sha256': best_sha} if best_sha else None,
+        'history': run.history,
+        'best': {**run.best, 'selected_by': selected_by} if run.best['epoch'] > 0 else None,
+        'weights': {'final': {'file': 'final.safetensors', 'sha256': final_sha} if final_sha else None,
+                    'best': {'file': 'best.safetensors', 'sha256': run.best_sha} if run.best_sha else None,
                     'dtype': 'float16' if cfg.fp16 else 'float32'},
-        'epoch_seconds': [h['epoch_seconds'] for h in history],  # every epoch, across resumes
-        'wall_clock_seconds': round(wall_clock_seconds, 3),  # summed over resumed processes
-        'hardware': {'device': hardware_name(device), 'world_size': world, 'torch': torch.__version__},
-        'command': command if command is not None else ' '.join(sys.argv),
+        'schedule': {'lr': cfg.lr, 'milestones': list(cfg.milestones), 'lr_gamma': cfg.lr_gamma,
+                     'rule': 'lr x lr_gamma after each milestone epoch; default milestones: '
+                             + ' and '.join(f'{f.numerator}/{f.denominator}' for f in fractions) + ' of the epochs'
+                             + (f' ({NATURAL_RECIPE})' if run.natural else ' (the paper, Sec. 4.1)')},
+        'evaluation': {'every': cfg.eval_every, 'epochs': list(eval_epochs(cfg.epochs, cfg.eval_every))
+                       if cfg.holdout else [], 'rule': EVAL_RULE, 'dtype': 'float32'},
+        'budget': run.budget,
+        'epoch_seconds': [h['epoch_seconds'] for h in run.history],  # every epoch, across resumes
+        'wall_clock_seconds': round(run.prior_seconds + time.time() - run.t_start, 3),  # summed over processes
+        'hardware': {'device': hardware_name(run.device), 'world_size': run.world, 'torch': torch.__version__,
+                     'step': cfg.step, 'step_fallback': run.step.fallback if run.step is not None else None},
+        'command': run.command,
     }
-    tmp = out_dir / 'train_summary.json.tmp'
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out_dir / 'train_summary.json')
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# benchmark
-
-
-def _timed(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> float:
-    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (device-synchronised)."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    synchronize(device)
-    return time.perf_counter() - t0
-
-
-def benchmark_train_step(
-        model: nn.Module, objective: str = 'at', batch_size: int = 128, batches: int = 10, warmup: int = 2,
-        device: str = 'cpu', amp: bool = False, channels_last: bool = False, compile: bool = False,
-        fsr_loss: bool = True, steps: int = 10,
-) -> Dict[str, float]:
-    """Images/s and seconds per 50,000-image epoch of the PGD-``steps`` training step on random data."""
-    dev = torch.device(device)
-    model = model.to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    obj = AdversarialObjective(model, ObjectiveConfig(name=objective, fsr=fsr_loss, steps=steps))
-    step_module: nn.Module = torch.compile(obj) if compile else obj
-    attack_model: nn.Module = torch.compile(model) if compile else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.rand(batch_size, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch_size,), device=dev)
-
-    def step():
-        model.train()
-        with autocast(dev, amp):
-            x_adv = obj.perturb(x, y, attack_model=attack_model)
-            loss, _ = step_module(x, x_adv, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    ips = batches * batch_size / _timed(step, warmup, batches, dev)
-    return {'images_per_second': ips, 'seconds_per_epoch': 50000 / ips}
-
-
-@torch.no_grad()
-def benchmark_eval(
-        model: nn.Module, batch_size: int = 500, batches: int = 5, warmup: int = 1, device: str = 'cpu',
-        amp: bool = False, channels_last: bool = False, steps: int = 20,
-) -> Dict[str, float]:
-    """Images/s and seconds per 10,000-image pass of PGD-``steps`` evaluation (eval mode) on random data."""
-    dev = torch.device(device)
-    model = model.to(dev).eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    x = torch.rand(batch_size, 3, 32, 32, device=dev)
-    y = torch.randint(0, 10, (batch_size,), device=dev)
-
-    def run():
-        with autocast(dev, amp):
-            x_adv = pgd(model, x, y, 8 / 255, 0.8 / 255, steps)
-            model(x_adv).argmax(1)
-
-    ips = batches * batch_size / _timed(run, warmup, batches, dev)
-    return {'images_per_second': ips, 'seconds_per_10k': 10000 / ips}

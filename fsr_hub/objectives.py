@@ -1,9 +1,10 @@
-"""Adversarial training objectives: PGD-AT (Madry et al. 2018), TRADES (Zhang et al. 2019), MART (Wang et al.
-2020), each optionally with the FSR losses (paper Eq. 5).
+"""Training objectives: PGD-AT (Madry et al. 2018), TRADES (Zhang et al. 2019), MART (Wang et al. 2020) and
+natural training (clean cross-entropy, no attack), each optionally with the FSR losses (paper Eq. 5).
 
-The FSR term ``(1/|L|) sum_l (lambda_sep L_sep + lambda_rec L_rec)`` is always computed on the ADVERSARIAL
-forward (the original FSR code applies it to adversarial examples; for TRADES / MART this is the forward that
-carries the robustness term). ``y'`` of L_sep is the highest wrong class of that same forward.
+The FSR term ``(1/|L|) sum_l (lambda_sep L_sep + lambda_rec L_rec)`` is computed on the ADVERSARIAL forward
+(the original FSR code applies it to adversarial examples; for TRADES / MART this is the forward that carries
+the robustness term), and for natural training on the clean forward. ``y'`` of L_sep is the highest wrong
+class of that same forward.
 
 :class:`AdversarialObjective` is an ``nn.Module`` whose ``forward(x_nat, x_adv, y)`` returns the loss: wrapping
 it (not the model) in DDP makes one DDP forward per step even for TRADES / MART, which need two model forwards.
@@ -22,7 +23,7 @@ from .models.base import FSROutput
 __all__ = ['OBJECTIVES', 'ObjectiveConfig', 'at_loss', 'trades_loss', 'mart_loss', 'forward_train',
            'AdversarialObjective']
 
-OBJECTIVES = ('at', 'trades', 'mart')
+OBJECTIVES = ('at', 'trades', 'mart', 'natural')
 
 
 @dataclass
@@ -90,10 +91,13 @@ class AdversarialObjective(nn.Module):
     def perturb(self, x: torch.Tensor, y: torch.Tensor, attack_model: Optional[nn.Module] = None) -> torch.Tensor:
         """Adversarial examples for the update, made with the model in eval mode (BN running statistics,
         deterministic FSR mask), which is then put back into train mode, as in the original FSR code.
+        Natural training has no attack: ``x`` itself is returned.
 
         ``attack_model`` is the callable to attack (e.g. a compiled model); defaults to ``self.model``.
         """
         c = self.cfg
+        if c.name == 'natural':
+            return x
         net = attack_model if attack_model is not None else self.model
         was_training = self.model.training
         self.model.eval()
@@ -105,14 +109,15 @@ class AdversarialObjective(nn.Module):
             self.model.train(was_training)
 
     def forward(self, x_nat: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loss, stats) with stats = [sum of loss * B, B, adversarially correct, naturally correct or -1]
-        as one float tensor, for on-device accumulation without host syncs."""
+        """Returns (loss, stats) with stats = [sum of loss * B, B, adversarially correct or -1, naturally correct
+        or -1] as one float tensor, for on-device accumulation without host syncs. For natural training
+        ``x_adv`` is the clean batch (what :meth:`perturb` returns)."""
         c = self.cfg
         out = forward_train(self.model, x_adv)
         logits_adv = out.logits
         nat_correct = x_nat.new_full((), -1.0)  # new_full: a device fill, no blocking host-to-device copy
-        if c.name == 'at':
-            loss = at_loss(logits_adv, y)
+        if c.name in ('at', 'natural'):
+            loss = at_loss(logits_adv, y)  # the cross-entropy of the (adversarial or clean) forward
         else:
             logits_nat = self.model(x_nat)
             fn = trades_loss if c.name == 'trades' else mart_loss
@@ -122,5 +127,7 @@ class AdversarialObjective(nn.Module):
             loss = loss + fsr_aux_loss(out.aux, logits_adv.float(), y, c.lambda_sep, c.lambda_rec)
         n = float(y.shape[0])
         adv_correct = (logits_adv.detach().argmax(1) == y).sum().float()
+        if c.name == 'natural':
+            adv_correct, nat_correct = x_nat.new_full((), -1.0), adv_correct
         stats = torch.stack([loss.detach().float() * n, x_nat.new_full((), n), adv_correct, nat_correct])
         return loss, stats

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from fsr_hub.data import DatasetError, DeviceLoader, load_cifar10, load_dataset, load_svhn, split_holdout
+from fsr_hub.data import (
+    DatasetError, DeviceLoader, images_to_float, load_cifar10, load_dataset, load_svhn, split_holdout,
+)
 
 from conftest import write_cifar_batches
 
@@ -24,8 +26,9 @@ def test_cifar10_layout_and_values(cifar_root):
 
 
 def test_cifar10_missing_and_corrupt(tmp_path):
-    with pytest.raises(DatasetError, match='cifar-10-batches-py'):
+    with pytest.raises(DatasetError, match='cifar-10-batches-py') as e:
         load_cifar10(tmp_path, train=True)
+    assert 'CIFAR10(DIR, download=True)' in str(e.value) and 'data_batch_1' in str(e.value)
     root = write_cifar_batches(tmp_path)
     (root / 'cifar-10-batches-py' / 'test_batch').write_bytes(b'not a pickle at all')
     with pytest.raises(DatasetError, match='corrupt'):
@@ -127,3 +130,14 @@ def test_augmentation_is_pad_crop_flip():
     assert 0 < flips < 16  # both flipped and unflipped images occur
     plain, _ = next(iter(DeviceLoader(x, y, 16, augment=False)))
     assert not torch.equal(plain, xb)
+
+
+def test_images_to_float_is_the_loaders_conversion():
+    x = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    f = images_to_float(x, channels_last=True)
+    assert f.shape == (5, 3, 32, 32) and f.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(f, x.permute(0, 3, 1, 2).float() / 255) and images_to_float(x).is_contiguous()
+    xb, _ = next(iter(DeviceLoader(x, torch.arange(5), 5, channels_last=True)))
+    assert torch.equal(xb, f)
+    with pytest.raises(ValueError, match='uint8'):
+        images_to_float(f)

@@ -116,3 +116,19 @@ def test_objective_under_bf16_autocast_on_cpu():
 def test_unknown_objective():
     with pytest.raises(ValueError, match='objective'):
         ObjectiveConfig(name='alp')
+
+
+def test_natural_objective_is_clean_cross_entropy_plus_fsr_on_the_clean_forward():
+    model = tiny_fsr_net().train()
+    obj = AdversarialObjective(model, ObjectiveConfig(name='natural'))
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    assert obj.perturb(x, y) is x  # no attack
+    torch.manual_seed(3)
+    loss, stats = obj(x, obj.perturb(x, y), y)
+    torch.manual_seed(3)  # same Gumbel noise
+    out = forward_train(model, x)
+    expected = at_loss(out.logits, y) + fsr_aux_loss(out.aux, out.logits, y, 1.0, 1.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert stats[2].item() == -1 and stats[3].item() == (out.logits.argmax(1) == y).sum().item()
+    no_fsr, _ = AdversarialObjective(model, ObjectiveConfig(name='natural', fsr=False))(x, x, y)
+    assert no_fsr.item() < loss.item()  # the FSR term was there

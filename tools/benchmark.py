@@ -1,80 +1,205 @@
 #!/usr/bin/env python3
-"""Throughput of the PGD-10 adversarial training step and of PGD-20 evaluation, vanilla vs FSR side by side,
-on whatever device is present, with the achieved TFLOP/s from fvcore's count.
+"""Speed of the training step in each step mode (the trainer's own step: eager, cuda-graph, compile), vanilla
+twin and FSR side by side, and of PGD-20 evaluation, on whatever device is present.
 
-    python tools/benchmark.py                                   # ResNet-18, CUDA if present, the paper's batch 128
+    python tools/benchmark.py                                  # ResNet-18 at batch 128; CUDA: eager and cuda-graph
+    python tools/benchmark.py --paths eager,cuda-graph,compile --seconds 60 --json bench.json
     python tools/benchmark.py --device cpu --batches 2 --batch-size 32
-    python tools/benchmark.py --model fsr_wrn34_10 --compile
+
+Rows give seconds per 50,000-image epoch and images/s of the PGD-k AT step (random data), after untimed
+warm-up steps that cover each path's one-time set-up (cuDNN autotuning, compilation, graph capture), whose
+time is shown apart. --seconds caps the whole measurement: the FSR model of every path is timed first, then
+the vanilla twins, then evaluation, each on a share of the time left (compile, whose compilation cannot be
+cut short, only starts with 30 s left). --json FILE writes {"device", "paths": {PATH: {"seconds_per_epoch",
+"images_per_second", "status", "vanilla", ...}}, "fastest"}: the path the trainer should use (--step).
 
 TFLOP/s = 2 x fvcore multiply-adds per image x (passes per image) x images/s, where a training step with a
 PGD-k attack costs about k x (forward + input-gradient backward) + one forward + full backward, counted as
-3 forward-equivalents each (the backward ~ 2 forwards): an estimate, stated as such.
+3 forward-equivalents each (the backward ~ 2 forwards): an estimate, stated as such (fvcore is optional).
 """
 import argparse
+import json
 import sys
-from pathlib import Path
+import time
+from typing import Any, Dict, List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import timm  # noqa: E402
-import torch  # noqa: E402
+from fsr_hub.benchmark import benchmark_eval, benchmark_train_step
+from fsr_hub.hardware import hardware_name
+from fsr_hub.models import VANILLA_TWINS, create
+from fsr_hub.step import STEP_MODES
 
-import fsr_hub  # noqa: E402,F401
-from fsr_hub.cost import count_cost  # noqa: E402
-from fsr_hub.engine import benchmark_eval, benchmark_train_step  # noqa: E402
-from fsr_hub.hardware import hardware_name  # noqa: E402
-from fsr_hub.models import VANILLA_TWINS  # noqa: E402
+COMPILE_MIN_SECONDS = 30.0
+
+
+def _paths(text: str) -> List[str]:
+    paths = [p.strip() for p in text.split(',') if p.strip()]
+    bad = [p for p in paths if p not in STEP_MODES]
+    if bad or not paths:
+        raise argparse.ArgumentTypeError(f'expected comma-separated step paths from {", ".join(STEP_MODES)}, got {text!r}')
+    return list(dict.fromkeys(paths))
+
+
+def _macs(model: torch.nn.Module) -> Optional[float]:
+    try:
+        from fsr_hub.cost import count_cost  # fvcore: optional here
+    except ImportError:
+        return None
+    return count_cost(model)['gflops_fvcore'] * 1e9
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', default='fsr_resnet18', choices=sorted(VANILLA_TWINS),
+                   help='FSR model; its vanilla twin is timed beside it (default: fsr_resnet18)')
+    p.add_argument('--device', default=None, help='cpu | cuda | cuda:N (default: cuda if available)')
+    p.add_argument('--paths', type=_paths, default=None,
+                   help=f'comma-separated step paths from {", ".join(STEP_MODES)} (default: eager,cuda-graph on '
+                        f'CUDA, eager on the CPU)')
+    p.add_argument('--batch-size', type=int, default=128, help='training batch (default: 128)')
+    p.add_argument('--eval-batch-size', type=int, default=None, help='evaluation batch (default: 4 x --batch-size)')
+    p.add_argument('--batches', type=int, default=20, help='timed steps per measurement (default: 20)')
+    p.add_argument('--warmup', type=int, default=None,
+                   help="untimed steps first (default: each path's set-up calls + 1); 0 times the set-up too")
+    p.add_argument('--steps', type=int, default=10, help='PGD steps of the training attack (default: 10)')
+    p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on for CUDA)')
+    p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
+                   help='channels_last memory format (default: on for CUDA)')
+    p.add_argument('--eval', action=argparse.BooleanOptionalAction, default=True,
+                   help='also time PGD-20 evaluation (eager) (default: on)')
+    p.add_argument('--seconds', type=float, default=None, help='cap on the whole measurement, in seconds (default: none)')
+    p.add_argument('--json', metavar='FILE', default=None, help='write the results as JSON')
+    return p
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--model', default='fsr_resnet18', choices=sorted(VANILLA_TWINS))
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--batch-size', type=int, default=128)
-    p.add_argument('--eval-batch-size', type=int, default=None, help='default: 4 x --batch-size')
-    p.add_argument('--batches', type=int, default=20, help='timed steps (after --warmup)')
-    p.add_argument('--warmup', type=int, default=None, help='untimed steps first (default 3, 1 on CPU)')
-    p.add_argument('--steps', type=int, default=10, help='PGD steps of the training attack')
-    p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (CUDA default)')
-    p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument('--compile', action='store_true')
-    args = p.parse_args(argv)
+    t_start = time.monotonic()
+    args = build_parser().parse_args(argv)
     try:
-        dev = torch.device(args.device)
-        if dev.type == 'cuda' and not torch.cuda.is_available():
+        dev = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+        cuda = dev.type == 'cuda'
+        if cuda and not torch.cuda.is_available():
             raise ValueError('--device cuda but no CUDA device is available.')
-        if args.batch_size <= 0 or args.batches <= 0:
-            raise ValueError('--batch-size and --batches must be positive.')
+        paths = args.paths or (['eager', 'cuda-graph'] if cuda else ['eager'])
+        if 'cuda-graph' in paths and not cuda:
+            raise ValueError('the cuda-graph path needs a CUDA device.')
+        if args.batch_size <= 0 or args.batches <= 0 or args.steps < 0:
+            raise ValueError('--batch-size and --batches must be positive, --steps >= 0.')
+        if args.warmup is not None and args.warmup < 0:
+            raise ValueError('--warmup must be >= 0.')
+        if args.seconds is not None and args.seconds <= 0:
+            raise ValueError('--seconds must be positive.')
     except (ValueError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    cuda = dev.type == 'cuda'
     amp = cuda if args.amp is None else args.amp
     cl = cuda if args.channels_last is None else args.channels_last
-    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    ebs = args.eval_batch_size or 4 * args.batch_size
+    deadline = None if args.seconds is None else t_start + args.seconds
+    names = {'fsr': args.model, 'vanilla': VANILLA_TWINS[args.model]}
     print(f'device: {hardware_name(dev)} | torch {torch.__version__} | bf16 autocast {amp} | channels_last {cl} | '
-          f'compile {args.compile} | batch {args.batch_size} | PGD-{args.steps} AT')
-    rows = {}
-    for name in (VANILLA_TWINS[args.model], args.model):
+          f'batch {args.batch_size} | PGD-{args.steps} AT | paths {", ".join(paths)}', flush=True)
+
+    results: Dict[str, Dict[str, Any]] = {p: {'status': 'ok'} for p in paths}
+    jobs = [(p, 'fsr') for p in paths] + [(p, 'vanilla') for p in paths]
+    print(f'{"path":<11} {"model":<16} {"s/epoch (50k)":>13} {"img/s":>9} {"set-up s":>9}  steps')
+    for k, (path, which) in enumerate(jobs):
+        if results[path]['status'] != 'ok':
+            continue
+        share = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            share = left / (len(jobs) - k + (1 if args.eval else 0))
+            if left < (COMPILE_MIN_SECONDS if path == 'compile' else 1.0):
+                results[path][which] = None
+                if which == 'fsr':
+                    results[path]['status'] = 'skipped: --seconds cap reached'
+                print(f'{path:<11} {names[which]:<16} skipped (--seconds cap)', flush=True)
+                continue
         torch.manual_seed(0)
-        model = timm.create_model(name, num_classes=10).to(dev)
-        macs = count_cost(model)['gflops_fvcore'] * 1e9
-        tr = benchmark_train_step(model, 'at', args.batch_size, args.batches, warmup, args.device, amp, cl,
-                                  args.compile, steps=args.steps)
-        ev = benchmark_eval(model, ebs, max(1, args.batches // 4), 1, args.device, amp, cl)
-        train_tflops = 2 * macs * 3 * (args.steps + 1) * tr['images_per_second'] / 1e12
-        eval_tflops = 2 * macs * (3 * 20 + 1) * ev['images_per_second'] / 1e12
-        rows[name] = (macs, tr, ev, train_tflops, eval_tflops)
-        print(f'{name:>16}: fvcore {macs / 1e9:.4f} GMAC/img | train {tr["images_per_second"]:9.1f} img/s '
-              f'{tr["seconds_per_epoch"]:9.1f} s/epoch (50k) ~{train_tflops:.2f} TFLOP/s | PGD-20 eval '
-              f'{ev["images_per_second"]:9.1f} img/s {ev["seconds_per_10k"]:8.1f} s/10k ~{eval_tflops:.2f} TFLOP/s',
-              flush=True)
-    (v_macs, v_tr, v_ev, _, _), (f_macs, f_tr, f_ev, _, _) = rows.values()
-    print(f'FSR / vanilla: train epoch time x{f_tr["seconds_per_epoch"] / v_tr["seconds_per_epoch"]:.3f} '
-          f'(paper: 120/114 = x1.053), eval time x{f_ev["seconds_per_10k"] / v_ev["seconds_per_10k"]:.3f} '
-          f'(paper: 20/19 = x1.053), MACs x{f_macs / v_macs:.4f}')
-    return 0
+        model = create(names[which], num_classes=10)
+        try:
+            r = benchmark_train_step(model, 'at', args.batch_size, args.batches, args.warmup, str(dev), amp, cl,
+                                     step=path, steps=args.steps, max_seconds=share)
+        except Exception as e:  # a failing fast path is reported, and the others still run
+            msg = f'failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+            results[path][which] = None
+            results[path]['status' if which == 'fsr' else 'vanilla_status'] = msg
+            print(f'{path:<11} {names[which]:<16} {msg}', flush=True)
+            continue
+        results[path][which] = r
+        print(f'{path:<11} {names[which]:<16} {r["seconds_per_epoch"]:13.2f} {r["images_per_second"]:9.1f} '
+              f'{r["warmup_seconds"]:9.2f}  {r["warmup_steps"]} untimed + {r["timed_steps"]} timed', flush=True)
+        del model
+
+    includes_setup = any(results[p].get(w) and results[p][w]['includes_setup'] for p in paths for w in names)
+    ok = [p for p in paths if results[p]['status'] == 'ok' and results[p].get('fsr')]
+    ratios = {}
+    for p in ok:
+        v = results[p].get('vanilla')
+        if v and not includes_setup:
+            ratios[p] = results[p]['fsr']['seconds_per_epoch'] / v['seconds_per_epoch']
+    if includes_setup:
+        print('FSR / vanilla ratio and fastest path not given: --warmup is below the set-up calls of a path, so the '
+              'timings include one-time compilation / capture / autotuning and compare nothing.')
+    elif ratios:
+        print('FSR / vanilla: train epoch time ' + ', '.join(f'{p} x{r:.3f}' for p, r in ratios.items())
+              + ' (paper: 120/114 = x1.053)')
+
+    evaluation = None
+    if args.eval and (deadline is None or deadline - time.monotonic() > 2.0):
+        ebs = args.eval_batch_size or 4 * args.batch_size
+        evaluation = {}
+        for which in ('vanilla', 'fsr'):
+            torch.manual_seed(0)
+            evaluation[which] = benchmark_eval(create(names[which], num_classes=10), ebs,
+                                               max(1, args.batches // 4), 1, str(dev), amp, cl)
+        ev_v, ev_f = evaluation['vanilla'], evaluation['fsr']
+        print(f'PGD-20 eval (eager): {names["vanilla"]} {ev_v["images_per_second"]:.1f} img/s '
+              f'{ev_v["seconds_per_10k"]:.2f} s/10k | {names["fsr"]} {ev_f["images_per_second"]:.1f} img/s '
+              f'{ev_f["seconds_per_10k"]:.2f} s/10k | FSR / vanilla x{ev_f["seconds_per_10k"] / ev_v["seconds_per_10k"]:.3f} '
+              f'(paper: 20/19 = x1.053)')
+
+    macs = None
+    if deadline is None or deadline - time.monotonic() > 5.0:
+        macs = {w: _macs(create(n, num_classes=10)) for w, n in names.items()}
+        if None in macs.values():
+            macs = None
+            print('TFLOP/s not given: fvcore is not installed')
+        else:
+            parts = [f'{names[w]}: fvcore {macs[w] / 1e9:.4f} GMAC/img' for w in ('vanilla', 'fsr')]
+            for p in ok:
+                for w in ('vanilla', 'fsr'):
+                    r = results[p].get(w)
+                    if r:
+                        r['tflops'] = 2 * macs[w] * 3 * (args.steps + 1) * r['images_per_second'] / 1e12
+                        parts.append(f'{p} {names[w]} ~{r["tflops"]:.2f} TFLOP/s')
+            print(' | '.join(parts) + f' | MACs x{macs["fsr"] / macs["vanilla"]:.4f}')
+
+    fastest = None if includes_setup or not ok else min(ok, key=lambda p: results[p]['fsr']['seconds_per_epoch'])
+    if fastest is not None:
+        base = results.get('eager', {}).get('fsr')
+        speedup = f' (x{base["seconds_per_epoch"] / results[fastest]["fsr"]["seconds_per_epoch"]:.2f} vs eager)' \
+            if base and fastest != 'eager' else ''
+        print(f'fastest: {fastest}{speedup}: {results[fastest]["fsr"]["seconds_per_epoch"]:.2f} s per epoch for '
+              f'{names["fsr"]}')
+    if args.json:
+        doc = {
+            'device': hardware_name(dev), 'torch': torch.__version__, 'model': names['fsr'],
+            'vanilla_model': names['vanilla'], 'batch_size': args.batch_size, 'attack_steps': args.steps,
+            'amp': amp, 'channels_last': cl, 'warmup': args.warmup, 'includes_setup': includes_setup,
+            'paths': {p: {'status': r['status'],
+                          **({k: r['fsr'][k] for k in ('seconds_per_epoch', 'images_per_second', 'warmup_seconds',
+                                                      'warmup_steps', 'timed_steps')} if r.get('fsr') else {}),
+                          'vanilla': r.get('vanilla'), 'vanilla_status': r.get('vanilla_status', 'ok'),
+                          'fsr_over_vanilla': ratios.get(p)}
+                      for p, r in results.items()},
+            'fastest': fastest, 'eval': evaluation, 'macs_per_image': macs,
+            'seconds': round(time.monotonic() - t_start, 3),
+        }
+        with open(args.json, 'w') as f:
+            json.dump(doc, f, indent=2)
+    return 0 if ok else 1
 
 
 if __name__ == '__main__':

@@ -1,57 +1,78 @@
 #!/usr/bin/env python3
-"""Adversarial training of an fsr_hub model (the paper's recipe by default; every field can be overridden).
+"""Adversarial (or natural) training of an fsr_hub model: the paper's recipe by default, every field overridable.
 
     python tools/train.py --model fsr_resnet18 --data /tmp/data --out runs/at_fsr_r18
+    python tools/train.py --model fsr_resnet18 --data /tmp/data --out runs/x --time-budget 9 --step cuda-graph
     python tools/train.py --model cifar_resnet18 --objective trades --data /tmp/data --out runs/trades_r18
+    python tools/train.py --model cifar_resnet18 --objective natural --data /tmp/data --out runs/nat_r18
     python tools/train.py --dataset svhn --data /data/svhn --out runs/svhn      # lr 0.01, step eps/8, no augment
     torchrun --nproc_per_node 4 tools/train.py ...                               # DDP, global batch 128
     python tools/train.py ... --resume                                           # continue from OUT/last.pt
 
-One JSON line of metrics per epoch goes to stdout; OUT/ gets last.pt, best.pt, final.safetensors,
-best.safetensors and train_summary.json.
+--time-budget M: the whole run (set-up, training, held-out evaluations, outputs) ends within M minutes. The
+speed is measured on the first steps after the set-up (compilation / graph capture), the epoch count is fixed
+once (at most --epochs) and the lr schedule follows it; train_summary.json records the plan, and the same
+command with --epochs N instead of --time-budget reproduces the run exactly.
+
+One JSON line of metrics per epoch goes to stdout. OUT/ gets last.pt and train_summary.json after every epoch,
+best.safetensors at each new best (held-out slice), final.safetensors at the end; each written atomically.
 """
-import argparse
-import dataclasses
-import shlex
-import sys
-import typing
-from fractions import Fraction
-from pathlib import Path
+import time
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+CLOCK_START = time.monotonic()  # the time budget counts from here, before the heavy imports
 
-from fsr_hub.data import DatasetError  # noqa: E402
-from fsr_hub.engine import CheckpointError, TrainConfig, train  # noqa: E402
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import typing  # noqa: E402
+
+from fsr_hub.checkpoint import CheckpointError  # noqa: E402
+from fsr_hub.cli import int_tuple, number  # noqa: E402
+from fsr_hub.data import DATASETS, DatasetError  # noqa: E402
+from fsr_hub.engine import NATURAL_RECIPE, STEP_MODES, TrainConfig, train  # noqa: E402
+from fsr_hub.objectives import OBJECTIVES  # noqa: E402
 from fsr_hub.weights import WeightsError  # noqa: E402
 
+#: help of every TrainConfig field, each naming its default once
 HELP = {
-    'model': 'timm model name (fsr_* or the vanilla cifar_* twins)',
-    'data': 'dataset root (CIFAR-10: DIR/cifar-10-batches-py; SVHN: DIR/train_32x32.mat)',
-    'objective': 'at | trades | mart',
-    'fsr_loss': 'add the FSR separation/recalibration losses (ignored by vanilla models)',
-    'eps': 'L-inf radius, e.g. 8/255', 'alpha': 'attack step (default eps/4, SVHN eps/8)',
-    'lr': 'initial learning rate (default 0.1, SVHN 0.01)', 'milestones': 'epochs where lr *= lr-gamma, e.g. 75,90',
-    'batch_size': 'global batch size (split over DDP ranks)',
-    'holdout': 'last N training images held out (never trained on) to select best.pt; 0 disables',
-    'eval_every': 'evaluate the held-out slice every K epochs', 'amp': 'bf16 autocast (default: on for CUDA)',
-    'channels_last': 'channels_last memory format (default: on for CUDA)', 'compile': 'torch.compile the model',
-    'fp16': 'write final/best safetensors in float16', 'resume': 'continue from OUT/last.pt if it exists',
-    'max_train_images': 'train on the first N images only (smoke runs)',
+    'model': 'timm model name: fsr_resnet18, fsr_vgg16, fsr_wrn34_10 or the vanilla cifar_* twins (default: fsr_resnet18)',
+    'dataset': 'training set (default: cifar10)',
+    'data': 'dataset root: CIFAR-10 in DIR/cifar-10-batches-py, SVHN in DIR/train_32x32.mat (default: data)',
+    'out': 'output folder (default: runs/train)',
+    'objective': f'training objective (default: at); natural: clean cross-entropy, no attack, recipe: '
+                 f'{NATURAL_RECIPE}',
+    'fsr_loss': 'add the FSR separation/recalibration losses (ignored by vanilla models) (default: on)',
+    'lambda_sep': 'weight of L_sep (default: 1)', 'lambda_rec': 'weight of L_rec (default: 1)',
+    'beta': 'TRADES / MART robustness weight (default: 6)',
+    'eps': 'L-inf radius of the training attack, e.g. 8/255 (default: 8/255)',
+    'alpha': 'attack step (default: eps/4, SVHN eps/8)', 'steps': 'PGD steps of the training attack (default: 10)',
+    'random_start': 'uniform random start of the training attack (default: on)',
+    'epochs': 'epochs; with --time-budget the most epochs (default: 100)',
+    'time_budget': 'minutes for the whole run: fixes the epoch count after measuring the first steps (default: none)',
+    'batch_size': 'global batch size, split over DDP ranks (default: 128)',
+    'lr': 'initial learning rate (default: 0.1, SVHN 0.01)', 'momentum': 'SGD momentum (default: 0.9)',
+    'weight_decay': 'SGD weight decay (default: 5e-4)',
+    'milestones': 'epochs after which lr *= lr-gamma, e.g. 75,90 (default: 75%% and 90%% of the epochs; '
+                  'natural: 50%% and 75%%)',
+    'lr_gamma': 'lr decay factor at each milestone (default: 0.1)',
+    'augment': 'pad-4 random crop + horizontal flip (default: on for CIFAR-10, off for SVHN)',
+    'holdout': 'last N training images held out (never trained on) to select best.safetensors; 0 disables '
+               '(default: 1000)',
+    'eval_every': 'evaluate the held-out slice every K epochs, and every epoch of the last quarter '
+                  '(default: epochs // 10)',
+    'eval_steps': 'PGD steps of the held-out evaluation (default: 20)',
+    'eval_batch_size': 'batch size of the held-out evaluation (default: 500)',
+    'max_train_images': 'train on the first N images only, for smoke runs (default: all)',
+    'seed': 'random seed (default: 0)', 'device': 'cpu | cuda | cuda:N (default: cuda if available)',
+    'amp': 'bf16 autocast (default: on for CUDA)', 'channels_last': 'channels_last memory format (default: on for CUDA)',
+    'step': 'how the training step runs (default: cuda-graph on one CUDA device, else eager)',
+    'deterministic': 'CUDA: deterministic cuDNN algorithms, no autotuning, for bit-exact resume (default: off)',
+    'fp16': 'write final/best safetensors in float16 (default: off)',
+    'resume': 'continue from OUT/last.pt if it exists (default: off)',
+    'progress': 'progress bar on stderr (default: on)',
 }
-
-
-def _number(text: str) -> float:
-    try:
-        return float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
-
-
-def _int_tuple(text: str) -> tuple:
-    try:
-        return tuple(int(v) for v in text.split(',') if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+CHOICES = {'dataset': sorted(DATASETS), 'objective': OBJECTIVES, 'step': STEP_MODES}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,25 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
         flag = '--' + f.name.replace('_', '-')
         hint = hints[f.name]
         base = [a for a in typing.get_args(hint) if a is not type(None)][0] if typing.get_args(hint) else hint
-        kw = dict(default=None, help=HELP.get(f.name, '') + f' (default: {f.default})')
+        kw = dict(default=None, help=HELP[f.name])  # None: the TrainConfig default applies
         if base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == 'milestones':
-            p.add_argument(flag, type=_int_tuple, **kw)
+            p.add_argument(flag, type=int_tuple, metavar='E1,E2', **kw)
         elif base is float:
-            p.add_argument(flag, type=_number, **kw)
+            p.add_argument(flag, type=number, metavar='MINUTES' if f.name == 'time_budget' else None, **kw)
         else:
-            p.add_argument(flag, type=base, **kw)
+            p.add_argument(flag, type=base, choices=CHOICES.get(f.name), **kw)
     return p
 
 
-def main(argv=None) -> int:
+def main(argv=None, clock_start: float = CLOCK_START) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    command = 'python tools/train.py ' + ' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = 'python tools/train.py ' + ' '.join(shlex.quote(a) for a in argv)
     try:
-        cfg = TrainConfig.for_dataset(overrides.pop('dataset', 'cifar10'), **overrides)
-        train(cfg, command=command)
+        cfg = TrainConfig(**overrides)
+        train(cfg, command=command, clock_start=clock_start)
     except (DatasetError, CheckpointError, WeightsError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

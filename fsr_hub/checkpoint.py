@@ -1,0 +1,68 @@
+"""Training checkpoints and run outputs written atomically: a kill at any moment leaves the old file or the new
+one, never a partial file. Checkpoints are read back with ``torch.load(weights_only=True)`` only."""
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from .schemas import CKPT_FORMAT
+
+__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'write_json', 'rng_state', 'set_rng_state']
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not belong to this run."""
+
+
+def save_checkpoint(state: Dict[str, Any], path: os.PathLike) -> None:
+    """torch.save to ``path.tmp``, fsync, then atomic ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'wb') as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: os.PathLike, map_location: Any = 'cpu') -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain types only: weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'Checkpoint not found: {path}')
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f'Checkpoint {path} is unreadable ({type(e).__name__}: {e}).') from e
+    if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT:
+        raise CheckpointError(f'{path} is not an fsr-hub training checkpoint.')
+    return state
+
+
+def write_json(obj: Any, path: os.PathLike) -> None:
+    """Write ``obj`` as indented JSON through a synced temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'w') as f:
+        f.write(json.dumps(obj, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> Dict[str, Any]:
+    """The global CPU and CUDA generator states."""
+    state: Dict[str, Any] = {'cpu': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state['cpu'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])

@@ -1,0 +1,99 @@
+"""The shape of a training run as functions of its epoch count: learning-rate milestones, which epochs are
+evaluated on the held-out slice, and how many epochs fit a time budget.
+
+Every function here is pure, so a run planned under a time budget is reproduced exactly by giving the chosen
+epoch count (``--epochs N``): the schedule and the evaluation epochs follow from N alone.
+"""
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional, Sequence, Tuple
+
+__all__ = [
+    'AT_MILESTONES', 'NATURAL_MILESTONES', 'lr_milestones', 'lr_at', 'default_eval_every', 'eval_epochs',
+    'EVAL_RULE', 'BudgetCosts', 'plan_epochs',
+]
+
+#: the paper (Sec. 4.1): lr x0.1 after epochs 75 and 90 of 100
+AT_MILESTONES = (Fraction(3, 4), Fraction(9, 10))
+#: He et al. 2016 (Sec. 4.2, CIFAR-10): lr /10 at 32k and 48k of 64k iterations, i.e. after 1/2 and 3/4 of the run
+NATURAL_MILESTONES = (Fraction(1, 2), Fraction(3, 4))
+
+EVAL_RULE = ('every `every` epochs, then every epoch of the last quarter (where the best checkpoint is found in '
+             'practice: robust overfitting sets in after the first lr decay), and always the last epoch')
+
+
+def lr_milestones(epochs: int, fractions: Sequence[Fraction] = AT_MILESTONES) -> Tuple[int, ...]:
+    """Epoch counts after which the lr decays, at the given fractions of ``epochs`` (rounded down).
+
+    (75, 90) for 100 epochs. Any ``epochs >= 1`` gives a valid schedule: each milestone is at least 1 and above
+    the previous one, so a run too short for every decay keeps the first ones (1 epoch: the initial lr only;
+    2 epochs: lr, then lr x gamma; 10 epochs: (7, 9)).
+    """
+    if epochs < 1:
+        raise ValueError(f'epochs must be >= 1, got {epochs}.')
+    out, prev = [], 0
+    for f in fractions:
+        prev = max(prev + 1, int(Fraction(f) * epochs))
+        out.append(prev)
+    return tuple(out)
+
+
+def lr_at(epoch: int, base_lr: float, milestones: Sequence[int], gamma: float) -> float:
+    """The lr of 0-based ``epoch``: ``base_lr * gamma**k`` with k the milestones already passed (MultiStepLR)."""
+    return base_lr * gamma ** sum(epoch >= m for m in milestones)
+
+
+def default_eval_every(epochs: int) -> int:
+    """Held-out evaluation interval before the last quarter: about ten evaluations there (1 for <= 19 epochs)."""
+    return max(1, epochs // 10)
+
+
+def eval_epochs(epochs: int, every: int) -> Tuple[int, ...]:
+    """The 1-based epochs after which the held-out slice is evaluated (see :data:`EVAL_RULE`)."""
+    if every < 1:
+        raise ValueError(f'eval_every must be >= 1, got {every}.')
+    last_quarter_after = epochs - epochs // 4
+    return tuple(e for e in range(1, epochs + 1) if e % every == 0 or e > last_quarter_after or e == epochs)
+
+
+def _count_eval_epochs(epochs: int, every: int) -> int:
+    # len(eval_epochs(epochs, every)) in O(1): multiples of `every` up to the last quarter, the last quarter, the end
+    early = epochs - epochs // 4
+    return early // every + (epochs - early) + (1 if early == epochs and epochs % every else 0)
+
+
+@dataclass(frozen=True)
+class BudgetCosts:
+    """Measured seconds that a time-budget plan adds up (all per process, maxima over DDP ranks)."""
+    step: float  # one training step, steady state (after the compile / capture warm-up)
+    steps_per_epoch: int
+    steps_done: int  # steps of the first epoch already run when the plan is made
+    evaluation: float  # one held-out evaluation
+    checkpoint: float  # writing last.pt (also charged for best.safetensors and the final outputs)
+
+
+def plan_epochs(
+        available: float, costs: BudgetCosts, max_epochs: int, eval_every: Optional[int] = None,
+        holdout: bool = True, slack: float = 1.05,
+) -> Tuple[int, float, bool]:
+    """The most epochs (<= ``max_epochs``) whose remaining cost fits ``available`` seconds.
+
+    The cost of E epochs: the steps not yet run, ``slack`` x their measured time; one evaluation plus one
+    best-weights write per evaluated epoch (``eval_every`` None: :func:`default_eval_every` of E); one
+    checkpoint per epoch and the final outputs. Returns (epochs, estimated seconds, fits); when even one
+    epoch does not fit: (1, its estimate, False).
+    """
+    if max_epochs < 1:
+        raise ValueError(f'max_epochs must be >= 1, got {max_epochs}.')
+
+    def cost(e: int) -> float:
+        n_eval = _count_eval_epochs(e, eval_every or default_eval_every(e)) if holdout else 0
+        steps_left = max(0, e * costs.steps_per_epoch - costs.steps_done)
+        return (slack * steps_left * costs.step + n_eval * (costs.evaluation + costs.checkpoint)
+                + (e + 1) * costs.checkpoint)
+
+    for e in range(max_epochs, 0, -1):
+        c = cost(e)
+        if c <= available:
+            return e, c, True
+    return 1, cost(1), False
