@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import tiny_fsr_net
 from fsr_hub import analysis as A
 from fsr_hub.evaluate import evaluate
-from fsr_hub.fsr import FSR_OUTPUTS, fsr_output
+from fsr_hub.fsr import fsr_output
 from fsr_hub.models import create
 from fsr_hub.weights import save_weights
 
@@ -30,7 +30,8 @@ def test_weighted_knn_hand_case():
     labels = torch.tensor([0, 0, 1])
     q = torch.tensor([[1.0, 0.0]])
     # gamma 0.07: 2 exp(0.766 / 0.07) < exp(0.996 / 0.07), the closer neighbour wins the weighted vote
-    assert A.weighted_knn(bank, labels, q, ks=(1, 3), gamma=0.07, num_classes=2) == {1: torch.tensor([1]), 3: torch.tensor([1])}
+    preds = A.weighted_knn(bank, labels, q, ks=(1, 3), gamma=0.07, num_classes=2)
+    assert preds[1].tolist() == [1] and preds[3].tolist() == [1]
     # a flat temperature makes it a majority vote: 2 e^(0.077) > e^(0.0996)
     assert A.weighted_knn(bank, labels, q, ks=(3,), gamma=10.0, num_classes=2)[3].item() == 0
     with pytest.raises(A.AnalysisError, match='k'):
@@ -53,9 +54,9 @@ def test_fsr_features_are_the_module_features():
 def test_feature_swap_uses_verify_evaluation_and_restores_the_model(tmp_path):
     model = tiny_fsr_net().eval()
     x, y = _data(6)
-    section = A.feature_swap(model, x, y, attacks=('clean', 'fgsm'), batch_size=3)
+    section = A.feature_swap(model, x, y, attacks=('clean', 'fgsm'), outputs=('final', 'non_robust'), batch_size=3)
     ref = evaluate(model, x, y, attacks=('clean', 'fgsm'), batch_size=3, masking_checks=False, progress=False)
-    assert section['features'] == list(FSR_OUTPUTS) and section['position'] == 's2'
+    assert section['features'] == ['final', 'non_robust'] and section['position'] == 's2'
     assert section['accuracy']['final'] == {k: v['accuracy'] for k, v in ref['results'].items()}
     with fsr_output(model, 'non_robust'):
         ref_neg = evaluate(model, x, y, attacks=('clean', 'fgsm'), batch_size=3, masking_checks=False, progress=False)
@@ -158,9 +159,11 @@ def test_analyze_cli(tmp_path, cifar_root, capsys):
         doc = json.loads((out / f'{name}.json').read_text())
         assert doc['analysis'] == name and doc['complete'] and doc['png'] == f'{name}.png'
         assert (out / f'{name}.png').is_file() and doc['model']['architecture'] == 'fsr_resnet18'
-    assert analyze.main(['plot-eps', str(out / 'eps_curve.json'), str(out / 'eps_curve.json'), '--png', str(out / 'p.png')]) == 0
+    curve = str(out / 'eps_curve.json')
+    assert analyze.main(['plot-eps', curve, curve, '--png', str(out / 'p.png')]) == 0
     results = tmp_path / 'results.json'
-    results.write_text(json.dumps({'model': {'sha256': json.loads((out / 'eps_curve.json').read_text())['model']['sha256']}}))
+    sha = json.loads((out / 'eps_curve.json').read_text())['model']['sha256']
+    results.write_text(json.dumps({'model': {'sha256': sha}}))
     assert analyze.main(['attach', str(results), str(out / 'feature_swap.json'), str(out / 'eps_curve.json')]) == 0
     assert set(json.loads(results.read_text())['analysis']) == {'schema', 'feature_swap', 'eps_curve'}
     assert analyze.main(['knn', *common[:4], '--sample', '--out', str(out / 'k.json')]) == 2

@@ -11,11 +11,14 @@ commands:
   attach        put analysis JSON files into a results.json's `analysis` section (what the model card reads)
 
 examples:
-  python tools/analyze.py eps-curve --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 --out a/eps_curve.json
-  python tools/analyze.py knn --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 --deadline-minutes 20
+  python tools/analyze.py eps-curve --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
+      --out a/eps_curve.json
+  python tools/analyze.py knn --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
+      --deadline-minutes 20 --out a/knn.json
   python tools/analyze.py gradcam --model fsr_resnet18 --weights w.safetensors --sample --n 6 \\
       --natural cifar_resnet18:nat.safetensors --out a/gradcam.json
-  python tools/analyze.py blackbox --model fsr_resnet18 --weights w.safetensors --data /data --source cifar_resnet18:nat.safetensors
+  python tools/analyze.py blackbox --model fsr_resnet18 --weights w.safetensors --data /data \\
+      --source cifar_resnet18:nat.safetensors --out a/blackbox.json
   python tools/analyze.py attach results.json a/*.json
 """
 import argparse
@@ -127,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_model(name: str, weights: Optional[str], num_classes: int, tag: Optional[str] = None) -> Tuple[torch.nn.Module, Dict]:
+def _load_model(name: str, weights: Optional[str], num_classes: int,
+                tag: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     model = create(name, num_classes=num_classes)
     if weights:
         load_weights(model, weights)
@@ -152,7 +156,8 @@ def _test_data(args) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
     images, labels = load_dataset(args.dataset, args.data, train=False)
     if args.n is not None:
         images, labels = images[:args.n], labels[:args.n]
-    return images_to_float(images), labels, {'dataset': args.dataset, 'split': 'test', 'subset': 'first n', 'n': len(labels)}
+    data = {'dataset': args.dataset, 'split': 'test', 'subset': 'first n', 'n': len(labels)}
+    return images_to_float(images), labels, data
 
 
 def _png(args, default: str) -> Path:

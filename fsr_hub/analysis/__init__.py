@@ -17,7 +17,8 @@ from .plots import plot_eps_curves, plot_feature_swap, plot_knn, read_eps_curve
 from .report import ANALYSES, attach_sections, png_name
 
 __all__ = [
-    'ANALYSES', 'ANALYSIS_SCHEMA', 'AnalysisError', 'Deadline', 'EPS_CURVE_255', 'GRADCAM_FEATURES', 'KNN_GAMMA', 'KNN_GAMMA_SOURCE',
+    'ANALYSES', 'ANALYSIS_SCHEMA', 'AnalysisError', 'Deadline', 'EPS_CURVE_255', 'GRADCAM_FEATURES', 'KNN_GAMMA',
+    'KNN_GAMMA_SOURCE',
     'KNN_KS', 'PNG_NAMES', 'TABLE5A_ATTACKS', 'attach_sections', 'blackbox_analysis', 'eps_curve', 'feature_swap',
     'fsr_features', 'gradcam_analysis', 'gradcam_figure', 'gradcam_maps', 'knn_analysis', 'nattack_attack',
     'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'png_name', 'read_eps_curve', 'require', 'section_meta',

@@ -16,7 +16,8 @@ from ..hardware import hardware_name
 from ..schemas import ANALYSIS_SCHEMA
 
 __all__ = [
-    'AnalysisError', 'Deadline', 'require', 'prepare', 'batched', 'fsr_position', 'fsr_tap', 'capture_tap', 'save_figure', 'write_json', 'section_meta',
+    'AnalysisError', 'Deadline', 'require', 'prepare', 'batched', 'fsr_position', 'fsr_tap', 'capture_tap', 'save_figure',
+    'write_json', 'section_meta',
     'ANALYSIS_SCHEMA', 'PNG_NAMES',
 ]
 

@@ -31,11 +31,12 @@ def eps_curve(
     for e in eps_255:
         if not deadline.allows_next():
             break
+        attack = 'pgd20' if e > 0 else 'clean'  # PGD with eps 0 returns x: skip its 20 gradient steps
         with deadline.unit():
-            ev = evaluate(model, x, y, attacks=('pgd20',), eps=e / 255, batch_size=batch_size, device=device,
+            ev = evaluate(model, x, y, attacks=(attack,), eps=e / 255, batch_size=batch_size, device=device,
                           seed=seed, num_classes=num_classes, masking_checks=False, progress=progress)
         done.append(e)
-        accuracy.append(ev['results']['pgd20']['accuracy'])
+        accuracy.append(ev['results'][attack]['accuracy'])
     return {'eps_255': done, 'accuracy': accuracy, 'n': len(y),
-            'attack': {'attack': 'pgd20', 'alpha': 'eps/10', 'steps': 20, 'random_start': False},
+            'attack': {'attack': 'pgd20', 'alpha': 'eps/10', 'steps': 20, 'random_start': False, 'eps_0': 'clean'},
             'evaluation': 'fsr_hub.evaluate.evaluate, one call per eps'}

@@ -100,7 +100,7 @@ def gradcam_figure(
     from matplotlib.figure import Figure
     image_utils = require('pytorch_grad_cam.utils.image')
     cols: List[str] = (['x', 'natural'] if 'natural' in maps else ['x']) + ['x_adv'] + list(GRADCAM_FEATURES)
-    titles = {'x': 'x (natural)', 'natural': 'f_nat on x', 'x_adv': "x' (adversarial)",
+    titles = {'x': 'x (natural)', 'natural': r'$f_{nat}$ on x', 'x_adv': "x' (adversarial)",
               'robust': '$f^+$ on x\'', 'non_robust': '$f^-$ on x\'', 'recalibrated': r'$\tilde{f}^-$ on x' + "'"}
     n = len(y)
     inch = width_px / 100 / len(cols)
