@@ -69,7 +69,7 @@ def plot_eps_curves(curves: Sequence[Tuple[str, Sequence[float], Sequence[float]
     return save_figure(fig, path)
 
 
-def _grouped_bars(groups: Sequence[str], series: Dict[str, Sequence[float]], ylabel: str, title: str,
+def _grouped_bars(groups: Sequence[str], series: Dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str,
                   path: Union[str, Path]) -> Path:
     fig = _figure(4.4)
     ax = fig.add_subplot()
@@ -81,6 +81,7 @@ def _grouped_bars(groups: Sequence[str], series: Dict[str, Sequence[float]], yla
         ax.bar_label(bars, labels=[f'{v:.1f}' for v in values], fontsize=9, padding=2)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, fontsize=13)
+    ax.set_xlabel(xlabel, fontsize=12)
     ax.set_ylabel(ylabel, fontsize=12)
     ax.set_ylim(0, 105)
     ax.tick_params(axis='y', labelsize=11)
@@ -103,9 +104,9 @@ def plot_feature_swap(section: Mapping[str, Any], path: Union[str, Path]) -> Pat
     if len([m for m in metrics if m != 'clean']) == 0:
         metrics = measured
     series = {_METRIC_NAMES.get(m, m): [acc[f][m] for f in features] for m in metrics}
-    title = f"Final feature replaced (Table 5a), n = {section['n']}, eps = {round(section['eps'] * 255, 2):g}/255"
+    title = f"Final feature replaced (Table 5a), n = {section['n']}, $\\epsilon$ = {round(section['eps'] * 255, 2):g}/255"
     return _grouped_bars([_MATH_LABELS.get(f, FEATURE_LABELS.get(f, f)) for f in features], series,
-                         'accuracy (%)', title, path)
+                         'feature passed on by the FSR module', 'accuracy (%)', title, path)
 
 
 def plot_knn(section: Mapping[str, Any], path: Union[str, Path]) -> Path:
@@ -115,7 +116,6 @@ def plot_knn(section: Mapping[str, Any], path: Union[str, Path]) -> Path:
     if not features:
         raise AnalysisError('the k-NN section has no measured feature.')
     series = {f'{k}-NN': [acc[f][str(k)] for f in features] for k in section['ks']}
-    title = (f"Weighted k-NN on features of PGD-20 examples (Table 5b), n = {section['n_test']}, "
-             f"gamma = {section['gamma']:g}")
+    title = f"Weighted k-NN, PGD-20 examples (Table 5b), n = {section['n_test']}, $\\gamma$ = {section['gamma']:g}"
     return _grouped_bars([_MATH_LABELS.get(f, FEATURE_LABELS.get(f, f)) for f in features], series,
-                         'top-1 accuracy (%)', title, path)
+                         'feature of the adversarial example', 'top-1 accuracy (%)', title, path)
