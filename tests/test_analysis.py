@@ -69,7 +69,7 @@ def test_feature_swap_uses_verify_evaluation_and_restores_the_model(tmp_path):
 def test_deadline_cuts_work_and_says_so():
     model = tiny_fsr_net().eval()
     x, y = _data(4)
-    deadline = A.Deadline(minutes=1e-6)
+    deadline = A.Deadline(minutes=1e-9)  # already over when the first unit would start
     section = A.eps_curve(model, x, y, eps_255=(0, 8), deadline=deadline)
     assert section['eps_255'] == [] and deadline.stopped
     meta = A.section_meta({'architecture': 'tiny'}, {'n': 4}, 'cpu', deadline)
