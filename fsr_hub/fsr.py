@@ -3,14 +3,26 @@
 The module is architecture agnostic: it takes a feature map ``f`` of shape (B, C, H, W) and returns
 ``f~ = f+ + f~-`` of the same shape, together with the auxiliary predictions that the FSR losses
 (:mod:`fsr_hub.losses`) need.
+
+For analysis (the paper's Table 5a and Fig. 1) the module can pass on another of its features instead of
+``f~``: set :attr:`FSR.output` (or use the :func:`fsr_output` context manager on a whole model) to one of
+:data:`FSR_OUTPUTS`. The default, ``'final'``, is the paper's model; the option adds no parameters, so state
+dicts are the same whatever it is set to.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ['FSR', 'FSRAux', 'gumbel_sigmoid_mask', 'three_conv_net']
+__all__ = ['FSR', 'FSRAux', 'FSR_OUTPUTS', 'FEATURE_LABELS', 'fsr_output', 'gumbel_sigmoid_mask', 'three_conv_net']
+
+#: what an FSR module may pass on: ``final`` = f~ = f+ + f~- (the paper's model, default), ``robust`` = f+,
+#: ``non_robust`` = f-, ``recalibrated`` = f~- (Table 5a: "replacing the final feature map f~")
+FSR_OUTPUTS = ('final', 'robust', 'non_robust', 'recalibrated')
+#: the paper's symbols for each output, for tables and plots
+FEATURE_LABELS = {'final': 'f~ (ours)', 'robust': 'f+', 'non_robust': 'f-', 'recalibrated': 'f~-'}
 
 
 @dataclass
@@ -69,6 +81,11 @@ class FSR(nn.Module):
         hidden: width of the Separation / Recalibration nets (paper: 64).
         separation: keep the Separation stage (False = Table 6 "w/o Sep": m = 0, all of f is recalibrated).
         recalibration: keep the Recalibration stage (False = Table 6 "w/o Rec": output is f+).
+        output: which feature the module passes on, one of :data:`FSR_OUTPUTS` (analysis only; default
+            ``'final'``, the paper's f~). Also settable at run time through the ``output`` attribute.
+
+    ``tap`` is an identity module applied to the output feature: a hook point for tools that need a module
+    whose output is that feature (Grad-CAM, feature extraction). It has no parameters.
     """
 
     def __init__(
@@ -79,6 +96,7 @@ class FSR(nn.Module):
             hidden: int = 64,
             separation: bool = True,
             recalibration: bool = True,
+            output: str = 'final',
     ):
         super().__init__()
         if not (separation or recalibration):
@@ -90,6 +108,26 @@ class FSR(nn.Module):
         self.separation = three_conv_net(channels, hidden) if separation else None
         self.recalibration = three_conv_net(channels, hidden) if recalibration else None
         self.aux = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.tap = nn.Identity()
+        self.output = output
+
+    @property
+    def output(self) -> str:
+        """The feature this module passes on (one of :data:`FSR_OUTPUTS`; ``'final'`` unless set for analysis)."""
+        return self._output
+
+    @output.setter
+    def output(self, value: str) -> None:
+        if value not in FSR_OUTPUTS:
+            raise ValueError(f'FSR output must be one of {FSR_OUTPUTS}, got {value!r}.')
+        if value in ('robust', 'non_robust') and self.separation is None:
+            raise ValueError(f'FSR output {value!r} needs the Separation stage (this module has none).')
+        if value == 'recalibrated' and self.recalibration is None:
+            raise ValueError("FSR output 'recalibrated' needs the Recalibration stage (this module has none).")
+        self._output = value
+
+    def extra_repr(self) -> str:
+        return '' if self._output == 'final' else f'output={self._output!r}'
 
     def reset_aux(self, num_classes: int) -> None:
         """Replace the auxiliary head h (used when the main classifier is reset)."""
@@ -111,6 +149,9 @@ class FSR(nn.Module):
         else:
             f_rec = None
             out = f_pos
+        if self._output != 'final':
+            out = {'robust': f_pos, 'non_robust': f_neg, 'recalibrated': f_rec}[self._output]
+        out = self.tap(out)
         if not need_aux:
             return out, None
         has_sep = self.separation is not None
@@ -121,3 +162,37 @@ class FSR(nn.Module):
             logits_rec=self._head(f_rec) if f_rec is not None else None,
         )
         return out, aux
+
+
+@contextmanager
+def fsr_output(model: nn.Module, output: str, positions: Optional[Sequence[str]] = None) -> Iterator[nn.Module]:
+    """Within the block, the FSR modules of ``model`` pass on ``output`` (one of :data:`FSR_OUTPUTS`) instead
+    of f~; their previous settings are restored on exit, also after an error.
+
+    ``positions`` picks FSR modules by their name in ``model.fsr`` (an fsr_hub network); default: every FSR
+    module of the model. Raises ValueError for an unknown output or position, or a model without FSR.
+
+        >>> with fsr_output(model, 'robust'):      # Table 5a: the model with f~ replaced by f+
+        ...     logits = model(x)
+    """
+    modules: Dict[str, FSR] = {name: m for name, m in model.named_modules() if isinstance(m, FSR)}
+    if isinstance(model, FSR):
+        modules = {'': model}
+    if not modules:
+        raise ValueError(f'{type(model).__name__} has no FSR module (a vanilla twin?).')
+    if positions is not None:
+        by_pos = {name.rsplit('.', 1)[-1]: m for name, m in modules.items()}
+        unknown = [p for p in positions if p not in by_pos]
+        if unknown:
+            raise ValueError(f'No FSR module at position(s) {unknown}; the model has {sorted(by_pos)}.')
+        modules = {p: by_pos[p] for p in positions}
+    if output not in FSR_OUTPUTS:
+        raise ValueError(f'FSR output must be one of {FSR_OUTPUTS}, got {output!r}.')
+    previous = {name: m.output for name, m in modules.items()}
+    try:
+        for m in modules.values():
+            m.output = output
+        yield model
+    finally:
+        for name, m in modules.items():
+            m.output = previous[name]

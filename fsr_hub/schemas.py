@@ -1,6 +1,6 @@
 """Format identifiers of the JSON documents and checkpoints the package writes: the one home of each string."""
 
-__all__ = ['TRAIN_SCHEMA', 'VERIFY_SCHEMA', 'CKPT_FORMAT']
+__all__ = ['TRAIN_SCHEMA', 'VERIFY_SCHEMA', 'CKPT_FORMAT', 'ANALYSIS_SCHEMA']
 
 #: ``train_summary.json`` written by :func:`fsr_hub.engine.train`
 TRAIN_SCHEMA = 'fsr-hub/train/v1'
@@ -8,3 +8,5 @@ TRAIN_SCHEMA = 'fsr-hub/train/v1'
 VERIFY_SCHEMA = 'fsr-hub/verify/v1'
 #: training checkpoints (``last.pt`` / ``best.pt``)
 CKPT_FORMAT = 'fsr-hub/ckpt/v1'
+#: one analysis (``tools/analyze.py``): a section of ``results.json``'s ``analysis`` key
+ANALYSIS_SCHEMA = 'fsr-hub/analysis/v1'

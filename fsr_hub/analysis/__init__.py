@@ -1,0 +1,26 @@
+"""Analyses of FSR models beyond the accuracy tables (issue 18): the paper's Table 5 (feature swap, weighted
+k-NN), Fig. 1 (Grad-CAM), Table 3's black-box attacks, and robustness-vs-eps curves, with their figures.
+
+Each analysis returns a JSON-ready dict; ``tools/analyze.py`` runs one per command with a deadline and writes
+``<name>.json`` (schema :data:`fsr_hub.schemas.ANALYSIS_SCHEMA`) and its PNG. Figures, Grad-CAM and the
+transfer attacks need the ``analysis`` extra (``pip install 'fsr-hub[analysis]'``: grad-cam, matplotlib,
+torchattack); the feature swap, k-NN, eps curve and NAttack need nothing beyond the package.
+"""
+from .blackbox import blackbox_analysis, nattack_attack, transfer_attack
+from .common import ANALYSIS_SCHEMA, PNG_NAMES, AnalysisError, Deadline, require, section_meta, write_json
+from .curves import EPS_CURVE_255, eps_curve
+from .features import (
+    KNN_GAMMA, KNN_GAMMA_SOURCE, KNN_KS, TABLE5A_ATTACKS, feature_swap, fsr_features, knn_analysis, weighted_knn,
+)
+from .gradcam import GRADCAM_FEATURES, gradcam_analysis, gradcam_figure, gradcam_maps
+from .plots import plot_eps_curves, plot_feature_swap, plot_knn, read_eps_curve
+from .report import ANALYSES, attach_sections, png_name
+
+__all__ = [
+    'ANALYSES', 'ANALYSIS_SCHEMA', 'AnalysisError', 'Deadline', 'EPS_CURVE_255', 'GRADCAM_FEATURES', 'KNN_GAMMA',
+    'KNN_GAMMA_SOURCE',
+    'KNN_KS', 'PNG_NAMES', 'TABLE5A_ATTACKS', 'attach_sections', 'blackbox_analysis', 'eps_curve', 'feature_swap',
+    'fsr_features', 'gradcam_analysis', 'gradcam_figure', 'gradcam_maps', 'knn_analysis', 'nattack_attack',
+    'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'png_name', 'read_eps_curve', 'require', 'section_meta',
+    'transfer_attack', 'weighted_knn', 'write_json',
+]

@@ -1,0 +1,121 @@
+"""The analyses' figures, sized for a model card (800 px wide, labelled axes). matplotlib's object interface only:
+no pyplot, no global backend state."""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+
+from ..fsr import FEATURE_LABELS
+from .common import AnalysisError, require, save_figure
+
+__all__ = ['read_eps_curve', 'plot_eps_curves', 'plot_feature_swap', 'plot_knn']
+
+_WIDTH_IN, _DPI = 8.0, 100
+_METRIC_NAMES = {'clean': 'Natural', 'fgsm': 'FGSM', 'pgd20': 'PGD-20', 'pgd100': 'PGD-100', 'cw': 'C&W',
+                 'ensemble': 'Ensemble', 'autoattack': 'AutoAttack', 'autoattack_rand': 'AutoAttack (rand)'}
+_MATH_LABELS = {'final': r'$\tilde{f}$ (ours)', 'robust': r'$f^+$', 'non_robust': r'$f^-$',
+                'recalibrated': r'$\tilde{f}^-$'}
+
+
+def _figure(height_in: float):
+    require('matplotlib')
+    from matplotlib.figure import Figure
+    return Figure(figsize=(_WIDTH_IN, height_in), dpi=_DPI)
+
+
+def _model_label(doc: Mapping[str, Any]) -> str:
+    model = doc.get('model') or {}
+    arch = model.get('architecture') or 'model'
+    return f"{arch}.{model['tag']}" if model.get('tag') else arch
+
+
+def read_eps_curve(path: Union[str, Path]) -> Tuple[str, List[float], List[float]]:
+    """(label, eps in 1/255, accuracy %) from an eps-curve JSON of ``tools/analyze.py`` or a results.json whose
+    ``analysis`` section holds one."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AnalysisError(f'cannot read {path}: {e}') from e
+    if doc.get('analysis') == 'eps_curve':  # the file tools/analyze.py eps-curve wrote
+        section = doc
+    else:  # a results.json with the section attached
+        section = (doc.get('analysis') or {}).get('eps_curve') if isinstance(doc.get('analysis'), dict) else None
+    if not isinstance(section, dict) or not section.get('eps_255'):
+        raise AnalysisError(f'{path} has no eps_curve (run `tools/analyze.py eps-curve` first).')
+    label = _model_label(section if 'model' in section else doc)
+    return label, list(section['eps_255']), list(section['accuracy'])
+
+
+def plot_eps_curves(curves: Sequence[Tuple[str, Sequence[float], Sequence[float]]], path: Union[str, Path],
+                    title: str = 'Robustness vs. perturbation size (PGD-20, CIFAR-10 test)') -> Path:
+    """One line per model: accuracy (%) against eps (x/255)."""
+    if not curves:
+        raise AnalysisError('no eps curve to plot.')
+    fig = _figure(4.6)
+    ax = fig.add_subplot()
+    markers = 'osD^vP*X'
+    for i, (label, eps, acc) in enumerate(curves):
+        ax.plot(eps, acc, marker=markers[i % len(markers)], linewidth=2, markersize=6, label=label)
+    all_eps = sorted({e for _, eps, _ in curves for e in eps})
+    ax.set_xticks(all_eps)
+    ax.set_xlabel(r'$\epsilon$ ($L_\infty$, in units of 1/255)', fontsize=12)
+    ax.set_ylabel('accuracy (%)', fontsize=12)
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=11)
+    ax.set_title(title, fontsize=12)
+    ax.legend(fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _grouped_bars(groups: Sequence[str], series: Dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str,
+                  path: Union[str, Path]) -> Path:
+    fig = _figure(4.4)
+    ax = fig.add_subplot()
+    n = len(series)
+    width = 0.8 / max(n, 1)
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
+        bars = ax.bar(xs, values, width=width * 0.95, label=name)
+        ax.bar_label(bars, labels=[f'{v:.1f}' for v in values], fontsize=9, padding=2)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, fontsize=13)
+    ax.set_xlabel(xlabel, fontsize=12)
+    ax.set_ylabel(ylabel, fontsize=12)
+    ax.set_ylim(0, 105)
+    ax.tick_params(axis='y', labelsize=11)
+    ax.grid(True, axis='y', alpha=0.3)
+    ax.set_title(title, fontsize=12)
+    ax.legend(fontsize=10, ncols=min(n, 4), loc='upper left')
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_feature_swap(section: Mapping[str, Any], path: Union[str, Path]) -> Path:
+    """Table 5a as bars: per feature, accuracy on natural images, under the Ensemble and AutoAttack (whichever
+    were measured; otherwise every measured attack)."""
+    acc = section['accuracy']
+    features = list(acc)
+    if not features:
+        raise AnalysisError('the feature-swap section has no measured feature.')
+    measured = [m for m in acc[features[0]]]
+    metrics = [m for m in ('clean', 'ensemble', 'autoattack') if m in measured]
+    if len([m for m in metrics if m != 'clean']) == 0:
+        metrics = measured
+    series = {_METRIC_NAMES.get(m, m): [acc[f][m] for f in features] for m in metrics}
+    title = f"Final feature replaced (Table 5a), n = {section['n']}, $\\epsilon$ = {round(section['eps'] * 255, 2):g}/255"
+    return _grouped_bars([_MATH_LABELS.get(f, FEATURE_LABELS.get(f, f)) for f in features], series,
+                         'feature passed on by the FSR module', 'accuracy (%)', title, path)
+
+
+def plot_knn(section: Mapping[str, Any], path: Union[str, Path]) -> Path:
+    """Table 5b as bars: weighted k-NN accuracy of each feature of adversarial examples, one bar per k."""
+    acc = section['accuracy']
+    features = list(acc)
+    if not features:
+        raise AnalysisError('the k-NN section has no measured feature.')
+    series = {f'{k}-NN': [acc[f][str(k)] for f in features] for k in section['ks']}
+    title = f"Weighted k-NN, PGD-20 examples (Table 5b), n = {section['n_test']}, $\\gamma$ = {section['gamma']:g}"
+    return _grouped_bars([_MATH_LABELS.get(f, FEATURE_LABELS.get(f, f)) for f in features], series,
+                         'feature of the adversarial example', 'top-1 accuracy (%)', title, path)

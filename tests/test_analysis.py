@@ -1,0 +1,172 @@
+"""Analyses (fsr_hub.analysis) on a tiny FSR network and tools/analyze.py end to end on tiny data."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import tiny_fsr_net
+from fsr_hub import analysis as A
+from fsr_hub.evaluate import evaluate
+from fsr_hub.fsr import fsr_output
+from fsr_hub.models import create
+from fsr_hub.weights import save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_weighted_knn_hand_case():
+    # query (1, 0); class 0 has two neighbours at cos 0.766, class 1 one at cos 0.996 (vectors of any length)
+    bank = torch.tensor([[0.766, 0.643], [0.766, -0.643], [0.996, 0.087]]) * torch.tensor([[1.0], [5.0], [100.0]])
+    labels = torch.tensor([0, 0, 1])
+    q = torch.tensor([[1.0, 0.0]])
+    # gamma 0.07: 2 exp(0.766 / 0.07) < exp(0.996 / 0.07), the closer neighbour wins the weighted vote
+    preds = A.weighted_knn(bank, labels, q, ks=(1, 3), gamma=0.07, num_classes=2)
+    assert preds[1].tolist() == [1] and preds[3].tolist() == [1]
+    # a flat temperature makes it a majority vote: 2 e^(0.077) > e^(0.0996)
+    assert A.weighted_knn(bank, labels, q, ks=(3,), gamma=10.0, num_classes=2)[3].item() == 0
+    with pytest.raises(A.AnalysisError, match='k'):
+        A.weighted_knn(bank, labels, q, ks=(4,))
+
+
+def test_fsr_features_are_the_module_features():
+    model = tiny_fsr_net().eval()
+    x, _ = _data(4)
+    stage = model.s2(model.s1(model.stem(x)))
+    fsr = model.fsr['s2']
+    m = torch.sigmoid(fsr.separation(stage) / fsr.tau)
+    torch.testing.assert_close(A.fsr_features(model, x, 'robust'), (m * stage).mean((2, 3)))
+    torch.testing.assert_close(A.fsr_features(model, x, 'final', pool='flatten'), model.forward_features(x).flatten(1))
+    assert fsr.output == 'final'
+    with pytest.raises(A.AnalysisError, match='vanilla'):
+        A.fsr_features(tiny_fsr_net(fsr_positions=()), x)
+
+
+def test_feature_swap_uses_verify_evaluation_and_restores_the_model(tmp_path):
+    model = tiny_fsr_net().eval()
+    x, y = _data(6)
+    section = A.feature_swap(model, x, y, attacks=('clean', 'fgsm'), outputs=('final', 'non_robust'), batch_size=3)
+    ref = evaluate(model, x, y, attacks=('clean', 'fgsm'), batch_size=3, masking_checks=False, progress=False)
+    assert section['features'] == ['final', 'non_robust'] and section['position'] == 's2'
+    assert section['accuracy']['final'] == {k: v['accuracy'] for k, v in ref['results'].items()}
+    with fsr_output(model, 'non_robust'):
+        ref_neg = evaluate(model, x, y, attacks=('clean', 'fgsm'), batch_size=3, masking_checks=False, progress=False)
+    assert section['accuracy']['non_robust']['fgsm'] == ref_neg['results']['fgsm']['accuracy']
+    assert model.fsr['s2'].output == 'final'
+    png = A.plot_feature_swap(section, tmp_path / 'feature_swap.png')
+    assert Image.open(png).size[0] == 800
+
+
+def test_deadline_cuts_work_and_says_so():
+    model = tiny_fsr_net().eval()
+    x, y = _data(4)
+    deadline = A.Deadline(minutes=1e-9)  # already over when the first unit would start
+    section = A.eps_curve(model, x, y, eps_255=(0, 8), deadline=deadline)
+    assert section['eps_255'] == [] and deadline.stopped
+    meta = A.section_meta({'architecture': 'tiny'}, {'n': 4}, 'cpu', deadline)
+    assert meta['complete'] is False and meta['schema'] == A.ANALYSIS_SCHEMA
+
+
+def test_knn_and_eps_curve_sections(tmp_path):
+    model = tiny_fsr_net().eval()
+    x, y = _data(4)
+    train_x, train_y = _data(30, seed=1)
+    knn = A.knn_analysis(model, train_x, train_y, x, y, ks=(1, 5), outputs=('final', 'robust'), batch_size=16)
+    assert set(knn['accuracy']) == {'final', 'robust'} and knn['gamma'] == 0.07 and 'Wu et al.' in knn['gamma_source']
+    assert all(0 <= v <= 100 for acc in knn['accuracy'].values() for v in acc.values())
+    A.plot_knn(knn, tmp_path / 'knn.png')
+    curve = A.eps_curve(model, x, y, eps_255=(0, 2))
+    clean = evaluate(model, x, y, attacks=('clean',), masking_checks=False, progress=False)
+    assert curve['eps_255'] == [0, 2] and curve['accuracy'][0] == clean['results']['clean']['accuracy']
+    png = A.plot_eps_curves([('a', curve['eps_255'], curve['accuracy']), ('b', [0, 2], [50.0, 20.0])], tmp_path / 'e.png')
+    assert Image.open(png).size == (800, 460)
+
+
+def test_gradcam_reads_the_swapped_feature(tmp_path):
+    pytest.importorskip('pytorch_grad_cam', reason="the 'analysis' extra is not installed")
+    import cv2
+    model = tiny_fsr_net().eval()
+    x, y = _data(2)
+    maps = A.gradcam_maps(model, model.fsr['s2'].tap, x, y)  # output 'final'
+    with fsr_output(model, 'robust'):
+        maps_pos = A.gradcam_maps(model, model.fsr['s2'].tap, x, y)
+    # Grad-CAM by hand: pooled linear head, so the channel weights are fc rows / (h w); ReLU, then (as the
+    # grad-cam package does) min-max, resize to the input, min-max again
+    stage = model.s2(model.s1(model.stem(x)))
+    fsr = model.fsr['s2']
+    f_pos = torch.sigmoid(fsr.separation(stage) / fsr.tau) * stage
+    for i in range(2):
+        cam = F.relu((model.fc.weight[y[i]][:, None, None] * f_pos[i]).sum(0)).detach().numpy()
+        cam = cv2.resize(((cam - cam.min()) / (1e-7 + cam.max() - cam.min())).astype(np.float32), (32, 32))
+        np.testing.assert_allclose(maps_pos[i], (cam - cam.min()) / (1e-7 + cam.max() - cam.min()), atol=1e-4)
+    assert not np.allclose(maps, maps_pos) and all(p.grad is None for p in model.parameters())
+    section = A.gradcam_analysis(model, x, y, natural_model=tiny_fsr_net(fsr_positions=()), png=tmp_path / 'g.png')
+    assert section['columns'] == ['x', 'f_nat', "x'", 'f+', 'f-', 'f~-'] and section['n'] == 2
+    assert Image.open(tmp_path / 'g.png').size[0] == 800
+
+
+def test_blackbox_section_records_parameters():
+    pytest.importorskip('torchattack', reason="the 'analysis' extra is not installed")
+    target, source = tiny_fsr_net().eval(), tiny_fsr_net(fsr_positions=()).eval()
+    x, y = _data(4)
+    out = A.blackbox_analysis(target, x, y, source=source, source_name='tiny', nattack_n=2, max_queries=40, npop=10)
+    assert set(out) == {'ti_fgsm', 'di_fgsm', 'nattack'}
+    assert out['ti_fgsm']['params']['kern_len'] == 15 and out['di_fgsm']['params']['diversity_prob'] == 0.5
+    assert out['nattack']['n'] == 2 and out['nattack']['params']['max_queries'] == 40
+    assert all(out[a]['max_bound_violation'] == 0.0 for a in out) and out['ti_fgsm']['source'] == 'tiny'
+    with pytest.raises(A.AnalysisError, match='source'):
+        A.blackbox_analysis(target, x, y, attacks=('di_fgsm',))
+
+
+def test_missing_extra_names_it():
+    with pytest.raises(ImportError, match=r"fsr-hub\[analysis\]"):
+        A.require('fsr_hub_no_such_module')
+
+
+def test_attach_refuses_other_weights(tmp_path):
+    sec = {'schema': A.ANALYSIS_SCHEMA, 'analysis': 'knn', 'model': {'sha256': 'a' * 64}, 'accuracy': {}}
+    (tmp_path / 'knn.json').write_text(json.dumps(sec))
+    merged = A.attach_sections({'model': {'sha256': 'a' * 64}}, [tmp_path / 'knn.json'])
+    assert merged['analysis']['knn']['analysis'] == 'knn' and merged['analysis']['schema'] == A.ANALYSIS_SCHEMA
+    with pytest.raises(A.AnalysisError, match='measured on weights'):
+        A.attach_sections({'model': {'sha256': 'b' * 64}}, [tmp_path / 'knn.json'])
+
+
+def test_analyze_cli(tmp_path, cifar_root, capsys):
+    sys.path.insert(0, str(REPO / 'tools'))
+    try:
+        import analyze
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    weights = tmp_path / 'fsr.safetensors'
+    save_weights(create('fsr_resnet18', num_classes=10), weights)
+    common = ['--model', 'fsr_resnet18', '--weights', str(weights), '--data', str(cifar_root), '--n', '2',
+              '--device', 'cpu', '--no-progress']
+    out = tmp_path / 'a'
+    assert analyze.main(['feature-swap', *common, '--attacks', 'clean', '--out', str(out / 'feature_swap.json')]) == 0
+    assert analyze.main(['eps-curve', *common, '--eps-list', '0', '--out', str(out / 'eps_curve.json')]) == 0
+    for name in ('feature_swap', 'eps_curve'):
+        doc = json.loads((out / f'{name}.json').read_text())
+        assert doc['analysis'] == name and doc['complete'] and doc['png'] == f'{name}.png'
+        assert (out / f'{name}.png').is_file() and doc['model']['architecture'] == 'fsr_resnet18'
+    curve = str(out / 'eps_curve.json')
+    assert analyze.main(['plot-eps', curve, curve, '--png', str(out / 'p.png')]) == 0
+    results = tmp_path / 'results.json'
+    sha = json.loads((out / 'eps_curve.json').read_text())['model']['sha256']
+    results.write_text(json.dumps({'model': {'sha256': sha}}))
+    assert analyze.main(['attach', str(results), str(out / 'feature_swap.json'), str(out / 'eps_curve.json')]) == 0
+    assert set(json.loads(results.read_text())['analysis']) == {'schema', 'feature_swap', 'eps_curve'}
+    assert analyze.main(['knn', *common[:4], '--sample', '--out', str(out / 'k.json')]) == 2
+    assert analyze.main(['blackbox', *common, '--attacks', 'ti_fgsm', '--out', str(out / 'b.json')]) == 2
+    err = capsys.readouterr().err
+    assert 'error: knn needs the training images' in err and 'error: TI-FGSM / DI-FGSM need --source' in err

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Analyses of an fsr_hub model beyond the accuracy tables: one command each, a deadline each, JSON (and PNG) out.
+
+commands:
+  feature-swap  Table 5a: accuracy under attack when the final feature f~ is replaced by f+, f-, f~- (or kept)
+  knn           Table 5b: weighted k-NN accuracy (k = 5, 20; exp(cos / gamma)) of f+, f-, f~-, f~ of PGD-20 examples
+  gradcam       Fig. 1: Grad-CAM of f_nat (natural model) and of f+, f-, f~- of adversarial examples, one PNG grid
+  eps-curve     PGD-20 accuracy for eps in {0, 1, 2, 4, 6, 8, 10, 12, 16}/255, JSON and PNG
+  plot-eps      one plot of the eps curves of one or several models (FSR vs vanilla twin) from their JSON files
+  blackbox      Table 3: TI-FGSM and DI-FGSM crafted on a source model, and NAttack (1,000 images, 40,000 queries)
+  attach        put analysis JSON files into a results.json's `analysis` section (what the model card reads)
+
+examples:
+  python tools/analyze.py eps-curve --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
+      --out a/eps_curve.json
+  python tools/analyze.py knn --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
+      --deadline-minutes 20 --out a/knn.json
+  python tools/analyze.py gradcam --model fsr_resnet18 --weights w.safetensors --sample --n 6 \\
+      --natural cifar_resnet18:nat.safetensors --out a/gradcam.json
+  python tools/analyze.py blackbox --model fsr_resnet18 --weights w.safetensors --data /data \\
+      --source cifar_resnet18:nat.safetensors --out a/blackbox.json
+  python tools/analyze.py attach results.json a/*.json
+"""
+import argparse
+import json
+import shlex
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from fsr_hub import analysis as A
+from fsr_hub.blackbox import BLACKBOX_ATTACKS, NATTACK
+from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
+from fsr_hub.evaluate import parse_attacks
+from fsr_hub.fsr import FSR_OUTPUTS
+from fsr_hub.models import create
+from fsr_hub.sample import SampleError, load_sample
+from fsr_hub.weights import WeightsError, load_weights, sha256_file
+
+
+def _number(text: str) -> float:
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
+
+
+def _list(kind):
+    def parse(text: str):
+        try:
+            return [kind(v) for v in text.split(',') if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'not a comma list of {kind.__name__}: {text!r}') from None
+    return parse
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True, figure: Optional[str] = None) -> None:
+    p.add_argument('--model', required=True, help='timm model name, e.g. fsr_resnet18')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--weights', help='safetensors weight file')
+    src.add_argument('--random-init', action='store_true', help='random weights (tests and dry runs only)')
+    p.add_argument('--tag', default=None, help='release tag of the weights, e.g. at_cifar10 (recorded)')
+    if data:
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument('--data', help='dataset root (CIFAR-10: DIR/cifar-10-batches-py)')
+        where.add_argument('--sample', action='store_true', help="the package's 200-image CIFAR-10 test sample")
+        p.add_argument('--dataset', default='cifar10', choices=sorted(DATASETS))
+        p.add_argument('--n', type=int, default=None, help='first N test images (default: all)')
+    p.add_argument('--eps', type=_number, default=8 / 255, help='L-inf radius (default 8/255)')
+    p.add_argument('--batch-size', type=int, default=500)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--deadline-minutes', type=float, default=None,
+                   help='stop starting new work units when the next would pass this budget; the JSON says complete: false')
+    p.add_argument('--out', required=True, help='JSON file to write')
+    if figure:
+        p.add_argument('--png', default=None, help=f'figure to write (default: {figure} beside --out)')
+    p.add_argument('--no-progress', action='store_true')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    s = sub.add_parser('feature-swap', help='Table 5a: robustness with f~ replaced by f+, f-, f~-')
+    _common(s, figure=A.PNG_NAMES['feature_swap'])
+    s.add_argument('--attacks', default=','.join(A.TABLE5A_ATTACKS), help='verify attack names (default: Table 5a)')
+    s.add_argument('--features', type=_list(str), default=list(FSR_OUTPUTS), help=f'from {",".join(FSR_OUTPUTS)}')
+    s.add_argument('--position', default=None, help='FSR position (default: the last)')
+
+    s = sub.add_parser('knn', help='Table 5b: weighted k-NN accuracy of each FSR feature')
+    _common(s, figure=A.PNG_NAMES['knn'])
+    s.add_argument('--n-train', type=int, default=None, help='first N training images as neighbours (default: all)')
+    s.add_argument('--ks', type=_list(int), default=list(A.KNN_KS))
+    s.add_argument('--gamma', type=float, default=A.KNN_GAMMA, help=f'temperature (default {A.KNN_GAMMA}, Wu et al. 2018)')
+    s.add_argument('--pool', choices=('avg', 'flatten'), default='avg')
+    s.add_argument('--features', type=_list(str), default=list(FSR_OUTPUTS))
+    s.add_argument('--position', default=None)
+
+    s = sub.add_parser('gradcam', help='Fig. 1: Grad-CAM of f_nat, f+, f-, f~- as one PNG grid')
+    _common(s, figure=A.PNG_NAMES['gradcam'])
+    s.add_argument('--natural', default=None, metavar='MODEL:WEIGHTS', help='naturally trained model for f_nat')
+    s.add_argument('--scale', type=int, default=4, help='image upscaling in the figure')
+    s.add_argument('--position', default=None)
+
+    s = sub.add_parser('eps-curve', help='PGD-20 accuracy against eps, JSON and PNG')
+    _common(s, figure=A.PNG_NAMES['eps_curve'])
+    s.add_argument('--eps-list', type=_list(float), default=list(A.EPS_CURVE_255), help='eps values in 1/255 units')
+    s.add_argument('--compare', nargs='*', default=[], metavar='JSON', help='other models\' eps-curve JSON on the plot')
+
+    s = sub.add_parser('plot-eps', help='plot eps curves of one or several models from their JSON files')
+    s.add_argument('files', nargs='+', help='eps-curve JSON files or results.json files with an analysis section')
+    s.add_argument('--png', required=True)
+
+    s = sub.add_parser('blackbox', help='Table 3: TI-FGSM, DI-FGSM (from a source model) and NAttack')
+    _common(s)
+    s.add_argument('--attacks', type=_list(str), default=list(BLACKBOX_ATTACKS), help=f'from {",".join(BLACKBOX_ATTACKS)}')
+    s.add_argument('--source', default=None, metavar='MODEL:WEIGHTS', help='source model of TI-FGSM / DI-FGSM')
+    s.add_argument('--nattack-n', type=int, default=NATTACK['n_images'], help='NAttack images (paper: 1,000)')
+    s.add_argument('--max-queries', type=int, default=NATTACK['max_queries'], help='NAttack queries per image')
+    s.add_argument('--nattack-batch', type=int, default=50, help='images NAttack attacks together')
+
+    s = sub.add_parser('attach', help="put analysis JSON files into a results.json's `analysis` section")
+    s.add_argument('results', help='results.json of tools/verify.py (rewritten in place unless --out)')
+    s.add_argument('files', nargs='+', help='analysis JSON files of the same weights')
+    s.add_argument('--out', default=None)
+    return p
+
+
+def _load_model(name: str, weights: Optional[str], num_classes: int,
+                tag: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    model = create(name, num_classes=num_classes)
+    if weights:
+        load_weights(model, weights)
+    info = {'architecture': name, 'tag': tag, 'weights': weights, 'sha256': sha256_file(weights) if weights else None,
+            'random_init': not weights}
+    return model.eval(), info
+
+
+def _model_spec(spec: str, what: str) -> Tuple[str, str]:
+    name, sep, weights = spec.partition(':')
+    if not sep or not name or not weights:
+        raise ValueError(f'{what} must be MODEL:WEIGHTS, got {spec!r}.')
+    return name, weights
+
+
+def _test_data(args) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    if args.n is not None and args.n <= 0:
+        raise ValueError('--n must be positive.')
+    if args.sample:
+        x, y = load_sample(args.n)
+        return x, y, {'dataset': 'cifar10', 'split': 'test', 'source': 'fsr_hub test sample', 'n': len(y)}
+    images, labels = load_dataset(args.dataset, args.data, train=False)
+    if args.n is not None:
+        images, labels = images[:args.n], labels[:args.n]
+    data = {'dataset': args.dataset, 'split': 'test', 'subset': 'first n', 'n': len(labels)}
+    return images_to_float(images), labels, data
+
+
+def _png(args, default: str) -> Path:
+    return Path(args.png) if args.png else Path(args.out).with_name(default)
+
+
+def run(args: argparse.Namespace, command: str) -> str:
+    if args.command == 'plot-eps':
+        path = A.plot_eps_curves([A.read_eps_curve(f) for f in args.files], args.png)
+        return f'-> {path}'
+    if args.command == 'attach':
+        results = json.loads(Path(args.results).read_text())
+        out = A.write_json(args.out or args.results, A.attach_sections(results, args.files))
+        return f'analysis {", ".join(sorted(k for k in json.loads(out.read_text())["analysis"] if k != "schema"))} -> {out}'
+    if args.batch_size <= 0:
+        raise ValueError('--batch-size must be positive.')
+    num_classes = DATASETS[args.dataset][0]
+    model, info = _load_model(args.model, args.weights, num_classes, args.tag)
+    x, y, data = _test_data(args)
+    deadline = A.Deadline(args.deadline_minutes)
+    common = dict(batch_size=args.batch_size, device=args.device)
+    png: Optional[Path] = None
+    name = args.command.replace('-', '_')
+    if args.command == 'feature-swap':
+        section = A.feature_swap(model, x, y, attacks=parse_attacks(args.attacks), outputs=args.features, eps=args.eps,
+                                 seed=args.seed, num_classes=num_classes, position=args.position, deadline=deadline,
+                                 progress=not args.no_progress, **common)
+        png = A.plot_feature_swap(section, _png(args, A.PNG_NAMES[name])) if section['features'] else None
+    elif args.command == 'knn':
+        if args.sample:
+            raise ValueError('knn needs the training images: pass --data DIR, not --sample.')
+        images, labels = load_dataset(args.dataset, args.data, train=True)
+        if args.n_train is not None:
+            images, labels = images[:args.n_train], labels[:args.n_train]
+        data['n_train'] = len(labels)
+        section = A.knn_analysis(model, images_to_float(images), labels, x, y, ks=args.ks, gamma=args.gamma,
+                                 eps=args.eps, outputs=args.features, position=args.position, pool=args.pool,
+                                 num_classes=num_classes, deadline=deadline, **common)
+        png = A.plot_knn(section, _png(args, A.PNG_NAMES[name])) if section['features'] else None
+    elif args.command == 'gradcam':
+        natural = None
+        if args.natural:
+            nat_name, nat_weights = _model_spec(args.natural, '--natural')
+            natural, nat_info = _load_model(nat_name, nat_weights, num_classes)
+            data['natural_model'] = nat_info
+        png = _png(args, A.PNG_NAMES[name])
+        section = A.gradcam_analysis(model, x, y, natural_model=natural, eps=args.eps, position=args.position,
+                                     device=args.device, png=png, scale=args.scale)
+    elif args.command == 'eps-curve':
+        section = A.eps_curve(model, x, y, eps_255=args.eps_list, seed=args.seed, num_classes=num_classes,
+                              deadline=deadline, progress=not args.no_progress, **common)
+        label = f'{args.model}.{args.tag}' if args.tag else args.model
+        curves = [(label, section['eps_255'], section['accuracy'])] + [A.read_eps_curve(f) for f in args.compare]
+        png = A.plot_eps_curves(curves, _png(args, A.PNG_NAMES[name]),
+                                title=f'Robustness vs. perturbation size (PGD-20, {data["dataset"]} test, n = {len(y)})')
+    elif args.command == 'blackbox':
+        source, source_name = None, None
+        if any(a in ('ti_fgsm', 'di_fgsm') for a in args.attacks):
+            if not args.source:
+                raise ValueError('TI-FGSM / DI-FGSM need --source MODEL:WEIGHTS (the paper: a naturally trained model).')
+            src_name, src_weights = _model_spec(args.source, '--source')
+            source, src_info = _load_model(src_name, src_weights, num_classes)
+            source_name = f'{src_name} ({src_weights}, sha256 {src_info["sha256"][:12]})'
+        section = A.blackbox_analysis(model, x, y, attacks=args.attacks, source=source, source_name=source_name,
+                                      eps=args.eps, nattack_n=args.nattack_n, nattack_batch=args.nattack_batch,
+                                      seed=args.seed, deadline=deadline, max_queries=args.max_queries, **common)
+    else:  # pragma: no cover - argparse enforces the choices
+        raise ValueError(f'unknown command {args.command}')
+    doc = {**A.section_meta(info, data, args.device, deadline, command), 'analysis': name, **section,
+           'png': png.name if png else None}
+    A.write_json(args.out, doc)
+    state = '' if doc['complete'] else ' (stopped at the deadline: partial)'
+    return f'{name}{state} -> {args.out}' + (f', {png}' if png else '')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = 'python tools/analyze.py ' + ' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        print(run(args, command))
+    except (A.AnalysisError, ValueError, ImportError, DatasetError, SampleError, WeightsError, OSError,
+            RuntimeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
