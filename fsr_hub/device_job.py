@@ -308,7 +308,8 @@ def prepare(root: PathLike, source: PathLike, settings: Optional[JobSettings] = 
 
 def prepare_verify(root: PathLike, source: PathLike, release: PathLike, deadline_minutes: float = 8.5,
                    md5: Optional[Mapping[str, str]] = None, limit_mib: float = CALL_LIMIT_MIB,
-                   tool_start: float = LeasePlan.tool_start) -> Dict[str, Any]:
+                   tool_start: float = LeasePlan.tool_start, min_verify: float = LeasePlan.min_verify
+                   ) -> Dict[str, Any]:
     """Fill ``.data/v`` with a release folder's weights, config and results, the test set and the wheels; return
     the one device call of a full verification (continued from the release's results.json when partial)."""
     root, source, release = Path(root), Path(source), Path(release)
@@ -318,7 +319,8 @@ def prepare_verify(root: PathLike, source: PathLike, release: PathLike, deadline
     _copy_into(root / CARRY_V, [source / f for f in FILES_V] + [release / f for f in (WEIGHTS, 'config.json',
                                                                                       'results.json')])
     _wheels(root / CARRY_V / 'wheels')
-    settings = {'md5': dict(md5 or CIFAR10_MD5), 'deadline_minutes': deadline_minutes, 'tool_start': tool_start}
+    settings = {'md5': dict(md5 or CIFAR10_MD5), 'deadline_minutes': deadline_minutes, 'tool_start': tool_start,
+                'min_verify': min_verify}
     (root / CARRY_V / 'job.json').write_text(json.dumps(settings, indent=2) + '\n')
     sizes = _check_sizes(root, {'verify': root / CARRY_V}, limit_mib)
     return {'calls': [_call('verify', 'verify', [CARRY_V], 600)], 'sizes_mib': sizes, 'limit_mib': limit_mib,
@@ -733,8 +735,10 @@ def job_verify(root: PathLike, deadline_minutes: Optional[float] = None, started
     report.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(v / 'results.json', report)
     left = 60 * minutes - (time.time() - start)
-    if left - tool_start < 6:
-        raise JobError(f'the deadline of {minutes} min leaves no time after installing and unpacking.')
+    min_verify = float(settings.get('min_verify', LeasePlan.min_verify))
+    if left < min_verify:
+        log(f'setting up took long: verification gets its minimum of {min_verify:.0f} s, not {left:.0f} s')
+        left = min_verify
     stager.start([(report, 'results.json')])
     try:
         rc = log.phase(f'verify --preset full ({left / 60:.2f} min)', lambda: _run(
@@ -937,7 +941,7 @@ def _sandbox(repo: Path, machine: Path) -> None:
         pass  # prepare then lists the tree without git
 
 
-def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 0.8, verify_minutes: float = 0.4,
+def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 0.7, verify_minutes: float = 0.5,
              per_batch: int = 50, echo: Callable[[str], None] = print) -> Dict[str, Any]:
     """prepare, a and b end to end on the CPU, then a verify call on the release: a synthetic source, a copy of
     the checkout as the machine, the exact commands prepare prints (run with bash, a fake $OUT each), join and
@@ -964,10 +968,11 @@ def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 0.8, verify
         out.mkdir(parents=True)
         echo(f'--- call {call["name"]}: {call["command"]} (carry {call["carry"]}, timeout {call["timeout_s"]} s)')
         t = time.time()
-        # the device tool would kill the call at timeout_s; here it gets a minute more and an overrun is reported
+        # the device tool kills a call at timeout_s; a CPU of unknown speed is not held to it: an overrun is
+        # reported (the job's own budget logic is what is rehearsed), and only a hung call is stopped
         rc = timed(f'call {call["name"]}', lambda: subprocess.run(
             ['bash', '-c', call['command']], cwd=machine, env={**os.environ, 'OUT': str(out)},
-            timeout=call['timeout_s'] + 60, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            timeout=call['timeout_s'] + 900, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         if rc.returncode:
             raise JobError(f'call {call["name"]} failed (exit {rc.returncode}):\n{rc.stdout[-3000:]}')
         state = _read_json(machine / JOB / f'{call["name"]}.json', f'record of call {call["name"]}')
@@ -999,7 +1004,7 @@ def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 0.8, verify
     verified: Optional[Dict[str, Any]] = None
     if verify_minutes:
         pv = timed('prepare-verify', lambda: prepare_verify(machine, work / 'source', release, verify_minutes, md5,
-                                                            tool_start=plan.tool_start))
+                                                            tool_start=plan.tool_start, min_verify=plan.min_verify))
         device_call(pv['calls'][0])
         shutil.copyfile(work / 'out_verify' / 'results.json', release / 'results.json')
         write_card(release)
@@ -1026,7 +1031,8 @@ def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 0.8, verify
         echo(f'  here         {r["phase"]:<40} wall {r["wall_s"]:7.1f} s  cpu {r["cpu_s"]:7.1f} s')
     for call, over in report['over_limit_s'].items():
         if over:
-            echo(f'  WARNING: call {call} ran {over} s past its timeout_s (on the device it would have been killed)')
+            echo(f'  NOTE: call {call} ran {over} s past its timeout_s here (the device would have stopped it; the '
+                 f'staged files up to then come back)')
     echo(f'staged by b: {", ".join(report["staged"])}; joined {joined["weights"]} (sha256 checked against '
          f'{joined["checked_against"]}; release {joined.get("release")} validates)')
     if verified is not None:
