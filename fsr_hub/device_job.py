@@ -25,7 +25,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import pickle
 import re
 import resource
 import shlex
@@ -258,24 +257,30 @@ def _wheels(folder: Path) -> List[Path]:
     return [repack_wheel(n, folder, WHEEL_EXCLUDE.get(n, ())) for n in WHEELS]
 
 
-def _weights_in_tree(files: Sequence[Path], root: Path) -> List[Path]:
-    return [f for f in files if f.name == WEIGHTS and f.relative_to(root).parts[0] == 'model_cards']
-
-
-def _check_sizes(root: Path, carries: Mapping[str, Path], limit_mib: float) -> Dict[str, float]:
+def _check_sizes(root: Path, carries: Mapping[str, Path], limit_mib: float) -> Tuple[Dict[str, float], List[str]]:
+    """MiB each call sends (tree + its carry) and the released weights to move out of the checkout first: they
+    are not counted, since they must not travel (a release folder's weights alone are 25-95 MB)."""
     files = tree_files(root)
-    tree = _size(files)
+    move_out = [f for f in files if f.name == WEIGHTS and f.relative_to(root).parts[0] == 'model_cards']
+    tree = _size(f for f in files if f not in move_out)
     sizes = {'tree': round(tree / MIB, 2)}
-    weights = _weights_in_tree(files, root)
     for call, folder in carries.items():
         total = tree + _folder_size(folder)
         sizes[call] = round(total / MIB, 2)
         if total > limit_mib * MIB:
-            hint = (' Released weights travel with the tree: move ' + ', '.join(str(w.relative_to(root)) for w in weights)
-                    + ' out of the checkout during the calls (and back after).') if weights else ''
+            biggest = sorted((f for f in files if f not in move_out), key=lambda f: -f.stat().st_size)[:3]
             raise JobError(f'call {call} would send {total / MIB:.1f} MiB (tree {tree / MIB:.1f} + carry '
-                           f'{_folder_size(folder) / MIB:.1f}), over {limit_mib} MiB.{hint}')
-    return sizes
+                           f'{_folder_size(folder) / MIB:.1f}), over {limit_mib} MiB; largest files in the tree: '
+                           + ', '.join(str(f.relative_to(root)) for f in biggest) + '.')
+    return sizes, [str(f.relative_to(root)) for f in move_out]
+
+
+def _move_out_note(move_out: Sequence[str]) -> List[str]:
+    if not move_out:
+        return []
+    return [f'BEFORE the calls move the released weights out of the checkout (they are not counted above and must '
+            f'not travel), e.g. mkdir -p /tmp/weights-out && for f in {" ".join(move_out)}; do mkdir -p '
+            f'/tmp/weights-out/$(dirname $f) && mv $f /tmp/weights-out/$f; done; move them back afterwards']
 
 
 def _call(name: str, args: str, carry: Sequence[Path], timeout_s: int) -> Dict[str, Any]:
@@ -297,13 +302,15 @@ def prepare(root: PathLike, source: PathLike, settings: Optional[JobSettings] = 
     _copy_into(root / CARRY_B, [source / f for f in FILES_B])
     _wheels(root / CARRY_A / 'wheels')
     (root / CARRY_A / 'job.json').write_text(json.dumps(settings.to_dict(), indent=2) + '\n')
-    sizes = _check_sizes(root, {'a': root / CARRY_A, 'b': root / CARRY_B}, limit_mib)
+    sizes, move_out = _check_sizes(root, {'a': root / CARRY_A, 'b': root / CARRY_B}, limit_mib)
     p = settings.plan
     calls = [_call('a', 'a', [CARRY_A], int(p.a + 60)), _call('b', 'b', [CARRY_B], int(p.command_limit))]
-    return {'calls': calls, 'sizes_mib': sizes, 'limit_mib': limit_mib, 'plan': plan_lines(p),
-            'notes': ['make call b right after a returns (the machine keeps .data/ only while warm, 30 s)',
-                      'keep released weights (model_cards/*/model.safetensors) out of the checkout during the calls',
-                      'afterwards: python tools/device_job.py join <files_at of b> --out model_cards/<arch>.<tag>']}
+    return {'calls': calls, 'sizes_mib': sizes, 'limit_mib': limit_mib, 'move_out': move_out,
+            'plan': plan_lines(p),
+            'notes': _move_out_note(move_out) + [
+                'make call b right after a returns (the machine keeps .data/ only while warm, 30 s)',
+                f'afterwards: python tools/device_job.py join <files_at of b> --out '
+                f'model_cards/{settings.model}.{settings.tag}']}
 
 
 def prepare_verify(root: PathLike, source: PathLike, release: PathLike, deadline_minutes: float = 8.5,
@@ -322,9 +329,9 @@ def prepare_verify(root: PathLike, source: PathLike, release: PathLike, deadline
     settings = {'md5': dict(md5 or CIFAR10_MD5), 'deadline_minutes': deadline_minutes, 'tool_start': tool_start,
                 'min_verify': min_verify}
     (root / CARRY_V / 'job.json').write_text(json.dumps(settings, indent=2) + '\n')
-    sizes = _check_sizes(root, {'verify': root / CARRY_V}, limit_mib)
+    sizes, move_out = _check_sizes(root, {'verify': root / CARRY_V}, limit_mib)
     return {'calls': [_call('verify', 'verify', [CARRY_V], 600)], 'sizes_mib': sizes, 'limit_mib': limit_mib,
-            'notes': [f'afterwards: copy results.json from the files into {release}/ and run '
+            'move_out': move_out, 'notes': _move_out_note(move_out) + [f'afterwards: copy results.json from the files into {release}/ and run '
                       f'python tools/make_card.py --folder {release}; if the report is partial (complete: false), '
                       f'prepare-verify again in the next lent session to continue']}
 
@@ -833,7 +840,6 @@ import argparse
 import gzip
 import json
 import os
-import pickle
 import sys
 
 import numpy as np

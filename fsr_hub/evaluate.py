@@ -514,8 +514,8 @@ def _masking_checks(model, x, y, eps, batch_size, device, n, traj, progress, clo
     eps_acc = []
     for e255 in EPS_SWEEP_255:
         e = e255 / 255
-        correct, _ = _run_batched(lambda xb, yb: pgd(model, xb, yb, e, e / 10, 20), model, xs, ys, e, batch_size,
-                                  device, f'pgd20 eps {e255}/255', progress, clock=clock)
+        correct, _ = _run_batched(_attack_fn('pgd20', model, attack_params('pgd20', e), None), model, xs, ys, e,
+                                  batch_size, device, f'pgd20 eps {e255}/255', progress, clock=clock)
         eps_acc.append(_pct(correct))
     u = UNBOUNDED
     unb, _ = _run_batched(lambda xb, yb: pgd(model, xb, yb, u['eps'], u['alpha'], u['steps']), model, xs, ys,
@@ -528,8 +528,10 @@ def _masking_checks(model, x, y, eps, batch_size, device, n, traj, progress, clo
         steps_n = n
         rec_all: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}
 
+        p = attack_params('pgd100', eps)
+
         def run(xb, yb):
-            x_adv, rec = pgd_trajectory(model, xb, yb, eps, eps / 10, max(STEPS_SWEEP), record=STEPS_SWEEP)
+            x_adv, rec = pgd_trajectory(model, xb, yb, p['eps'], p['alpha'], p['steps'], record=STEPS_SWEEP)
             for k in STEPS_SWEEP:
                 rec_all[k].append(rec[k].cpu())
             return x_adv

@@ -2,7 +2,6 @@
 CIFAR-10 source, the CLI's help, and the end-to-end rehearsal on the CPU."""
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -115,11 +114,15 @@ def test_prepare_builds_carry_folders_and_checks_sizes(tmp_path):
     saved = JobSettings.from_dict(json.loads((root / '.data' / 'a' / 'job.json').read_text()))
     assert saved.train_args == ['--epochs', '1'] and saved.md5 == CIFAR10_MD5 and saved.plan == LeasePlan()
     assert result['sizes_mib']['tree'] < 0.01 and result['sizes_mib']['a'] > result['sizes_mib']['tree']
-    # released weights travel with the tree: over the limit, prepare says which files to move out
+    # released weights must not travel: prepare lists them to move out (and does not count them)
     (root / 'model_cards' / 'm.t').mkdir(parents=True)
     (root / 'model_cards' / 'm.t' / 'model.safetensors').write_bytes(b'\0' * 300_000)
-    with pytest.raises(JobError, match=r'over 0.25 MiB.*move model_cards/m.t/model.safetensors out'):
-        prepare(root, tmp_path / 'src', settings, limit_mib=0.25)
+    result = prepare(root, tmp_path / 'src', settings, limit_mib=0.5)
+    assert result['move_out'] == ['model_cards/m.t/model.safetensors'] and result['sizes_mib']['tree'] < 0.01
+    assert 'model_cards/m.t/model.safetensors' in result['notes'][0]
+    (root / 'fsr_hub' / 'big.bin').write_bytes(b'\1' * 500_000)  # anything else counts
+    with pytest.raises(JobError, match=r'over 0.5 MiB; largest files in the tree: fsr_hub/big.bin'):
+        prepare(root, tmp_path / 'src', settings, limit_mib=0.5)
     with pytest.raises(JobError, match='source folder'):
         prepare(root, tmp_path / 'nothing', settings)
     with pytest.raises(JobError, match='config.json is missing'):

@@ -204,9 +204,11 @@ def test_resume_keeps_finished_stages_and_a_deadline_lists_the_rest():
     ev = evaluate(model, x, y, attacks=('clean', 'fgsm', 'pgd20', 'pgd100'), batch_size=4, masking_checks=True,
                   masking_n=2, progress=False, previous=previous, deadline_minutes=1e-9, on_update=updates.append)
     assert ev['resumed'] == ['clean', 'fgsm'] and not ev['complete']
-    assert ev['results']['clean'] == first['results']['clean'] and set(ev['results']) == {'clean', 'fgsm', 'ensemble'}
-    assert set(ev['not_run']) == {'pgd20', 'pgd100', 'masking_checks'}
-    assert all(why.startswith('deadline:') for why in ev['not_run'].values())
+    assert ev['results']['clean'] == first['results']['clean'] and set(ev['results']) == {'clean', 'fgsm'}
+    assert set(ev['not_run']) == {'pgd20', 'pgd100', 'masking_checks', 'ensemble'}
+    assert all(ev['not_run'][s].startswith('deadline:') for s in ('pgd20', 'pgd100', 'masking_checks'))
+    # never an Ensemble over fewer attacks than were asked for
+    assert ev['not_run']['ensemble'] == 'needs pgd20, pgd100 on all 4 images'
     assert updates and updates[-1]['not_run'] == ev['not_run']
     # without a deadline the same call finishes what is missing and recomputes the ensemble over all of it
     ev = evaluate(model, x, y, attacks=('clean', 'fgsm', 'pgd20', 'pgd100'), batch_size=4, masking_n=2,
@@ -292,6 +294,6 @@ def test_killed_verify_run_leaves_a_valid_partial_report(tmp_path, cifar_root):
         proc.kill()
     report = json.loads(out.read_text())
     assert report['schema'] == SCHEMA and report['complete'] is False
-    assert set(report['results']) == {'clean', 'fgsm', 'ensemble'}
-    assert report['not_run'] == {'pgd100': PENDING}
+    assert set(report['results']) == {'clean', 'fgsm'}
+    assert report['not_run'] == {'pgd100': PENDING, 'ensemble': 'needs pgd100 on all 2 images'}
     assert report['hardware']['tf32'] is False and report['preset'] == 'custom'
