@@ -840,6 +840,7 @@ import argparse
 import gzip
 import json
 import os
+import pickle
 import sys
 
 import numpy as np
