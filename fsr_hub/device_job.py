@@ -105,6 +105,7 @@ class LeasePlan:
     verify: float = 150.0  # b: the quick verification's share (it also gets whatever training leaves)
     release: float = 45.0  # b: card, release folder, staging
     min_train: float = 60.0  # b trains at least this long, even when the lease is late
+    train_grace: float = 30.0  # past its budget (and 10 %), training is interrupted (it keeps its last epoch)
     min_verify: float = 30.0  # and verifies at least this long (clean, FGSM, PGD-20 on 10,000 images on an H100)
     tool_start: float = 20.0  # a tool's imports and model loading, before its own deadline clock starts
 
@@ -159,6 +160,7 @@ class JobSettings:
     train_args: List[str] = field(default_factory=list)
     verify_args: List[str] = field(default_factory=list)
     pytest_args: List[str] = field(default_factory=lambda: ['-m', 'cuda', '-q', '-x', '-p', 'no:cacheprovider'])
+    benchmark_args: List[str] = field(default_factory=list)
     md5: Dict[str, str] = field(default_factory=lambda: dict(CIFAR10_MD5))
     plan: LeasePlan = field(default_factory=LeasePlan)
 
@@ -596,7 +598,7 @@ def job_a(root: PathLike, benchmark_seconds: Optional[float] = None,
     seconds = p.benchmark if benchmark_seconds is None else benchmark_seconds
     rc_bench = log.phase('benchmark', lambda: _run(
         [sys.executable, 'tools/benchmark.py', '--model', settings.model, '--seconds', f'{seconds:g}',
-         '--json', bench], root, log, timeout=seconds + 60))
+         '--json', bench, *settings.benchmark_args], root, log, timeout=seconds + 60))
     state.update(tests_rc=rc_tests, benchmark_rc=rc_bench)
     if rc_tests not in (0, 5):  # 5: no test collected (no CUDA tests at all)
         state.update(step='eager', why=f'pytest -m cuda failed (exit {rc_tests}): the fast path is not trusted')
@@ -664,7 +666,7 @@ def job_b(root: PathLike, started: Optional[float] = None) -> Dict[str, Any]:
         try:
             state['train_rc'] = log.phase(f'train ({budget / 60:.2f} min)', lambda: _run(
                 _train_cmd(settings, budget / 60, a.get('step') or 'eager'), root, log,
-                timeout=budget + max(30.0, 0.1 * budget), interrupt_first=True))
+                timeout=budget + max(plan.train_grace, 0.1 * budget), interrupt_first=True))
         finally:
             stager.stop()
         weights = best if best.is_file() else final
@@ -948,7 +950,7 @@ def _sandbox(repo: Path, machine: Path) -> None:
         pass  # prepare then lists the tree without git
 
 
-def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 0.7, verify_minutes: float = 0.5,
+def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 1.0, verify_minutes: float = 0.5,
              per_batch: int = 50, echo: Callable[[str], None] = print) -> Dict[str, Any]:
     """prepare, a and b end to end on the CPU, then a verify call on the release: a synthetic source, a copy of
     the checkout as the machine, the exact commands prepare prints (run with bash, a fake $OUT each), join and
@@ -994,14 +996,15 @@ def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 0.7, verify
     timed('copy of the checkout', lambda: _sandbox(repo, machine))
     b = 60 * budget_minutes
     plan = LeasePlan(lease=1e6, startup=0, a=60, gap=0, after=0, margin=0, command_limit=b, command_margin=3,
-                     unpack=3, tests=60, benchmark=3, verify=0.3 * b, release=0.3 * b, min_train=10,
-                     min_verify=20, tool_start=10)
+                     unpack=3, tests=60, benchmark=3, verify=0.25 * b, release=0.25 * b, min_train=20,
+                     train_grace=60, min_verify=20, tool_start=10)
     settings = JobSettings(
         model='fsr_resnet18', tag='at_cifar10', md5=md5, plan=plan,
-        train_args=['--max-train-images', '32', '--holdout', '16', '--batch-size', '16', '--eval-batch-size', '16',
-                    '--steps', '1', '--eval-steps', '2', '--device', 'cpu'],
+        train_args=['--max-train-images', '16', '--holdout', '16', '--batch-size', '16', '--eval-batch-size', '16',
+                    '--steps', '1', '--eval-steps', '1', '--device', 'cpu'],
         verify_args=['--batch-size', '25', '--device', 'cpu'],
-        pytest_args=['-m', 'cuda', '-q', '-p', 'no:cacheprovider', 'tests/test_evaluate.py'])
+        pytest_args=['-m', 'cuda', '-q', '-p', 'no:cacheprovider', 'tests/test_evaluate.py'],
+        benchmark_args=['--batch-size', '8', '--steps', '1', '--batches', '1', '--no-eval'])
     prepared = timed('prepare', lambda: prepare(machine, work / 'source', settings))
     for call in prepared['calls']:
         device_call(call)

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     pj.add_argument('--out', default=None, help='folder to write (default: SRC itself)')
     ph = sub.add_parser('rehearse', help='prepare, a and b on the CPU with synthetic data and a fake $OUT')
     ph.add_argument('--work', default=None, help='scratch folder (default: a temporary one)')
-    ph.add_argument('--budget-minutes', type=float, default=0.7, help='what call b gets (as its command limit)')
+    ph.add_argument('--budget-minutes', type=float, default=1.0, help='what call b gets (as its command limit)')
     ph.add_argument('--verify-minutes', type=float, default=0.5, help='what the verify call gets (0: no verify call)')
     ph.add_argument('--json', default=None, help='also write the rehearsal record here')
     return p
