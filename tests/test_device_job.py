@@ -170,7 +170,7 @@ def test_rehearsal_of_a_lease_on_the_cpu(tmp_path, capsys):
     if not _has_h2_contract():
         pytest.skip("needs tools/train.py --time-budget/--step and tools/benchmark.py --seconds/--json (issue 10 "
                     "items 1-2, H2's branch)")
-    report = rehearse(REPO, tmp_path / 'work')
+    report = rehearse(REPO, tmp_path / 'work', budget_minutes=0.8, verify_minutes=0.4)
     out = capsys.readouterr().out
     phases = {(r['call'], r['phase'].split(' (')[0]) for r in report['phases']}
     assert {('a', 'install wheels'), ('a', 'cuda tests'), ('a', 'benchmark'), ('b', 'train'), ('b', 'verify'),
