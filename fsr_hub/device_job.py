@@ -679,6 +679,7 @@ def job_b(root: PathLike, started: Optional[float] = None) -> Dict[str, Any]:
             log(f'training ran late: verification gets its minimum of {plan.min_verify:.0f} s, not {verify_s:.0f} s')
             verify_s = plan.min_verify
         state['verify_deadline_s'] = round(verify_s, 1)
+        (run / 'results.json').unlink(missing_ok=True)  # never stage a report of an earlier run
         stager.start([(run / 'results.json', 'results.json')])
         try:
             rc = log.phase(f'verify ({verify_s / 60:.2f} min)', lambda: _run(
