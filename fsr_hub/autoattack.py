@@ -5,17 +5,34 @@ FAB-T (100 iterations, 9 target classes), Square (5000 queries, p_init 0.8), eac
 correct, exactly the original's standard parameters. ``version='rand'``: APGD-CE + APGD-DLR with EOT over 20
 samples, for randomised defences. :func:`autoattack_config` reads the parameters back from the configured
 objects, so the report states what actually ran.
+
+Resumable runs. Full AutoAttack on 10,000 CIFAR images takes longer than one command may run on a lent GPU, so
+:func:`run_autoattack_resumable` drives the same loop as ``AutoAttack.run_standard_evaluation`` (sub-attacks in
+the standard order, each on the points still robust, in batches of the points' index order) one batch at a
+time, and returns after every batch a small JSON-able state (:class:`AAState`). Each batch is one call of the
+library's own ``run_standard_evaluation`` with only that sub-attack selected (the pattern of its
+``run_standard_evaluation_individual``), so the library itself sets each sub-attack's loss, targets and seed.
+A run continued from a saved state sees exactly the batches (and per-batch seeds) of an uninterrupted run.
 """
 import logging
+import time
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version as pkg_version
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ['AA_VERSIONS', 'build_autoattack', 'autoattack_config', 'run_autoattack']
+from .attacks import linf_violation
+
+__all__ = [
+    'AA_VERSIONS', 'AAState', 'AAResult', 'build_autoattack', 'autoattack_config', 'run_autoattack',
+    'run_autoattack_resumable', 'pack_flags', 'unpack_flags', 'sub_attack_cost',
+]
 
 AA_VERSIONS = ('standard', 'rand')
+_SUBS = ('apgd', 'apgd_targeted', 'fab', 'square')
 
 
 def _package() -> str:
@@ -23,6 +40,22 @@ def _package() -> str:
         return f'pyautoattack {pkg_version("pyautoattack")}'
     except PackageNotFoundError:
         return 'pyautoattack (version unknown)'
+
+
+def pack_flags(flags: torch.Tensor) -> str:
+    """Bool vector -> hex string (bit i of the little-endian bit order is element i): 2,500 chars for 10,000."""
+    return np.packbits(flags.detach().cpu().numpy().astype(bool), bitorder='little').tobytes().hex()
+
+
+def unpack_flags(text: str, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_flags` for a vector of length ``n``; ValueError if the string does not fit."""
+    try:
+        raw = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'malformed flag string ({e}).') from None
+    if len(raw) != (n + 7) // 8:
+        raise ValueError(f'flag string holds {len(raw) * 8} bits, expected {n}.')
+    return torch.from_numpy(np.unpackbits(raw, bitorder='little')[:n].astype(bool))
 
 
 def build_autoattack(model: nn.Module, eps: float, version: str = 'standard', seed: int = 0,
@@ -42,7 +75,7 @@ def build_autoattack(model: nn.Module, eps: float, version: str = 'standard', se
     aa.logger.setLevel(logging.WARNING)
     for sub, params in (overrides or {}).items():
         obj = getattr(aa, sub, None)
-        if sub not in ('apgd', 'apgd_targeted', 'fab', 'square') or obj is None:
+        if sub not in _SUBS or obj is None:
             raise ValueError(f'Unknown AutoAttack sub-attack {sub!r} in overrides.')
         for k, v in params.items():
             if not hasattr(obj, k):
@@ -78,14 +111,175 @@ def autoattack_config(aa: Any) -> Dict[str, Any]:
     }
 
 
+def sub_attack_cost(config: Dict[str, Any]) -> Dict[str, float]:
+    """Rough cost of each sub-attack per attacked point, in gradient evaluations (forward + input-gradient
+    backward; a forward alone counted as 0.4): used only to decide whether a batch fits a deadline."""
+    out = {}
+    for name, p in config['sub_attacks'].items():
+        if name.startswith('apgd'):
+            out[name] = p['n_iter'] * p['n_restarts'] * p['eot_iter'] * p.get('n_target_classes', 1)
+        elif name == 'fab-t':
+            out[name] = 1.5 * p['n_iter'] * p['n_restarts'] * p['n_target_classes']
+        elif name == 'square':
+            out[name] = 0.4 * p['n_queries'] * p['n_restarts']
+    return out
+
+
+@dataclass
+class AAState:
+    """Where a resumable AutoAttack run stands; JSON-able (:meth:`to_dict` / :meth:`from_dict`).
+
+    ``robust``: points not yet broken (initially the clean-correct ones). ``current``: the sub-attack in progress,
+    ``current_points``: the robust points when it started (its batches are slices of their index order),
+    ``batches_done``: how many of its batches are finished. ``robust_after``: robust count after each finished
+    sub-attack. Identity fields (version, n, eps, seed, batch_size, attacks) must match to continue.
+    """
+    version: str
+    n: int
+    eps: float
+    seed: int
+    batch_size: int
+    attacks: List[str]
+    robust: str
+    clean: str
+    done: List[str] = field(default_factory=list)
+    current: Optional[str] = None
+    current_points: Optional[str] = None
+    batches_done: int = 0
+    robust_after: Dict[str, int] = field(default_factory=dict)
+    max_bound_violation: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> 'AAState':
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ValueError(f'malformed AutoAttack state ({e}).') from None
+
+    @property
+    def complete(self) -> bool:
+        return self.current is None and (self.done == self.attacks or not unpack_flags(self.robust, self.n).any())
+
+    def describe(self) -> str:
+        robust = int(unpack_flags(self.robust, self.n).sum())
+        where = (f'{self.current} batch {self.batches_done + 1} of '
+                 f'{-(-int(unpack_flags(self.current_points, self.n).sum()) // self.batch_size)}'
+                 if self.current else (f'before {self._next()}' if self._next() else 'finished'))
+        return (f'{len(self.done)} of {len(self.attacks)} sub-attacks done ({", ".join(self.done) or "none"}), '
+                f'stopped at {where}; {robust} of {self.n} points still robust')
+
+    def _next(self) -> Optional[str]:
+        rest = [a for a in self.attacks if a not in self.done]
+        return rest[0] if rest else None
+
+
+@dataclass
+class AAResult:
+    """Outcome of :func:`run_autoattack_resumable`."""
+    complete: bool
+    robust: torch.Tensor  # bool (n,), on the CPU: robust so far (final once complete)
+    x_adv: torch.Tensor  # adversarial examples found in THIS call (x elsewhere)
+    state: AAState
+    config: Dict[str, Any]
+
+
+def _check_state(state: AAState, cfg: Dict[str, Any], n: int, eps: float, seed: int, batch_size: int) -> None:
+    want = {'version': cfg['version'], 'n': n, 'eps': eps, 'seed': seed, 'batch_size': batch_size,
+            'attacks': cfg['attacks']}
+    have = {k: getattr(state, k) for k in want}
+    diff = [f'{k} {have[k]!r} (now {want[k]!r})' for k in want if have[k] != want[k]]
+    if diff:
+        raise ValueError(f'the saved AutoAttack progress belongs to another run: {", ".join(diff)}.')
+
+
+def run_autoattack_resumable(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = 'standard',
+        batch_size: int = 500, seed: int = 0, device: Any = 'cpu',
+        overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+        state: Optional[Dict[str, Any]] = None,
+        should_stop: Optional[Callable[[float], bool]] = None,
+        on_batch: Optional[Callable[[AAState], None]] = None,
+) -> AAResult:
+    """AutoAttack on (x, y), continuing from ``state`` (an :meth:`AAState.to_dict`) if given.
+
+    Before each batch, ``should_stop(estimated_seconds)`` may end the run early (a deadline); after each batch
+    ``on_batch(state)`` sees the new state (save it to continue later). Estimates come from the last batch of the
+    same sub-attack, or from the seconds per gradient evaluation measured so far.
+    """
+    if model.training:
+        raise ValueError('AutoAttack must run on a model in eval mode (deterministic FSR mask).')
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError('AutoAttack needs a non-empty batch and as many labels.')
+    aa = build_autoattack(model, eps, version, seed, device, overrides)
+    cfg = autoattack_config(aa)
+    order = list(cfg['attacks'])
+    cost = sub_attack_cost(cfg)
+    n = len(y)
+    x, y = x.to(device), y.to(device)
+    x_adv = x.clone()
+    if state is not None:
+        st = AAState.from_dict(dict(state))
+        _check_state(st, cfg, n, eps, seed, batch_size)
+        robust = unpack_flags(st.robust, n)
+    else:
+        with torch.no_grad():
+            robust = torch.cat([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
+                                for i in range(0, n, batch_size)])
+        st = AAState(version=version, n=n, eps=eps, seed=seed, batch_size=batch_size, attacks=order,
+                     robust=pack_flags(robust), clean=pack_flags(robust))
+    sec_per_unit: Optional[float] = None
+    last: Dict[str, float] = {}  # sub-attack -> seconds per point of its last batch
+    for sub in order:
+        if sub in st.done:
+            continue
+        if not robust.any():
+            break
+        if st.current != sub:
+            st.current, st.current_points, st.batches_done = sub, pack_flags(robust), 0
+        points = unpack_flags(st.current_points, n).nonzero().flatten()
+        batches = [points[i:i + batch_size] for i in range(0, len(points), batch_size)]
+        for b in range(st.batches_done, len(batches)):
+            idx = batches[b][robust[batches[b]]]  # points broken since (none in an uninterrupted run) stay broken
+            per_point = last.get(sub, sec_per_unit * cost[sub] if sec_per_unit else None)
+            if should_stop is not None and should_stop(per_point * len(idx) if per_point else 0.0):
+                return AAResult(False, robust.clone(), x_adv, st, cfg)
+            t0 = time.perf_counter()
+            if len(idx):
+                xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
+                aa.attacks_to_run = [sub]
+                try:
+                    adv, pred = aa.run_standard_evaluation(xb, yb, batch_size=len(idx))
+                finally:
+                    aa.attacks_to_run = order
+                fooled = (pred != yb).cpu()
+                robust[idx[fooled]] = False
+                x_adv[idx.to(x.device)] = adv
+                st.max_bound_violation = max(st.max_bound_violation, linf_violation(adv, xb, eps))
+                dt = time.perf_counter() - t0
+                last[sub] = dt / len(idx)
+                sec_per_unit = dt / (len(idx) * cost[sub])
+            st.batches_done = b + 1
+            st.robust = pack_flags(robust)
+            st.seconds = round(st.seconds + time.perf_counter() - t0, 3)
+            if on_batch is not None:
+                on_batch(st)
+        st.done.append(sub)
+        st.current, st.current_points, st.batches_done = None, None, 0
+        st.robust_after[sub] = int(robust.sum())
+        if on_batch is not None:
+            on_batch(st)
+    return AAResult(True, robust.clone(), x_adv, st, cfg)
+
+
 def run_autoattack(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = 'standard',
         batch_size: int = 500, seed: int = 0, device: Any = 'cpu',
         overrides: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
-    """Run AutoAttack on (x, y); returns (x_adv, per-example robust correctness, configuration)."""
-    if model.training:
-        raise ValueError('AutoAttack must run on a model in eval mode (deterministic FSR mask).')
-    aa = build_autoattack(model, eps, version, seed, device, overrides)
-    x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch_size)
-    return x_adv, (y_adv.to(y.device) == y), autoattack_config(aa)
+    """Run AutoAttack on (x, y) in one go; returns (x_adv, per-example robust correctness, configuration)."""
+    res = run_autoattack_resumable(model, x, y, eps, version, batch_size, seed, device, overrides)
+    return res.x_adv, res.robust.to(y.device), res.config

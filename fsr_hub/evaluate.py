@@ -3,37 +3,62 @@ gradient-masking checks (Carlini et al. 2019), written as the ``fsr-hub/verify/v
 
 Attack names are fixed (they are the report's keys): ``clean``, ``fgsm``, ``pgd20``, ``pgd100``, ``cw``,
 ``autoattack``, ``autoattack_rand``, ``transfer``. FGSM, PGD-20/100 (step eps/10) and C&W-inf (PGD-30 on the
-margin loss, kappa 50) start at x (no random start), as in the original FSR code. The per-example Ensemble
-(Eq. 6) is correct under clean and every suite attack that ran.
+margin loss, kappa 50) start at x (no random start), as in the original FSR code; :func:`attack_params` is the one
+place their parameters are written. The per-example Ensemble (Eq. 6) is correct under clean and every suite
+attack that ran.
+
+Stages run cheapest first (:data:`STAGE_ORDER`), each on all images or on the first ``subsets[name]``. After every
+stage (and every AutoAttack batch) ``on_update`` receives the evaluation so far, so a caller can write a valid
+partial report at any moment; ``not_run`` says what was not run and why. A ``deadline`` skips a stage whose
+estimated cost does not fit and stops one that runs out of time; a ``previous`` evaluation of the same weights
+and data is continued (finished stages are kept, AutoAttack resumes from its saved progress). Attacks run in
+strict float32: no autocast, float32 weights, and TF32 off for CUDA matmuls and cuDNN convolutions.
 """
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
 from .attacks import cw_inf, fgsm, linf_violation, pgd, pgd_trajectory
-from .autoattack import run_autoattack
+from .autoattack import AAState, pack_flags, run_autoattack_resumable, unpack_flags
 from .hardware import hardware_name, synchronize
 from .inputs import check_pixels
+from .schemas import TRAIN_SCHEMA, VERIFY_SCHEMA
 from .weights import sha256_file
 
 __all__ = [
-    'SCHEMA', 'ATTACKS', 'DEFAULT_ATTACKS', 'ENSEMBLE_ATTACKS', 'STEPS_SWEEP', 'EPS_SWEEP_255', 'attack_params',
-    'evaluate', 'model_info', 'build_report', 'parse_attacks', 'training_section',
+    'SCHEMA', 'ATTACKS', 'DEFAULT_ATTACKS', 'ENSEMBLE_ATTACKS', 'STAGE_ORDER', 'PRESETS', 'STEPS_SWEEP',
+    'EPS_SWEEP_255', 'attack_params', 'preset', 'strict_float32', 'evaluate', 'model_info', 'build_report',
+    'parse_attacks', 'training_section',
 ]
 
-SCHEMA = 'fsr-hub/verify/v1'
+SCHEMA = VERIFY_SCHEMA
 ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack', 'autoattack_rand', 'transfer')
 DEFAULT_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack', 'autoattack_rand')
 ENSEMBLE_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw')
+MASKING = 'masking_checks'
+#: the order stages run in: cheapest first (the masking checks work on a subset and cost ~2 PGD-100s of it)
+STAGE_ORDER = ('clean', 'fgsm', 'pgd20', 'transfer', 'cw', 'pgd100', MASKING, 'autoattack_rand', 'autoattack')
+#: preset -> (attacks, {attack: first-n subset}, masking checks on?)
+PRESETS: Dict[str, Tuple[Tuple[str, ...], Dict[str, int], bool]] = {
+    'quick': (('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack'), {'autoattack': 1000}, False),
+    'full': (DEFAULT_ATTACKS, {'autoattack_rand': 1000}, True),
+}
 STEPS_SWEEP = (1, 5, 10, 20, 50, 100)
 EPS_SWEEP_255 = (8, 16, 32, 64)
 #: accuracy (%) under which "falls to ~0" holds at eps 64/255
 ZERO_TOL = 1.0
 #: the unbounded attack: PGD with eps = 1 (the whole [0, 1] box)
 UNBOUNDED = {'eps': 1.0, 'alpha': 0.01, 'steps': 100, 'random_start': False}
+#: gradient evaluations per image of each white-box stage (for deadline estimates; a forward counts 0.4)
+_COST = {'clean': 0.4, 'fgsm': 1.4, 'pgd20': 20.4, 'transfer': 20.4, 'cw': 30.4, 'pgd100': 100.4,
+         MASKING: 4 * 20.4 + 100.4}
+#: AutoAttack: (first sub-attack, the others) in the same units (see autoattack.sub_attack_cost)
+_AA_COST = {'autoattack': (100, 900 + 1350 + 2000), 'autoattack_rand': (2000, 2000)}
+PENDING = 'not reached: the run stopped before this stage (killed, crashed or still running)'
 
 
 def parse_attacks(spec: str) -> Tuple[str, ...]:
@@ -45,8 +70,16 @@ def parse_attacks(spec: str) -> Tuple[str, ...]:
     return names
 
 
+def preset(name: str, transfer: bool = False) -> Tuple[Tuple[str, ...], Dict[str, int], bool]:
+    """(attacks, subsets, masking checks) of a preset; ``transfer`` adds the transfer attack (a source exists)."""
+    if name not in PRESETS:
+        raise ValueError(f'Unknown preset {name!r}; choose from {", ".join(PRESETS)}.')
+    attacks, subsets, masking = PRESETS[name]
+    return attacks + (('transfer',) if transfer else ()), dict(subsets), masking
+
+
 def attack_params(name: str, eps: float) -> Dict[str, Any]:
-    """The parameters each suite attack runs with (recorded in the report)."""
+    """The parameters each white-box attack runs with: the one place they are written (recorded in the report)."""
     return {
         'fgsm': {'eps': eps, 'steps': 1},
         'pgd20': {'eps': eps, 'alpha': eps / 10, 'steps': 20, 'random_start': False},
@@ -54,6 +87,54 @@ def attack_params(name: str, eps: float) -> Dict[str, Any]:
         'cw': {'eps': eps, 'alpha': eps / 10, 'steps': 30, 'kappa': 50.0, 'random_start': False},
         'transfer': {'eps': eps, 'alpha': eps / 10, 'steps': 20, 'random_start': False, 'attack': 'pgd20 on source'},
     }.get(name, {})
+
+
+def _attack_fn(name: str, model: nn.Module, p: Mapping[str, Any],
+               transfer_model: Optional[nn.Module]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == 'clean':
+        return lambda xb, yb: xb
+    if name == 'fgsm':
+        return lambda xb, yb: fgsm(model, xb, yb, p['eps'])
+    if name == 'pgd20':
+        return lambda xb, yb: pgd(model, xb, yb, p['eps'], p['alpha'], p['steps'], p['random_start'])
+    if name == 'cw':
+        return lambda xb, yb: cw_inf(model, xb, yb, p['eps'], p['alpha'], p['steps'], p['kappa'])
+    if name == 'transfer':
+        return lambda xb, yb: pgd(transfer_model, xb, yb, p['eps'], p['alpha'], p['steps'], p['random_start'])
+    raise ValueError(f'{name!r} is not a batch-wise white-box attack.')
+
+
+def _fp32_flags() -> Tuple[Any, Any]:
+    b = torch.backends
+    if hasattr(b.cuda.matmul, 'fp32_precision') and hasattr(b.cudnn, 'conv'):
+        return b.cuda.matmul, b.cudnn.conv
+    return None, None
+
+
+@contextmanager
+def strict_float32() -> Iterator[Dict[str, Any]]:
+    """TF32 off for CUDA matmuls and cuDNN convolutions inside the block, the previous settings restored after.
+
+    Uses the ``fp32_precision`` flags of torch >= 2.9 (mixing them with the legacy ``allow_tf32`` flags is an
+    error there), the legacy flags on older torch. Yields what the report records.
+    """
+    matmul, conv = _fp32_flags()
+    if matmul is not None:
+        saved = (matmul.fp32_precision, conv.fp32_precision)
+        matmul.fp32_precision = conv.fp32_precision = 'ieee'
+        try:
+            yield {'dtype': 'float32', 'tf32': False, 'cuda_matmul_fp32_precision': matmul.fp32_precision,
+                   'cudnn_conv_fp32_precision': conv.fp32_precision}
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = saved
+        return
+    b = torch.backends
+    saved = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32)
+    b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
+    try:
+        yield {'dtype': 'float32', 'tf32': False, 'cuda_matmul_allow_tf32': False, 'cudnn_allow_tf32': False}
+    finally:
+        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = saved
 
 
 def _pct(correct: torch.Tensor) -> float:
@@ -79,14 +160,51 @@ def _assert_eval(model: nn.Module) -> None:
         raise RuntimeError('evaluate without autocast: attacks in reduced precision overstate robustness.')
 
 
+class _Deadline(Exception):
+    """A stage ran out of time (message: where)."""
+
+
+class _Clock:
+    """Wall-clock deadline and the measured seconds per gradient evaluation per image (for estimates)."""
+
+    def __init__(self, deadline_s: Optional[float]):
+        self.t0 = time.monotonic()
+        self.deadline_s = deadline_s
+        self.units = 0.0
+        self.seconds = 0.0
+
+    def left(self) -> float:
+        return float('inf') if self.deadline_s is None else self.deadline_s - (time.monotonic() - self.t0)
+
+    def estimate(self, units: float) -> Optional[float]:
+        return self.seconds / self.units * units if self.units > 0 else None
+
+    def record(self, units: float, seconds: float) -> None:
+        self.units += units
+        self.seconds += seconds
+
+    def fits(self, seconds: Optional[float]) -> bool:
+        return self.left() > (seconds or 0.0)
+
+    def reason(self, needed: Optional[float] = None) -> str:
+        total = f'{self.deadline_s / 60:.2f} min' if self.deadline_s is not None else 'none'
+        need = f'about {needed:.0f} s needed, ' if needed is not None else ''
+        return f'deadline: {need}{max(self.left(), 0.0):.0f} s left of {total}'
+
+
 def _run_batched(
         fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor,
         y: torch.Tensor, eps: float, batch_size: int, device: torch.device, desc: str, progress: bool,
         extra: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]] = None,
+        clock: Optional[_Clock] = None,
 ) -> Tuple[torch.Tensor, float]:
-    """Per-example correctness of ``model`` on fn(x, y) (adversarial inputs), and the worst bound violation."""
+    """Per-example correctness of ``model`` on fn(x, y) (adversarial inputs), and the worst bound violation.
+    Raises :class:`_Deadline` between batches once ``clock`` has no time left."""
     correct, worst = [], 0.0
-    for i in tqdm(range(0, len(y), batch_size), desc=desc, unit='batch', disable=not progress, leave=False):
+    starts = range(0, len(y), batch_size)
+    for k, i in enumerate(tqdm(starts, desc=desc, unit='batch', disable=not progress, leave=False)):
+        if clock is not None and k and clock.left() <= 0:
+            raise _Deadline(f'reached during the stage after {k} of {len(starts)} batches')
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         x_adv = fn(xb, yb)
         worst = max(worst, linf_violation(x_adv, xb, eps))
@@ -112,10 +230,19 @@ def evaluate(
         masking_checks: bool = True,
         masking_n: Optional[int] = 1000,
         progress: bool = True,
+        subsets: Optional[Mapping[str, int]] = None,
+        deadline_minutes: Optional[float] = None,
+        previous: Optional[Mapping[str, Any]] = None,
+        on_update: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> Dict[str, Any]:
-    """Run ``attacks`` on (x float [0, 1] NCHW, y) and the masking checks; returns the report's
-    ``results``, ``masking_checks`` and ``timing`` sections (accuracies in %, 2 decimals)."""
-    check_pixels(x, 'evaluate: x')
+    """Run ``attacks`` on (x float [0, 1] NCHW, y) and the masking checks, cheapest first.
+
+    ``subsets``: {attack: n} runs that attack on the first n images only. ``deadline_minutes``: wall-clock limit
+    from the call (stages that do not fit are skipped, a stage that runs out is stopped, AutoAttack keeps its
+    progress). ``previous``: an earlier evaluation (or report) of the same weights and data to continue.
+    ``on_update(evaluation)`` runs after each stage and AutoAttack batch. Returns the report's ``results``,
+    ``masking_checks``, ``timing``, ``precision``, ``per_example``, ``not_run``, ``progress`` and ``complete``.
+    """
     for a in attacks:
         if a not in ATTACKS:
             raise ValueError(f'Unknown attack {a!r}; choose from {ATTACKS}.')
@@ -123,125 +250,294 @@ def evaluate(
         raise ValueError("attack 'transfer' needs a source model (--transfer-from MODEL:WEIGHTS).")
     if x.ndim != 4 or len(x) != len(y) or len(y) == 0:
         raise ValueError(f'evaluate needs a non-empty NCHW batch and as many labels, got {tuple(x.shape)}, {tuple(y.shape)}.')
+    check_pixels(x, 'evaluation images')
+    if deadline_minutes is not None and deadline_minutes <= 0:
+        raise ValueError(f'deadline_minutes must be positive, got {deadline_minutes}.')
+    subsets = dict(subsets or {})
+    for a, k in subsets.items():
+        if a not in ATTACKS or int(k) <= 0:
+            raise ValueError(f'subsets: {a}={k} must name an attack and a positive image count.')
     device = torch.device(device)
     model = model.to(device)
     _assert_eval(model)
     if transfer_model is not None:
         transfer_model = transfer_model.to(device)
         _assert_eval(transfer_model)
-    torch.manual_seed(seed)
-    t_total = time.perf_counter()
-    results: Dict[str, Dict[str, Any]] = {}
-    correct_by: Dict[str, torch.Tensor] = {}
-    traj: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}
+    stages = [s for s in STAGE_ORDER if s in attacks or (s == MASKING and masking_checks)]
+    run = _Run(model, x, y, eps, batch_size, device, seed, num_classes, transfer_model, transfer_source,
+               masking_n, progress, subsets, _Clock(None if deadline_minutes is None else 60 * deadline_minutes),
+               stages, previous, on_update)
+    with strict_float32() as precision:
+        run.precision = precision
+        torch.manual_seed(seed)
+        try:
+            for stage in stages:
+                run.stage(stage)
+        except KeyboardInterrupt:
+            run.interrupt()
+            raise
+    return run.snapshot()
 
-    suite: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-        'clean': lambda xb, yb: xb,
-        'fgsm': lambda xb, yb: fgsm(model, xb, yb, eps),
-        'pgd20': lambda xb, yb: pgd(model, xb, yb, eps, eps / 10, 20),
-        'cw': lambda xb, yb: cw_inf(model, xb, yb, eps, eps / 10, 30, 50.0),
-        'transfer': lambda xb, yb: pgd(transfer_model, xb, yb, eps, eps / 10, 20),
-    }
 
-    def pgd100_traj(xb, yb):
-        # one PGD-100 run gives the steps sweep: without random start the k-th iterate is PGD-k's output
-        x_adv, rec = pgd_trajectory(model, xb, yb, eps, eps / 10, 100, record=STEPS_SWEEP)
-        for k in STEPS_SWEEP:
-            traj[k].append(rec[k].cpu())
-        return x_adv
+class _Run:
+    """The state of one :func:`evaluate` call: what ran, what did not and why, and its snapshots."""
 
-    suite['pgd100'] = pgd100_traj
+    def __init__(self, model, x, y, eps, batch_size, device, seed, num_classes, transfer_model, transfer_source,
+                 masking_n, progress, subsets, clock, stages, previous, on_update):
+        self.model, self.x, self.y, self.eps = model, x, y, eps
+        self.batch_size, self.device, self.seed, self.num_classes = batch_size, device, seed, num_classes
+        self.transfer_model, self.transfer_source = transfer_model, transfer_source
+        self.masking_n, self.progress, self.subsets, self.clock = masking_n, progress, subsets, clock
+        self.on_update = on_update
+        self.stages = list(stages)
+        self.precision: Dict[str, Any] = {}
+        self.t0 = time.perf_counter()
+        self.results: Dict[str, Dict[str, Any]] = {}
+        self.flags: Dict[str, torch.Tensor] = {}
+        self.masking: Optional[Dict[str, Any]] = None
+        self.not_run: Dict[str, str] = {s: PENDING for s in stages}
+        self.aa_progress: Dict[str, Dict[str, Any]] = {}
+        self.traj: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}
+        self.current: Optional[str] = None
+        self.resumed: List[str] = []
+        if previous is not None:
+            self._adopt(previous, stages)
 
-    for name in attacks:
-        synchronize(device)
-        t0 = time.perf_counter()
-        entry: Dict[str, Any] = {}
-        if name in suite:
-            correct, worst = _run_batched(suite[name], model, x, y, eps, batch_size, device, name, progress)
-            if name != 'clean':
-                entry['params'] = attack_params(name, eps)
+    # -- continuing an earlier evaluation -------------------------------------------------------------------
+    def _adopt(self, prev: Mapping[str, Any], stages: Sequence[str]) -> None:
+        per_example = prev.get('per_example') or {}
+        for name, entry in (prev.get('results') or {}).items():
+            if name not in stages or name not in per_example:
+                continue
+            n = int(entry.get('n', len(self.y)))
+            if n != self._n(name):
+                continue  # measured on another subset: run again
+            self.results[name] = dict(entry)
+            self.flags[name] = unpack_flags(per_example[name], n)
+            self.not_run.pop(name, None)
+            self.resumed.append(name)
+        m = prev.get('masking_checks')
+        if MASKING in stages and isinstance(m, dict) and m.get('n') == self._n(MASKING):
+            self.masking = dict(m)
+            self.not_run.pop(MASKING, None)
+            self.resumed.append(MASKING)
+        for name, st in (prev.get('progress') or {}).items():
+            if name in self.not_run and isinstance(st, dict):
+                self.aa_progress[name] = dict(st)
+
+    # -- bookkeeping ----------------------------------------------------------------------------------------
+    def _n(self, stage: str) -> int:
+        if stage == MASKING:
+            return len(self.y) if self.masking_n is None else min(self.masking_n, len(self.y))
+        return min(self.subsets.get(stage, len(self.y)), len(self.y))
+
+    def snapshot(self) -> Dict[str, Any]:
+        results = dict(self.results)
+        not_run = dict(self.not_run)
+        # the Ensemble is reported only over every suite attack asked for (never a smaller, weaker one)
+        ens = [a for a in ENSEMBLE_ATTACKS if a in self.stages]
+        missing = [a for a in ens if a not in self.flags or len(self.flags[a]) != len(self.y)]
+        if len(ens) >= 2 and missing:
+            not_run['ensemble'] = f'needs {", ".join(missing)} on all {len(self.y)} images'
+        elif len(ens) >= 2:
+            correct = torch.stack([self.flags[a] for a in ens]).all(dim=0)
+            results['ensemble'] = {'accuracy': _pct(correct), 'per_class': _per_class(correct, self.y.cpu(),
+                                                                                      self.num_classes),
+                                   'attacks': ens, 'n': len(self.y), 'subset': _subset(len(self.y), len(self.y))}
+        checks = _cross_checks(results, self.flags)
+        if self.masking is not None:
+            masking = dict(self.masking)
+            masking['checks'] = {**masking['checks'], **checks}
+            known = [v for v in masking['checks'].values() if v is not None]
+            masking['passed'] = all(known) if known else None
         else:
-            version = 'standard' if name == 'autoattack' else 'rand'
-            x_adv, correct, cfg = run_autoattack(model, x.to(device), y.to(device), eps, version, batch_size,
-                                                 seed, device)
-            worst = linf_violation(x_adv, x.to(device), eps)
-            correct = correct.cpu()
-            entry['implementation'] = cfg['implementation']
-            entry['params'] = cfg
-            _assert_eval(model)
-        synchronize(device)
-        correct_by[name] = correct
-        results[name] = {'accuracy': _pct(correct), 'per_class': _per_class(correct, y.cpu(), num_classes),
-                         'seconds': round(time.perf_counter() - t0, 3), 'max_bound_violation': worst, **entry}
+            masking = _empty_masking(checks)
+        return {
+            'results': results,
+            'masking_checks': masking,
+            'timing': {'total_seconds': round(time.perf_counter() - self.t0, 3)},
+            'precision': dict(self.precision),
+            'per_example': {k: pack_flags(v) for k, v in self.flags.items()},
+            'not_run': not_run,
+            'progress': {k: dict(v) for k, v in self.aa_progress.items()},
+            'resumed': list(self.resumed),
+            'complete': not not_run,
+        }
+
+    def _update(self) -> None:
+        if self.on_update is not None:
+            self.on_update(self.snapshot())
+
+    def interrupt(self) -> None:
+        for s in list(self.not_run):
+            self.not_run[s] = ('interrupted while running' if s == self.current else 'not reached: interrupted')
+        self._update()
+
+    # -- stages -------------------------------------------------------------------------------------------
+    def stage(self, name: str) -> None:
+        if name not in self.not_run:
+            return  # adopted from the previous evaluation
+        self.current = name
+        try:
+            if name == MASKING:
+                self._masking()
+            elif name.startswith('autoattack'):
+                self._autoattack(name)
+            else:
+                self._whitebox(name)
+        except _Deadline as e:
+            self.not_run[name] = f'{self.clock.reason()} ({e})'
+        self.current = None
+        self._update()
+
+    def _skip_if_late(self, name: str, units: float) -> bool:
+        need = self.clock.estimate(units)
+        if self.clock.fits(need):
+            return False
+        self.not_run[name] = self.clock.reason(need)
+        return True
+
+    def _whitebox(self, name: str) -> None:
+        n = self._n(name)
+        if self._skip_if_late(name, _COST[name] * n):
+            return
+        p = attack_params(name, self.eps)
+        if name == 'pgd100':
+            def fn(xb, yb):
+                # one PGD-100 run gives the steps sweep: without random start the k-th iterate is PGD-k's output
+                x_adv, rec = pgd_trajectory(self.model, xb, yb, p['eps'], p['alpha'], p['steps'], record=STEPS_SWEEP)
+                for k in STEPS_SWEEP:
+                    self.traj[k].append(rec[k].cpu())
+                return x_adv
+        else:
+            fn = _attack_fn(name, self.model, p, self.transfer_model)
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        correct, worst = _run_batched(fn, self.model, self.x[:n], self.y[:n], self.eps, self.batch_size,
+                                      self.device, name, self.progress, clock=self.clock)
+        synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        self.clock.record(_COST[name] * n, seconds)
+        entry: Dict[str, Any] = {'accuracy': _pct(correct), 'per_class': _per_class(correct, self.y[:n].cpu(),
+                                                                                   self.num_classes),
+                                 'n': n, 'subset': _subset(n, len(self.y)), 'seconds': round(seconds, 3),
+                                 'max_bound_violation': worst}
+        if name != 'clean':
+            entry['params'] = p
         if name == 'transfer':
-            results[name]['source'] = transfer_source or 'unnamed source model'
+            entry['source'] = self.transfer_source or 'unnamed source model'
+        self.results[name] = entry
+        self.flags[name] = correct
+        self.not_run.pop(name)
 
-    ens = [a for a in ENSEMBLE_ATTACKS if a in correct_by]
-    if len(ens) >= 2:
-        correct = torch.stack([correct_by[a] for a in ens]).all(dim=0)
-        results['ensemble'] = {'accuracy': _pct(correct), 'per_class': _per_class(correct, y.cpu(), num_classes),
-                               'attacks': ens}
+    def _aa_units(self, name: str) -> float:
+        # APGD-CE runs on the clean-correct points, the later sub-attacks on the points still robust
+        clean = self.results.get('clean', {}).get('accuracy', 100.0) / 100
+        robust = min([self.results[a]['accuracy'] for a in ('pgd20', 'pgd100', 'cw') if a in self.results],
+                     default=100.0) / 100
+        first, rest = _AA_COST[name]
+        return clean * first + robust * rest
 
-    masking = _masking_checks(model, x, y, eps, batch_size, device, masking_n, traj, results, progress) \
-        if masking_checks else _empty_masking(results)
-    return {'results': results, 'masking_checks': masking,
-            'timing': {'total_seconds': round(time.perf_counter() - t_total, 3)}}
+    def _autoattack(self, name: str) -> None:
+        n = self._n(name)
+        state = self.aa_progress.get(name)
+        if state is None and self._skip_if_late(name, self._aa_units(name) * n):
+            return
+        version = 'standard' if name == 'autoattack' else 'rand'
+
+        def save(st: AAState) -> None:
+            self.aa_progress[name] = st.to_dict()
+            self.not_run[name] = f'running: {st.describe()}'
+            self._update()
+
+        def should_stop(estimate: float) -> bool:
+            return not self.clock.fits(estimate)
+
+        res = run_autoattack_resumable(self.model, self.x[:n], self.y[:n], self.eps, version, self.batch_size,
+                                       self.seed, self.device, state=state, should_stop=should_stop, on_batch=save)
+        _assert_eval(self.model)
+        self.aa_progress[name] = res.state.to_dict()
+        if not res.complete:
+            self.not_run[name] = (f'{self.clock.reason()}; partial: {res.state.describe()} (progress saved: '
+                                  f'continue with --resume)')
+            return
+        correct = res.robust
+        self.results[name] = {
+            'accuracy': _pct(correct), 'per_class': _per_class(correct, self.y[:n].cpu(), self.num_classes),
+            'n': n, 'subset': _subset(n, len(self.y)), 'seconds': round(res.state.seconds, 3),
+            'max_bound_violation': res.state.max_bound_violation, 'implementation': res.config['implementation'],
+            'params': res.config,
+            'robust_after': {k: round(100.0 * v / n, 2) for k, v in res.state.robust_after.items()},
+        }
+        self.flags[name] = correct
+        self.aa_progress.pop(name)
+        self.not_run.pop(name)
+
+    def _masking(self) -> None:
+        n = self._n(MASKING)
+        if self._skip_if_late(MASKING, _COST[MASKING] * n):
+            return
+        t0 = time.perf_counter()
+        self.masking = _masking_checks(self.model, self.x, self.y, self.eps, self.batch_size, self.device, n,
+                                       self.traj, self.progress, self.clock)
+        self.clock.record(_COST[MASKING] * n, time.perf_counter() - t0)
+        self.not_run.pop(MASKING)
 
 
-def _cross_checks(results: Dict[str, Any]) -> Dict[str, Optional[bool]]:
+def _subset(n: int, total: int) -> str:
+    return f'all {total}' if n == total else f'first {n}'
+
+
+def _cross_checks(results: Mapping[str, Any], flags: Mapping[str, torch.Tensor]) -> Dict[str, Optional[bool]]:
     transfer_ok = None
-    if 'transfer' in results and 'pgd20' in results:
-        transfer_ok = results['transfer']['accuracy'] >= results['pgd20']['accuracy']
+    if 'transfer' in flags and 'pgd20' in flags:
+        k = min(len(flags['transfer']), len(flags['pgd20']))
+        transfer_ok = _pct(flags['transfer'][:k]) >= _pct(flags['pgd20'][:k])
     rand_ok = None
-    if 'autoattack' in results and 'autoattack_rand' in results:
-        rand_ok = abs(results['autoattack_rand']['accuracy'] - results['autoattack']['accuracy']) <= 1.0
+    if 'autoattack' in flags and 'autoattack_rand' in flags:
+        # compare on the images both ran on (rand usually runs on the first 1,000 only)
+        k = min(len(flags['autoattack']), len(flags['autoattack_rand']))
+        rand_ok = _pct(flags['autoattack_rand'][:k]) - _pct(flags['autoattack'][:k]) <= 1.0
     return {'transfer_ge_whitebox': transfer_ok, 'rand_within_1pt': rand_ok}
 
 
-def _empty_masking(results: Dict[str, Any]) -> Dict[str, Any]:
-    checks = {'falls_to_zero_at_64': None, 'unbounded_zero': None, 'more_steps_never_raise': None,
-              **_cross_checks(results)}
+def _empty_masking(checks: Mapping[str, Optional[bool]]) -> Dict[str, Any]:
+    checks = {'falls_to_zero_at_64': None, 'unbounded_zero': None, 'more_steps_never_raise': None, **checks}
     known = [v for v in checks.values() if v is not None]
     return {'eps_sweep': None, 'unbounded_accuracy': None, 'steps_sweep': None, 'checks': checks,
             'passed': all(known) if known else None}
 
 
-def _masking_checks(model, x, y, eps, batch_size, device, masking_n, traj, results, progress) -> Dict[str, Any]:
-    n = len(y) if masking_n is None else min(masking_n, len(y))
+def _masking_checks(model, x, y, eps, batch_size, device, n, traj, progress, clock) -> Dict[str, Any]:
     xs, ys = x[:n], y[:n]
     t0 = time.perf_counter()
     eps_acc = []
     for e255 in EPS_SWEEP_255:
         e = e255 / 255
-        correct, _ = _run_batched(lambda xb, yb: pgd(model, xb, yb, e, e / 10, 20), model, xs, ys, e, batch_size,
-                                  device, f'pgd20 eps {e255}/255', progress)
+        correct, _ = _run_batched(_attack_fn('pgd20', model, attack_params('pgd20', e), None), model, xs, ys, e,
+                                  batch_size, device, f'pgd20 eps {e255}/255', progress, clock=clock)
         eps_acc.append(_pct(correct))
     u = UNBOUNDED
     unb, _ = _run_batched(lambda xb, yb: pgd(model, xb, yb, u['eps'], u['alpha'], u['steps']), model, xs, ys,
-                          u['eps'], batch_size, device, 'unbounded', progress)
+                          u['eps'], batch_size, device, 'unbounded', progress, clock=clock)
     unbounded = _pct(unb)
     if traj[STEPS_SWEEP[0]]:
-        steps_n = len(y)
+        steps_n = sum(len(t) for t in traj[STEPS_SWEEP[0]])
         steps_acc = [_pct(torch.cat(traj[k])) for k in STEPS_SWEEP]
     else:
         steps_n = n
         rec_all: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}
 
+        p = attack_params('pgd100', eps)
+
         def run(xb, yb):
-            x_adv, rec = pgd_trajectory(model, xb, yb, eps, eps / 10, max(STEPS_SWEEP), record=STEPS_SWEEP)
+            x_adv, rec = pgd_trajectory(model, xb, yb, p['eps'], p['alpha'], p['steps'], record=STEPS_SWEEP)
             for k in STEPS_SWEEP:
                 rec_all[k].append(rec[k].cpu())
             return x_adv
 
-        _run_batched(run, model, xs, ys, eps, batch_size, device, 'steps sweep', progress)
+        _run_batched(run, model, xs, ys, eps, batch_size, device, 'steps sweep', progress, clock=clock)
         steps_acc = [_pct(torch.cat(rec_all[k])) for k in STEPS_SWEEP]
-    checks = {
-        'falls_to_zero_at_64': eps_acc[-1] <= ZERO_TOL,
-        'unbounded_zero': unbounded == 0.0,
-        'more_steps_never_raise': all(b <= a for a, b in zip(steps_acc, steps_acc[1:])),
-        **_cross_checks(results),
-    }
-    known = [v for v in checks.values() if v is not None]
     return {
         'n': n,
         'eps_sweep': {'eps_255': list(EPS_SWEEP_255), 'accuracy': eps_acc, 'attack': 'pgd20, step eps/10'},
@@ -250,9 +546,12 @@ def _masking_checks(model, x, y, eps, batch_size, device, masking_n, traj, resul
         'unbounded_attack': dict(UNBOUNDED),
         'steps_sweep': {'steps': list(STEPS_SWEEP), 'accuracy': steps_acc, 'n': steps_n,
                         'attack': 'pgd, step eps/10, no random start'},
-        'checks': checks,
+        'checks': {
+            'falls_to_zero_at_64': eps_acc[-1] <= ZERO_TOL,
+            'unbounded_zero': unbounded == 0.0,
+            'more_steps_never_raise': all(b <= a for a, b in zip(steps_acc, steps_acc[1:])),
+        },
         'zero_tolerance': ZERO_TOL,
-        'passed': all(known),
         'seconds': round(time.perf_counter() - t0, 3),
     }
 
@@ -269,22 +568,32 @@ def model_info(model: nn.Module, architecture: str, tag: Optional[str] = None,
 
 def build_report(
         model: Dict[str, Any], data: Dict[str, Any], evaluation: Dict[str, Any], eps: float, batch_size: int,
-        device: Any, command: str, dtype: str = 'float32',
+        device: Any, command: str, dtype: str = 'float32', preset: Optional[str] = None,
+        deadline_minutes: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """Assemble the ``fsr-hub/verify/v1`` JSON report."""
+    """Assemble the ``fsr-hub/verify/v1`` JSON report (partial when ``evaluation['complete']`` is false)."""
     device = torch.device(device)
-    return {
+    precision = evaluation.get('precision') or {'dtype': dtype}
+    report = {
         'schema': SCHEMA,
         'model': model,
         'data': data,
         'eps': eps,
         'batch_size': batch_size,
-        'hardware': {'device': hardware_name(device), 'torch': torch.__version__, 'dtype': dtype},
+        'preset': preset,
+        'deadline_minutes': deadline_minutes,
+        'hardware': {'device': hardware_name(device), 'torch': torch.__version__, **precision},
+        'complete': evaluation.get('complete', True),
+        'not_run': evaluation.get('not_run', {}),
         'results': evaluation['results'],
         'masking_checks': evaluation['masking_checks'],
         'timing': evaluation['timing'],
         'command': command,
     }
+    for key in ('resumed', 'progress', 'per_example'):
+        if evaluation.get(key):
+            report[key] = evaluation[key]
+    return report
 
 
 def training_section(summary: Dict[str, Any], weights_sha256: str) -> Dict[str, Any]:
@@ -292,8 +601,8 @@ def training_section(summary: Dict[str, Any], weights_sha256: str) -> Dict[str, 
 
     The summary must be the run that produced the evaluated file: its final or best weights have that sha256.
     """
-    if summary.get('schema') != 'fsr-hub/train/v1':
-        raise ValueError(f"train summary has schema {summary.get('schema')!r}, expected 'fsr-hub/train/v1'.")
+    if summary.get('schema') != TRAIN_SCHEMA:
+        raise ValueError(f"train summary has schema {summary.get('schema')!r}, expected {TRAIN_SCHEMA!r}.")
     files = summary.get('weights', {})
     selected = [k for k in ('final', 'best') if isinstance(files.get(k), dict) and files[k].get('sha256') == weights_sha256]
     if not selected:

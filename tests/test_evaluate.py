@@ -1,6 +1,10 @@
 """The verify report: schema, accuracies, Ensemble, masking checks, and the command line."""
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -8,8 +12,12 @@ import timm
 import torch
 
 import fsr_hub  # noqa: F401
-from fsr_hub.evaluate import SCHEMA, build_report, evaluate, model_info, parse_attacks
+from fsr_hub.autoattack import pack_flags, run_autoattack_resumable, unpack_flags
+from fsr_hub.evaluate import (
+    PENDING, SCHEMA, STAGE_ORDER, build_report, evaluate, model_info, parse_attacks, preset, strict_float32,
+)
 from fsr_hub.weights import save_weights
+from tools import verify
 
 from conftest import tiny_fsr_net
 
@@ -105,11 +113,6 @@ def test_bad_arguments():
 
 
 def test_verify_cli(tmp_path, cifar_root, capsys):
-    sys.path.insert(0, str(REPO / 'tools'))
-    try:
-        import verify
-    finally:
-        sys.path.pop(0)
     torch.manual_seed(0)
     model = timm.create_model('cifar_resnet18', num_classes=10)
     weights = tmp_path / 'r18.safetensors'
@@ -130,11 +133,6 @@ def test_verify_cli(tmp_path, cifar_root, capsys):
 
 
 def test_verify_cli_records_the_training_run(tmp_path, cifar_root, capsys):
-    sys.path.insert(0, str(REPO / 'tools'))
-    try:
-        import verify
-    finally:
-        sys.path.pop(0)
     model = timm.create_model('cifar_resnet18', num_classes=10)
     weights = tmp_path / 'final.safetensors'
     sha = save_weights(model, weights, dtype=torch.float16)
@@ -165,3 +163,137 @@ def test_evaluation_refuses_reduced_precision():
         evaluate(tiny_fsr_net().to(torch.bfloat16), x, y, attacks=('clean',), masking_checks=False, progress=False)
     with torch.autocast('cpu', dtype=torch.bfloat16), pytest.raises(RuntimeError, match='without autocast'):
         evaluate(tiny_fsr_net(), x, y, attacks=('clean',), masking_checks=False, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets, deadlines, partial reports, resume, strict float32
+
+
+def test_verify_help_shows_presets_and_deadline(capsys):
+    with pytest.raises(SystemExit) as e:
+        verify.main(['--help'])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert '--preset' in out and '--deadline-minutes' in out and '--resume' in out
+
+
+def test_presets_run_cheapest_first():
+    attacks, subsets, masking = preset('quick')
+    assert set(attacks) == {'clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack'} and not masking
+    assert subsets == {'autoattack': 1000}
+    attacks, subsets, masking = preset('full', transfer=True)
+    assert 'transfer' in attacks and 'autoattack_rand' in attacks and masking
+    assert subsets == {'autoattack_rand': 1000}
+    order = [s for s in STAGE_ORDER if s in attacks or s == 'masking_checks']
+    assert order.index('pgd100') > order.index('cw') > order.index('pgd20') > order.index('fgsm')
+    assert order[-2:] == ['autoattack_rand', 'autoattack']
+
+
+def test_evaluate_checks_pixel_values():
+    x, y = _data(4)
+    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+        evaluate(tiny_fsr_net(), x * 255, y, attacks=('clean',), masking_checks=False, progress=False)
+
+
+def test_resume_keeps_finished_stages_and_a_deadline_lists_the_rest():
+    model, (x, y) = tiny_fsr_net(), _data(4)
+    first = evaluate(model, x, y, attacks=('clean', 'fgsm'), batch_size=4, masking_checks=False, progress=False)
+    assert first['complete'] and not first['not_run'] and set(first['per_example']) == {'clean', 'fgsm'}
+    previous = json.loads(json.dumps(first))  # what a report on disk holds
+    updates = []
+    ev = evaluate(model, x, y, attacks=('clean', 'fgsm', 'pgd20', 'pgd100'), batch_size=4, masking_checks=True,
+                  masking_n=2, progress=False, previous=previous, deadline_minutes=1e-9, on_update=updates.append)
+    assert ev['resumed'] == ['clean', 'fgsm'] and not ev['complete']
+    assert ev['results']['clean'] == first['results']['clean'] and set(ev['results']) == {'clean', 'fgsm'}
+    assert set(ev['not_run']) == {'pgd20', 'pgd100', 'masking_checks', 'ensemble'}
+    assert all(ev['not_run'][s].startswith('deadline:') for s in ('pgd20', 'pgd100', 'masking_checks'))
+    # never an Ensemble over fewer attacks than were asked for
+    assert ev['not_run']['ensemble'] == 'needs pgd20, pgd100 on all 4 images'
+    assert updates and updates[-1]['not_run'] == ev['not_run']
+    # without a deadline the same call finishes what is missing and recomputes the ensemble over all of it
+    ev = evaluate(model, x, y, attacks=('clean', 'fgsm', 'pgd20', 'pgd100'), batch_size=4, masking_n=2,
+                  progress=False, previous=previous)
+    assert ev['complete'] and ev['results']['ensemble']['attacks'] == ['clean', 'fgsm', 'pgd20', 'pgd100']
+    assert ev['masking_checks']['n'] == 2 and ev['results']['pgd20']['subset'] == 'all 4'
+
+
+def test_strict_float32_turns_tf32_off_and_restores_it():
+    b = torch.backends
+    new_api = hasattr(b.cuda.matmul, 'fp32_precision')
+    if new_api:
+        saved = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision)
+        b.cuda.matmul.fp32_precision = b.cudnn.conv.fp32_precision = 'tf32'
+    try:
+        with strict_float32() as info:
+            assert info['tf32'] is False and info['dtype'] == 'float32'
+            if new_api:
+                assert b.cuda.matmul.fp32_precision == 'ieee' and b.cudnn.conv.fp32_precision == 'ieee'
+        if new_api:
+            assert b.cuda.matmul.fp32_precision == 'tf32' and b.cudnn.conv.fp32_precision == 'tf32'
+    finally:
+        if new_api:
+            b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision = saved
+    ev = evaluate(tiny_fsr_net(), *_data(2), attacks=('clean',), masking_checks=False, progress=False)
+    report = build_report({'architecture': 'tiny'}, {'n': 2}, ev, 8 / 255, 2, 'cpu', 'cmd')
+    assert report['hardware']['tf32'] is False and report['hardware']['dtype'] == 'float32'
+
+
+def test_autoattack_stopped_and_resumed_equals_one_run():
+    # a linear model with input-dependent predictions: at eps 0.5/255 APGD-CE breaks some points, APGD-T more
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    x = _data(12, seed=3)[0]
+    y = model(x).argmax(1).detach()
+    eps = 0.5 / 255
+    small = {'apgd': {'n_iter': 5}, 'apgd_targeted': {'n_iter': 5, 'n_target_classes': 2},
+             'fab': {'n_iter': 5, 'n_target_classes': 2}, 'square': {'n_queries': 20}}
+    whole = run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small)
+    assert whole.complete and whole.state.done == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+    assert 0 < whole.state.robust_after['square'] < whole.state.robust_after['apgd-ce'] < 12
+    calls, saved = [], []
+
+    def stop_after_four_batches(estimate):
+        calls.append(estimate)
+        return len(calls) > 4
+
+    part = run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small,
+                                    should_stop=stop_after_four_batches, on_batch=lambda st: saved.append(st.to_dict()))
+    assert not part.complete and part.state.done == ['apgd-ce'] and part.state.current == 'apgd-t'
+    assert calls[0] == 0.0 and calls[-1] > 0  # the later batches are estimated from the measured ones
+    state = json.loads(json.dumps(saved[-1]))  # what a report on disk holds
+    rest = run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small, state=state)
+    assert rest.complete and torch.equal(rest.robust, whole.robust)
+    assert rest.state.robust_after == whole.state.robust_after
+    assert unpack_flags(pack_flags(whole.robust), 12).equal(whole.robust)
+    with pytest.raises(ValueError, match='another run'):
+        run_autoattack_resumable(model, x, y, eps, batch_size=3, overrides=small, state=state)
+
+
+def test_killed_verify_run_leaves_a_valid_partial_report(tmp_path, cifar_root):
+    # a real verify process, killed (SIGKILL: no handler runs) while PGD-100 is under way
+    model = timm.create_model('cifar_resnet18', num_classes=10)
+    weights = tmp_path / 'r18.safetensors'
+    save_weights(model, weights)
+    out = tmp_path / 'partial.json'
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / 'tools' / 'verify.py'), '--model', 'cifar_resnet18', '--weights', str(weights),
+         '--data', str(cifar_root), '--n', '2', '--batch-size', '1', '--attacks', 'clean,fgsm,pgd100',
+         '--no-masking-checks', '--out', str(out), '--device', 'cpu', '--no-progress'], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120 and proc.poll() is None:
+            if out.is_file() and 'fgsm' in json.loads(out.read_text())['results']:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    report = json.loads(out.read_text())
+    assert report['schema'] == SCHEMA and report['complete'] is False
+    assert set(report['results']) == {'clean', 'fgsm'}
+    assert report['not_run'] == {'pgd100': PENDING, 'ensemble': 'needs pgd100 on all 2 images'}
+    assert report['hardware']['tf32'] is False and report['preset'] == 'custom'

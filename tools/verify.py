@@ -2,37 +2,41 @@
 """Robustness verification of an fsr_hub model: the paper's white-box suite, AutoAttack (standard and rand),
 a transfer attack and gradient-masking checks, written as an ``fsr-hub/verify/v1`` JSON report.
 
-    python tools/verify.py --model fsr_resnet18 --weights runs/at/final.safetensors --data /tmp/data \\
-        --n 1000 --batch-size 500 --out results.json --device cuda
+    python tools/verify.py --model fsr_resnet18 --weights best.safetensors --data /tmp/data --out results.json
+    python tools/verify.py ... --preset quick --deadline-minutes 3          # fits a lease; partial if time runs out
+    python tools/verify.py ... --preset full --resume results.json --out results.json   # continue a partial run
     python tools/verify.py --model fsr_resnet18 --pretrained --tag at_cifar10 --data /tmp/data --attacks clean,pgd20
-    python tools/verify.py ... --attacks all --transfer-from cifar_resnet18:runs/vanilla/final.safetensors
+    python tools/verify.py ... --transfer-from cifar_resnet18:runs/vanilla/final.safetensors
+
+Presets (stages run cheapest first): quick = clean, FGSM, PGD-20, C&W, PGD-100 and Ensemble on all images, then
+AutoAttack standard on the first 1,000; full = those on all images, the masking checks (first 1,000), AutoAttack
+rand (first 1,000), AutoAttack standard on all images, and the transfer attack when --transfer-from is given.
+With --out the report is rewritten (atomically) after every stage, so a run stopped by the deadline, a signal or
+a crash leaves a valid partial report whose "not_run" says what did not run and why; AutoAttack's progress is
+saved in it batch by batch and --resume continues from there. Attacks run in strict float32 (TF32 off).
 """
 import argparse
 import json
+import os
 import shlex
+import signal
 import sys
-from fractions import Fraction
+import threading
+import time
 from pathlib import Path
+from typing import Any, Dict, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-
-import fsr_hub  # noqa: E402,F401  (registers the models)
-from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset  # noqa: E402
-from fsr_hub.models import ALL_MODELS  # noqa: E402
-from fsr_hub.evaluate import (  # noqa: E402
-    ATTACKS, DEFAULT_ATTACKS, build_report, evaluate, model_info, parse_attacks, training_section,
+from fsr_hub.cli import number
+from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
+from fsr_hub.evaluate import (
+    ATTACKS, PRESETS, build_report, evaluate, model_info, parse_attacks, preset, training_section,
 )
-from fsr_hub.weights import WeightsError, load_weights, resolve_pretrained_file, sha256_file  # noqa: E402
-
-
-def _number(text: str) -> float:
-    try:
-        return float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
+from fsr_hub.models import create
+from fsr_hub.releases import release_name
+from fsr_hub.schemas import VERIFY_SCHEMA
+from fsr_hub.weights import WeightsError, load_weights, resolve_pretrained_file, sha256_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,50 +50,99 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', required=True, help='dataset root (CIFAR-10: DIR/cifar-10-batches-py)')
     p.add_argument('--n', type=int, default=None, help='evaluate the first N test images (default: all)')
     p.add_argument('--batch-size', type=int, default=500)
-    p.add_argument('--attacks', default=','.join(DEFAULT_ATTACKS),
-                   help=f'comma list from {",".join(ATTACKS)} or "all" (default: every attack but transfer)')
-    p.add_argument('--eps', type=_number, default=8 / 255, help='L-inf radius (default 8/255)')
+    p.add_argument('--preset', choices=sorted(PRESETS), default=None,
+                   help='quick: the white-box suite on all images, then AutoAttack on the first 1,000; '
+                        'full (the default): everything, masking checks included')
+    p.add_argument('--attacks', default=None,
+                   help=f'instead of a preset: comma list from {",".join(ATTACKS)} or "all" (all images each)')
+    p.add_argument('--deadline-minutes', type=number, default=None,
+                   help='wall-clock limit: stages that do not fit are skipped and listed under not_run')
+    p.add_argument('--resume', default=None, metavar='REPORT',
+                   help='continue this partial report of the same weights and data (it may be --out itself)')
+    p.add_argument('--eps', type=number, default=8 / 255, help='L-inf radius (default 8/255)')
     p.add_argument('--transfer-from', default=None, metavar='MODEL:WEIGHTS',
                    help='source model of the transfer attack (adds "transfer" to the attacks)')
     p.add_argument('--no-masking-checks', action='store_true', help='skip the gradient-masking checks')
     p.add_argument('--masking-n', type=int, default=1000, help='images used by the eps / unbounded sweeps')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--out', default=None, help='write the JSON report here (default: stdout)')
+    p.add_argument('--out', default=None, help='write the JSON report here, after every stage (default: stdout '
+                                               'at the end)')
     p.add_argument('--train-summary', default=None,
                    help="the trainer's train_summary.json of these weights: recipe, command and timing go into the report")
     p.add_argument('--no-progress', action='store_true')
     return p
 
 
-def _create(name: str, num_classes: int, **kwargs) -> torch.nn.Module:
-    if not timm.models.is_model(name):
-        raise ValueError(f'Unknown model {name!r}; fsr_hub models: {", ".join(ALL_MODELS)}.')
-    return timm.create_model(name, num_classes=num_classes, **kwargs)
+def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'w') as f:
+        f.write(json.dumps(data, indent=2, allow_nan=False) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
-def run(args: argparse.Namespace, command: str) -> dict:
-    attacks = list(parse_attacks(args.attacks))
-    if args.batch_size <= 0 or (args.n is not None and args.n <= 0):
-        raise ValueError('--batch-size and --n must be positive.')
+def _read_previous(path: str, sha256: str, data: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        return None  # nothing to continue yet: a first run may name its own --out
+    try:
+        prev = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f'--resume {path}: not a readable JSON report ({e}).') from e
+    if not isinstance(prev, dict) or prev.get('schema') != VERIFY_SCHEMA:
+        raise ValueError(f'--resume {path}: not an {VERIFY_SCHEMA} report.')
+    if (prev.get('model') or {}).get('sha256') != sha256:
+        raise ValueError(f'--resume {path}: the report is of other weights (sha256 '
+                         f'{(prev.get("model") or {}).get("sha256")}, these are {sha256}).')
+    old = prev.get('data') or {}
+    same = all(old.get(k) == data[k] for k in ('dataset', 'split', 'n', 'seed')) and prev.get('eps') == eps
+    if not same:
+        raise ValueError(f'--resume {path}: the report used other data or eps ({old}, eps {prev.get("eps")}).')
+    return prev
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
+def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any]:
+    if args.preset and args.attacks:
+        raise ValueError('give --preset or --attacks, not both.')
+    if args.batch_size <= 0 or (args.n is not None and args.n <= 0) or args.masking_n <= 0:
+        raise ValueError('--batch-size, --n and --masking-n must be positive.')
+    if args.deadline_minutes is not None and args.deadline_minutes <= 0:
+        raise ValueError('--deadline-minutes must be positive.')
+    if args.attacks:
+        attacks, subsets, masking = parse_attacks(args.attacks), {}, not args.no_masking_checks
+        preset_name = 'custom'
+    else:
+        preset_name = args.preset or 'full'
+        attacks, subsets, masking = preset(preset_name, transfer=bool(args.transfer_from))
+        masking = masking and not args.no_masking_checks
+    attacks = list(attacks)
     num_classes = DATASETS[args.dataset][0]
     if args.pretrained:
-        name = f'{args.model}.{args.tag}' if args.tag else args.model
-        model = _create(name, num_classes, pretrained=True)
+        name = release_name(args.model, args.tag) if args.tag else args.model
+        model = create(name, num_classes=num_classes, pretrained=True)
         weights = str(resolve_pretrained_file(model.pretrained_cfg))
     else:
-        model = _create(args.model, num_classes)
+        model = create(args.model, num_classes=num_classes)
         load_weights(model, args.weights)
         weights = args.weights
+    sha256 = sha256_file(weights)
     training = None
     if args.train_summary:  # checked before the (long) evaluation
-        training = training_section(json.loads(Path(args.train_summary).read_text()), sha256_file(weights))
+        training = training_section(json.loads(Path(args.train_summary).read_text()), sha256)
     transfer_model, transfer_source = None, None
     if args.transfer_from:
         src_name, sep, src_weights = args.transfer_from.partition(':')
         if not sep or not src_weights:
             raise ValueError(f'--transfer-from must be MODEL:WEIGHTS, got {args.transfer_from!r}.')
-        transfer_model = _create(src_name, num_classes)
+        transfer_model = create(src_name, num_classes=num_classes)
         load_weights(transfer_model, src_weights)
         transfer_source = f'{src_name} ({src_weights}), PGD-20 step eps/10'
         if 'transfer' not in attacks:
@@ -98,36 +151,67 @@ def run(args: argparse.Namespace, command: str) -> dict:
     total = len(labels)
     if args.n is not None:
         images, labels = images[:args.n], labels[:args.n]
-    x = images_to_float(images)
-    evaluation = evaluate(
-        model.eval(), x, labels, attacks=attacks, eps=args.eps, batch_size=args.batch_size, device=args.device,
-        seed=args.seed, num_classes=num_classes, transfer_model=transfer_model, transfer_source=transfer_source,
-        masking_checks=not args.no_masking_checks, masking_n=args.masking_n, progress=not args.no_progress)
     data = {'dataset': args.dataset, 'split': 'test', 'n': len(labels),
             'subset': 'all' if len(labels) == total else 'first n', 'seed': args.seed}
+    previous = _read_previous(args.resume, sha256, data, args.eps) if args.resume else None
     info = model_info(model, args.model, args.tag, weights)
-    report = build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command)
-    if training is not None:
-        report['training'] = training
+    out = Path(args.out) if args.out else None
+
+    def report_of(evaluation: Dict[str, Any]) -> Dict[str, Any]:
+        report = {k: v for k, v in (previous or {}).items() if k in ('cost', 'paper_reference', 'training')}
+        report.update(build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command,
+                                   preset=preset_name, deadline_minutes=args.deadline_minutes))
+        if training is not None:
+            report['training'] = training
+        return report
+
+    def on_update(evaluation: Dict[str, Any]) -> None:
+        if out is not None:
+            write_json_atomic(out, report_of(evaluation))
+
+    deadline = None
+    if args.deadline_minutes is not None:
+        deadline = args.deadline_minutes - (time.monotonic() - t_start) / 60
+        if deadline <= 0:
+            raise ValueError(f'the deadline of {args.deadline_minutes} min passed while loading the model and data.')
+    evaluation = evaluate(
+        model.eval(), images_to_float(images), labels, attacks=attacks, eps=args.eps, batch_size=args.batch_size,
+        device=args.device, seed=args.seed, num_classes=num_classes, transfer_model=transfer_model,
+        transfer_source=transfer_source, masking_checks=masking, masking_n=args.masking_n,
+        progress=not args.no_progress, subsets=subsets, deadline_minutes=deadline, previous=previous,
+        on_update=on_update)
+    report = report_of(evaluation)
+    if out is not None:
+        write_json_atomic(out, report)
     return report
 
 
 def main(argv=None) -> int:
+    t_start = time.monotonic()
     args = build_parser().parse_args(argv)
     command = 'python tools/verify.py ' + ' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    # SIGTERM (a timeout's kill) ends the run like Ctrl-C: the partial report names the interrupted stage
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
     try:
-        report = run(args, command)
+        report = run(args, command, t_start)
     except (DatasetError, WeightsError, ValueError, RuntimeError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    text = json.dumps(report, indent=2)
+    except KeyboardInterrupt:
+        where = f'the partial report is in {args.out}' if args.out else 'no report written (no --out)'
+        print(f'interrupted: {where}', file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + '\n')
         r = report['results']
         print(' '.join(f'{k}={v["accuracy"]:.2f}' for k, v in r.items()), f'-> {args.out}')
+        for name, why in report['not_run'].items():
+            print(f'not run: {name}: {why}')
     else:
-        print(text)
+        print(json.dumps(report, indent=2))
     return 0
 
 

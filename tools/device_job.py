@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""One lent GPU lease = one release (train, verify, release), in two device calls; a later lease verifies fully.
+
+Here (the checkout the device tool sends, on the CPU):
+    python tools/device_job.py prepare [--source ../shared/data/cifar10] [--model fsr_resnet18 --tag at_cifar10]
+        fills the ignored carry folders .data/a and .data/b (data, md5 list, job settings, wheels), checks each
+        call's tree + carry < 60 MiB, and prints the two device calls (command, carry, timeout_s) as JSON
+    python tools/device_job.py prepare-verify model_cards/fsr_resnet18.at_cifar10
+        the one call of a full verification (weights + test set), continued from the release's results.json
+    python tools/device_job.py join FILES_DIR --out model_cards/fsr_resnet18.at_cifar10
+        reassembles the staged weight parts, checks the sha256, validates the release folder
+    python tools/device_job.py rehearse
+        prepare, a and b end to end on the CPU against a synthetic CIFAR-10 source, with a fake $OUT
+
+On the device (the commands prepare prints; $OUT is set by the tool):
+    python tools/device_job.py a          # wheels, first half of the data, pytest -m cuda, benchmark (< 2 min)
+    python tools/device_job.py b          # rest of the data, md5, budgeted training, quick verify, release
+    python tools/device_job.py verify     # the full suite under a deadline, results.json staged as it grows
+
+Released weights in model_cards/ travel with the tree: move them out of the checkout during the calls.
+The minute-by-minute plan of a lease is in model_cards/README.md (and printed by prepare).
+"""
+import time
+
+STARTED = time.time()  # before the imports below: the call's budget counts from here
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from fsr_hub.device_job import (  # noqa: E402
+    CALL_LIMIT_MIB, JobError, JobSettings, job_a, job_b, job_verify, join, prepare, prepare_verify, rehearse,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = ROOT.parent / 'shared' / 'data' / 'cifar10'
+
+
+def _split_args(text: str) -> list:
+    return shlex.split(text or '')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--root', default=str(ROOT), help='the checkout (default: the one holding this script)')
+    sub = p.add_subparsers(dest='cmd', required=True, metavar='{prepare,prepare-verify,a,b,verify,join,rehearse}')
+    pr = sub.add_parser('prepare', help='fill the carry folders and print the two device calls')
+    pr.add_argument('--source', default=str(DEFAULT_SOURCE), help='CIFAR-10 mosaic folder (default ../shared/...)')
+    pr.add_argument('--md5', default=None, help='JSON file of md5 sums of the unpacked batches (default: the '
+                                                'canonical CIFAR-10 sums; a synthetic source brings its own)')
+    pr.add_argument('--model', default='fsr_resnet18')
+    pr.add_argument('--tag', default='at_cifar10')
+    pr.add_argument('--train-args', default='', help='extra tools/train.py arguments, one string')
+    pr.add_argument('--verify-args', default='', help='extra tools/verify.py arguments, one string')
+    pr.add_argument('--limit-mib', type=float, default=CALL_LIMIT_MIB)
+    pv = sub.add_parser('prepare-verify', help='fill .data/v and print the device call of a full verification')
+    pv.add_argument('release', help='release folder model_cards/<arch>.<tag>')
+    pv.add_argument('--source', default=str(DEFAULT_SOURCE))
+    pv.add_argument('--md5', default=None)
+    pv.add_argument('--deadline-minutes', type=float, default=8.5)
+    pv.add_argument('--limit-mib', type=float, default=CALL_LIMIT_MIB)
+    pa = sub.add_parser('a', help='first device call')
+    pa.add_argument('--benchmark-seconds', type=float, default=None)
+    sub.add_parser('b', help='second device call, right after a')
+    vv = sub.add_parser('verify', help='device call of a full verification')
+    vv.add_argument('--deadline-minutes', type=float, default=None)
+    pj = sub.add_parser('join', help='reassemble staged weight parts and check the sha256')
+    pj.add_argument('src', help='folder of the staged files (e.g. the device files_at folder)')
+    pj.add_argument('--out', default=None, help='folder to write (default: SRC itself)')
+    ph = sub.add_parser('rehearse', help='prepare, a and b on the CPU with synthetic data and a fake $OUT')
+    ph.add_argument('--work', default=None, help='scratch folder (default: a temporary one)')
+    ph.add_argument('--budget-minutes', type=float, default=1.0, help='what call b gets (as its command limit)')
+    ph.add_argument('--verify-minutes', type=float, default=0.5, help='what the verify call gets (0: no verify call)')
+    ph.add_argument('--json', default=None, help='also write the rehearsal record here')
+    return p
+
+
+def _md5(path):
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise JobError(f'--md5 {path}: not a readable JSON object ({e}).') from e
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    root = Path(args.root)
+    try:
+        if args.cmd == 'prepare':
+            settings = JobSettings(model=args.model, tag=args.tag, train_args=_split_args(args.train_args),
+                                   verify_args=_split_args(args.verify_args))
+            if args.md5:
+                settings.md5 = _md5(args.md5)
+            result = prepare(root, args.source, settings, args.limit_mib)
+        elif args.cmd == 'prepare-verify':
+            result = prepare_verify(root, args.source, args.release, args.deadline_minutes, _md5(args.md5),
+                                    args.limit_mib)
+        elif args.cmd == 'a':
+            result = job_a(root, args.benchmark_seconds, started=STARTED)
+        elif args.cmd == 'b':
+            result = job_b(root, started=STARTED)
+        elif args.cmd == 'verify':
+            result = job_verify(root, args.deadline_minutes, started=STARTED)
+        elif args.cmd == 'join':
+            result = join(args.src, args.out)
+        else:
+            with tempfile.TemporaryDirectory(prefix='fsr-rehearse-') as tmp:
+                result = rehearse(root, Path(args.work or tmp), args.budget_minutes, args.verify_minutes)
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=2) + '\n')
+            return 0
+    except (JobError, OSError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
