@@ -9,8 +9,9 @@ neither released nor planned is an error.
     python -m fsr_hub [--model fsr_resnet18.at_cifar10] [--weights FILE | --release FOLDER]
                       [--attack pgd20|fgsm|clean] [--n 50] [--batch-size 50] [--device cpu]
 """
-# Only the standard library at module level: torch, timm and the evaluation stack load once the arguments are
-# parsed (``--help`` and argument errors do not wait for them).
+# Only the standard library at module level: the evaluation stack (attacks, evaluation, release, sample, fvcore)
+# loads once the arguments are parsed. torch and timm are loaded before this module by ``import fsr_hub`` itself,
+# which registers the models with timm and which ``python -m fsr_hub`` always runs first.
 import argparse
 import sys
 import time

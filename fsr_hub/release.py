@@ -1,22 +1,17 @@
 """Hub release folders: timm-format config.json, the model card, validation and upload.
 
-A release folder ``model_cards/<arch>.<tag>/`` is exactly what is uploaded to the hub repo named by its
-config.json (``hub_id``, ``<org>/<arch>.<tag>``):
+A release folder ``model_cards/<arch>.<tag>/`` is exactly what is uploaded to the hub repo its config.json names:
 
 * ``model.safetensors``: the weights that were verified (fp16 is fine; the card states the stored dtype),
 * ``config.json``: timm's hub format (``architecture``, ``num_classes``, ``num_features``, ``global_pool``,
-  ``label_names``, ``model_args`` with our FSR arguments, ``pretrained_cfg`` with the file's ``sha256``) plus
-  ``hub_id``, the repo the card is written for, so ``timm.create_model('hf-hub:<hub_id>', pretrained=True)``
-  works after ``import fsr_hub``,
-* ``results.json``: the verify report (:data:`fsr_hub.schemas.VERIFY_SCHEMA`) plus ``cost`` (counted on the
-  released model) and ``paper_reference`` (:mod:`fsr_hub.paper`), added at card time, and optionally the
-  ``analysis`` section of ``tools/analyze.py`` (see :data:`PLOTS`),
-* ``README.md``: the card, huggingface_hub's :class:`~huggingface_hub.ModelCard` rendered from the Jinja template
-  :data:`TEMPLATE_PATH` with results.json and config.json,
-* optional plots (:data:`PLOTS`), each embedded only when its PNG is in the folder and its numbers are in
-  results.json ``analysis``; the FSR analyses only for FSR models.
+  ``label_names``, ``model_args``, ``pretrained_cfg`` with ``tag`` and ``sha256``) plus ``hub_id``
+  (``<org>/<arch>.<tag>``, the repo the card is written for); ``timm.create_model('hf-hub:<hub_id>')`` reads it,
+* ``results.json``: the verify report (:data:`fsr_hub.schemas.VERIFY_SCHEMA`) plus ``cost`` and
+  ``paper_reference`` (added at card time) and optionally the ``analysis`` of ``tools/analyze.py``,
+* ``README.md``: huggingface_hub's :class:`~huggingface_hub.ModelCard` rendered from the Jinja template
+  :data:`TEMPLATE_PATH` with results.json, config.json and the plots present (:data:`PLOTS`).
 
-The card is a function of these files and validation re-renders it and compares bytes, so every number the card
+The card is a function of these files; validation re-renders it and compares bytes, so every number the card
 shows comes from results.json. The verify report must describe the released file itself: its ``model.sha256``
 must equal the sha256 of ``model.safetensors`` (cast to fp16 *before* verifying if you release fp16 weights).
 """
@@ -50,12 +45,11 @@ TEMPLATE_PATH = Path(__file__).parent / 'templates' / 'model_card.md'
 #: plots: ``{'eps_255': [...], 'accuracy': [...]}`` (a curve) or ``{'accuracy': {row: {column: value}}}`` (a
 #: table); its other scalar fields are listed under the plot. An entry recording another ``sha256`` is refused.
 PLOTS: Dict[str, Tuple[str, bool, str]] = {
-    'eps_curve': ('eps_curve.png', False, 'PGD-20 accuracy vs eps'),
+    'eps_curve': ('eps_curve.png', False, 'Robust accuracy vs eps'),
     'feature_swap': ('feature_swap.png', True, 'Feature swap (paper Table 5a)'),
     'knn': ('knn.png', True, 'Weighted k-NN on the separated features (paper Table 5b)'),
     'gradcam': ('gradcam.png', True, 'Grad-CAM attention maps (paper Fig. 1)'),
 }
-# Extra attacks of the verify schema shown after the paper's suite when present.
 _EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer'}
 # pretrained_cfg keys that describe where weights come from; timm fills them in when it loads from the hub.
 _SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
@@ -93,14 +87,11 @@ def _read_json(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write(path: Path, data: Union[str, Mapping[str, Any]]) -> None:
+    """Write text, or a JSON object, atomically (never a half-written file)."""
     tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)  # never a half-written file
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    _write_text(path, json.dumps(data, indent=2) + '\n')
+    tmp.write_text(data if isinstance(data, str) else json.dumps(data, indent=2) + '\n')
+    os.replace(tmp, path)
 
 
 def _check_arch(architecture: Any, where: str) -> str:
@@ -109,11 +100,20 @@ def _check_arch(architecture: Any, where: str) -> str:
     return architecture
 
 
-def _create(architecture: str, model_args: Mapping[str, Any], where: str) -> nn.Module:
+def _create(architecture: str, model_args: Mapping[str, Any], where: str, weights: Optional[Path] = None,
+            sha256: Optional[str] = None) -> nn.Module:
+    """Build ``architecture``; with ``weights``, load them strictly (checking ``sha256``) and set eval mode."""
     try:
-        return create(architecture, **model_args)
+        model = create(architecture, **model_args)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ReleaseError(f'{where}: cannot build {architecture} with model_args {dict(model_args)} ({e}).') from e
+    if weights is not None:
+        try:
+            load_weights(model, weights, sha256)
+        except WeightsError as e:
+            raise ReleaseError(str(e)) from e
+        model.eval()
+    return model
 
 
 def build_config(model: nn.Module, architecture: str, tag: str, sha256: str,
@@ -127,12 +127,9 @@ def build_config(model: nn.Module, architecture: str, tag: str, sha256: str,
         cfg.pop('label_names')
     args = {k: v for k, v in (model_args or {}).items() if k not in ('pretrained', 'num_classes')}
     args['fsr_positions'] = list(getattr(model, 'fsr_positions', ()))
-    config: Dict[str, Any] = {
-        'architecture': architecture,
-        'num_classes': model.num_classes,
-        'num_features': model.num_features,
-        'global_pool': getattr(getattr(model, 'global_pool', None), 'pool_type', 'avg') or 'avg',
-    }
+    config: Dict[str, Any] = dict(
+        architecture=architecture, num_classes=model.num_classes, num_features=model.num_features,
+        global_pool=getattr(getattr(model, 'global_pool', None), 'pool_type', 'avg') or 'avg')
     if cfg.get('label_names') is not None:
         config['label_names'] = list(cfg['label_names'])
     config['model_args'] = args
@@ -167,17 +164,13 @@ def prepare_results(results: Mapping[str, Any], model: nn.Module, architecture: 
     out = json.loads(json.dumps(results))
     if 'cost' not in out:
         c = count_cost(model)
-        out['cost'] = {
-            'params': c['params'],
-            'params_millions': round(c['params'] / 1e6, 2),
-            'gflops_fvcore': round(c['gflops_fvcore'], 4),
-            'gflops_paper_convention': round(2 * c['gflops_fvcore'], 4),
-            'counter': 'fvcore FlopCountAnalysis, one 1x3x32x32 image, eval mode; paper convention = 2 x fvcore '
-                       '(a multiply-add counted as two FLOPs, as in the paper\'s Table 7)',
-        }
+        out['cost'] = dict(
+            params=c['params'], params_millions=round(c['params'] / 1e6, 2), gflops_fvcore=round(c['gflops_fvcore'], 4),
+            gflops_paper_convention=round(2 * c['gflops_fvcore'], 4),
+            counter='fvcore FlopCountAnalysis, one 1x3x32x32 image, eval mode; paper convention = 2 x fvcore '
+                    '(a multiply-add counted as two FLOPs, as in the paper\'s Table 7)')
     ref = paper.paper_reference(architecture, tag)
-    out['paper_reference'] = ref.to_dict() if ref is not None else None
-    return out
+    return {**out, 'paper_reference': ref.to_dict() if ref is not None else None}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -249,24 +242,22 @@ def _plot_table(entry: Mapping[str, Any]) -> Tuple[List[str], List[List[str]]]:
         return (['eps'] + [f'{e}/255' for e in entry['eps_255']], [['accuracy (%)'] + [_fmt(a) for a in acc]])
     if isinstance(acc, dict) and all(isinstance(r, dict) for r in acc.values()):
         columns = list(dict.fromkeys(c for r in acc.values() for c in r))
-        return ([''] + [str(c) for c in columns], [[str(k)] + [_fmt(r.get(c)) for c in columns] for k, r in acc.items()])
+        return [''] + [str(c) for c in columns], [[str(k)] + [_fmt(r.get(c)) for c in columns] for k, r in acc.items()]
     return [], []
 
 
 def _plots(results: Mapping[str, Any], config: Mapping[str, Any], folder: Optional[Path]) -> List[Dict[str, Any]]:
     """The plots the card shows: PNG in the folder, its numbers in results.json, FSR plots for FSR models only."""
-    analysis = results.get('analysis') or {}
     has_fsr = bool(config.get('model_args', {}).get('fsr_positions'))
     out = []
     for key, (file, fsr_only, title) in PLOTS.items():
-        entry = analysis.get(key)
+        entry = (results.get('analysis') or {}).get(key)
         if folder is None or not (folder / file).is_file() or not isinstance(entry, dict) or (fsr_only and not has_fsr):
             continue
-        header, rows = _plot_table(entry)
-        details = [(k, v) for k, v in entry.items() if k not in ('accuracy', 'eps_255')
-                   and (isinstance(v, (str, int, float)) or (isinstance(v, list) and all(
-                       isinstance(x, (str, int, float)) for x in v)))]
-        out.append(dict(file=file, title=title, header=header, rows=rows, details=details))
+        details = [(k, ', '.join(map(str, v)) if isinstance(v, list) else v) for k, v in entry.items()
+                   if k not in ('accuracy', 'eps_255', 'sha256') and all(
+                       isinstance(x, (str, int, float)) for x in (v if isinstance(v, list) else [v]))]
+        out.append(dict(file=file, title=title, details=details, **dict(zip(('header', 'rows'), _plot_table(entry)))))
     return out
 
 
@@ -333,18 +324,14 @@ def assemble_release(out_dir: PathLike, weights: PathLike, results: Mapping[str,
         raise ReleaseError(f'{weights}: sha256 {sha} differs from results model.sha256 {results["model"]["sha256"]}: '
                            f'the report does not describe this file.')
     model_args = dict(model_args or {})
-    model = _create(arch, model_args, str(weights))
-    try:
-        load_weights(model, weights, sha)
-    except WeightsError as e:
-        raise ReleaseError(str(e)) from e
+    model = _create(arch, model_args, str(weights), weights, sha)
     folder = Path(out_dir) / release_name(arch, tag)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ReleaseError(f'{folder} exists and is not empty (use overwrite).')
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, folder / WEIGHTS_NAME)
-    _write_json(folder / CONFIG_NAME, build_config(model, arch, tag, sha, model_args, org))
-    _write_json(folder / RESULTS_NAME, prepare_results(results, model, arch, tag))
+    _write(folder / CONFIG_NAME, build_config(model, arch, tag, sha, model_args, org))
+    _write(folder / RESULTS_NAME, prepare_results(results, model, arch, tag))
     write_card(folder)
     return validate_release(folder, pin=sha)
 
@@ -362,13 +349,13 @@ def write_card(folder: PathLike, org: Optional[str] = None) -> Path:
     tag = (config.get('pretrained_cfg') or {}).get('tag')
     if org is not None or 'hub_id' not in config:
         config['hub_id'] = make_hub_id(release_name(arch, tag), org)
-        _write_json(folder / CONFIG_NAME, config)
+        _write(folder / CONFIG_NAME, config)
     if 'cost' not in results or 'paper_reference' not in results:
         model = _create(arch, config.get('model_args') or {}, str(folder / CONFIG_NAME))
         results = prepare_results(results, model, arch, tag)
-        _write_json(folder / RESULTS_NAME, results)
+        _write(folder / RESULTS_NAME, results)
     path = folder / CARD_NAME
-    _write_text(path, render_card(results, config, folder))
+    _write(path, render_card(results, config, folder))
     return path
 
 
@@ -407,7 +394,8 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
         raise ReleaseError(f'{results_path}: model.architecture {results["model"]["architecture"]!r} differs '
                            f'from config.json architecture {arch!r}.')
     if results['model'].get('tag') not in (None, tag):
-        raise ReleaseError(f'{results_path}: model.tag {results["model"]["tag"]!r} differs from config.json tag {tag!r}.')
+        raise ReleaseError(f'{results_path}: model.tag {results["model"]["tag"]!r} differs from config.json tag '
+                           f'{tag!r}.')
     sha = sha256_file(weights)
     pin = pin if pin is not None else RELEASED.get(own)
     for what, expected in (('config.json pretrained_cfg.sha256', pcfg['sha256']),
@@ -417,17 +405,10 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
     model_args = config.get('model_args') or {}
     if not isinstance(model_args, dict):
         raise ReleaseError(f'{config_path}: model_args must be a JSON object.')
-    model = None
-    if load_model:
-        model = _create(arch, model_args, str(config_path))
-        if config.get('num_classes') != model.num_classes:
-            raise ReleaseError(
-                f'{config_path}: num_classes {config.get("num_classes")} but the model has {model.num_classes}.')
-        try:
-            load_weights(model, weights, sha)
-        except WeightsError as e:
-            raise ReleaseError(str(e)) from e
-        model.eval()
+    model = _create(arch, model_args, str(config_path), weights, sha) if load_model else None
+    if model is not None and config.get('num_classes') != model.num_classes:
+        raise ReleaseError(f'{config_path}: num_classes {config.get("num_classes")} but the model has '
+                           f'{model.num_classes}.')
     if check_card and (folder / CARD_NAME).read_text() != render_card(results, config, folder):
         raise ReleaseError(f'{folder / CARD_NAME} differs from the card rendered from results.json and config.json; '
                            f're-render it with: python tools/make_card.py --folder {folder}')

@@ -107,7 +107,7 @@ def test_vanilla_twin_from_pyautoattacks_naturally_trained_resnet18(tmp_path):
 
 
 def test_unknown_keys_are_reported():
-    with pytest.raises(ConversionError, match=r"1 keys are not in the original fsr_resnet18 layout, e.g. \['foo.bar'\]"):
+    with pytest.raises(ConversionError, match=r"1 keys are not in the original fsr_resnet18 layout, e\.g\. \['foo"):
         convert_official_state_dict({'foo.bar': torch.zeros(1)}, 'fsr_resnet18')
     with pytest.raises(ConversionError, match='No conversion rules'):
         convert_official_state_dict({}, 'resnet50')

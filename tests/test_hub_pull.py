@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from release_builders import NAME, REPO_ID, REPO_ROOT, build_release, fill_hf_cache, json_result, serve_folders, start_python
+from release_builders import (
+    NAME, REPO_ID, REPO_ROOT, build_release, fill_hf_cache, json_result, serve_folders, start_python,
+)
 
 # Runs in the fresh interpreter: argv[1] is a JSON list of cases {id, how, cache_dir, hub}; prints one JSON object.
 PULL = r'''
@@ -86,7 +88,8 @@ def pulls(tmp_path_factory, full_release):
     (served_missing / 'model.safetensors').unlink()
     repos = {REPO_ID: full_release.folder, f'tampered/{NAME}': served_tampered, f'missing/{NAME}': served_missing}
     online_cases = [dict(id=how, how=how) for how in ('timm', 'hf-hub', 'torch.hub')] + [
-        dict(id='tampered', how='hf-hub', hub=f'tampered/{NAME}'), dict(id='missing', how='timm', hub=f'missing/{NAME}')]
+        dict(id='tampered', how='hf-hub', hub=f'tampered/{NAME}'),
+        dict(id='missing', how='timm', hub=f'missing/{NAME}')]
     with serve_folders(repos) as (endpoint, requests):
         offline = _start(tmp, full_release, offline_cases, env={'HF_HUB_CACHE': str(tmp / 'full')})
         online = _start(tmp, full_release, online_cases,

@@ -160,10 +160,11 @@ def test_card_embeds_plots_with_their_numbers(rel):
     info = validate_release(rel.folder)
     body = _body(rel.folder)
     for key, (file, _, title) in PLOTS.items():
-        assert f'![{title}]({file})' in body, key
-    assert '| eps | 0/255 | 4/255 | 8/255 | 16/255 |' in body and '| accuracy (%) | 81.50 | 62.25 | 50.00 | 12.75 |' in body
+        assert f'### {title}\n\n![{title}]({file})' in body, key
+    assert '| eps | 0/255 | 4/255 | 8/255 | 16/255 |' in body
+    assert '| accuracy (%) | 81.50 | 62.25 | 50.00 | 12.75 |' in body
     assert '|  | clean | pgd20 |' in body and '| f+ | 80.50 | 49.25 |' in body and '| f- | 20.50 | 3.75 |' in body
-    assert '| f+ | 45.50 | 46.25 |' in body and '- gamma: 0.07' in body and '- images: [0, 1, 2, 3]' in body
+    assert '| f+ | 45.50 | 46.25 |' in body and '- gamma: 0.07' in body and '- images: 0, 1, 2, 3' in body
     assert [p['path'] for p in release.upload_plan(info.folder)] == sorted(
         list(release.REQUIRED_FILES) + [f for f, _, _ in PLOTS.values()])
 
@@ -177,14 +178,14 @@ def test_plot_needs_both_png_and_numbers(rel):
     with pytest.raises(ReleaseError, match='differs from the card rendered'):
         validate_release(rel.folder)
     write_card(rel.folder)
-    assert '![PGD-20 accuracy vs eps](eps_curve.png)' in _body(rel.folder)
+    assert '![Robust accuracy vs eps](eps_curve.png)' in _body(rel.folder)
 
 
 def test_vanilla_card_shows_no_fsr_plots(tmp_path):
     info = build_release(tmp_path, architecture='cifar_resnet18', model_args={'layers': [1, 1, 1, 1]})
     _add_plots(info.folder, list(PLOTS), info.sha256)
     body = _body(info.folder)
-    assert 'without FSR (vanilla twin)' in body and '![PGD-20 accuracy vs eps](eps_curve.png)' in body
+    assert 'without FSR (vanilla twin)' in body and '![Robust accuracy vs eps](eps_curve.png)' in body
     assert not any(f in body for f, fsr_only, _ in PLOTS.values() if fsr_only)
     assert '| f+ |' not in body and 'gamma' not in body
 
