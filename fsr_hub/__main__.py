@@ -52,8 +52,9 @@ def _resolve(name: str, released: Mapping[str, str], need_status: bool) -> Tuple
     arch, tag = split_name(name)
     if arch not in ALL_MODELS:
         raise _Fail(f'--model {name}: unknown architecture {arch!r}; choose from {", ".join(ALL_MODELS)}.')
-    tags = {status: [t for n in names for a, t in [split_name(n)] if a == arch]
-            for status, names in (('released', list(released)), ('planned', [n for n in PLANNED if n not in released]))}
+    def tags_of(names):
+        return [split_name(n)[1] for n in names if split_name(n)[0] == arch]
+    tags = {'released': tags_of(released), 'planned': tags_of(n for n in PLANNED if n not in released)}
     tag = tag or next(iter(tags['released'] + tags['planned']), None)
     if not need_status:
         return arch, tag, 'local'

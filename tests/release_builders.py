@@ -167,13 +167,17 @@ def serve_folders(repos: Mapping[str, Path]) -> Iterator[tuple]:
         server.server_close()
 
 
-def fill_hf_cache(cache: Path, repo_id: str, folder: Path, files: Sequence[str] = REQUIRED_FILES) -> Dict[str, Path]:
+def fill_hf_cache(cache: Path, repo_id: str, folder: Path, files: Sequence[str] = REQUIRED_FILES,
+                  log: Optional[list] = None) -> Dict[str, Path]:
     """Download ``files`` of ``folder`` (served as ``repo_id``) into the huggingface_hub cache ``cache`` with
-    ``hf_hub_download`` itself; returns the cached path of each file."""
+    ``hf_hub_download`` itself; returns the cached path of each file (``log`` collects the HTTP requests)."""
     from huggingface_hub import hf_hub_download
 
-    with serve_folders({repo_id: folder}) as (endpoint, _):
-        return {f: Path(hf_hub_download(repo_id, f, cache_dir=cache, endpoint=endpoint)) for f in files}
+    with serve_folders({repo_id: folder}) as (endpoint, requests):
+        paths = {f: Path(hf_hub_download(repo_id, f, cache_dir=cache, endpoint=endpoint)) for f in files}
+    if log is not None:
+        log.extend(requests)
+    return paths
 
 
 def start_python(argv: Sequence[str], tmp: Path, env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:

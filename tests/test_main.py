@@ -130,7 +130,7 @@ def fresh(tmp_path_factory):
     """One fresh, offline interpreter: `--help`, the default job, and a released name pulled from a cache filled
     by hf_hub_download (right pin, wrong pin, a released name missing from the cache)."""
     tmp = tmp_path_factory.mktemp('fresh')
-    rel = build_release(tmp / 'rel', model_args={}, attacks=('clean', 'fgsm'), seed=7)
+    rel = build_release(tmp / 'rel', attacks=('clean', 'fgsm'), seed=7)  # 1-block stages, in its config.json
     fill_hf_cache(tmp / 'cache', REPO_ID, rel.folder)
     job = ['--attack', 'fgsm', '--n', '10', '--no-progress']
     runs = [[None, ['--help']], [None, []], [{NAME: rel.sha256}, job], [{NAME: 'f' * 64}, job],
