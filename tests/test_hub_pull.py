@@ -16,7 +16,7 @@ import pytest
 from fsr_hub.release import REQUIRED_FILES
 
 from release_builders import (
-    NAME, REPO_ID, REPO_ROOT, SMALL_ARGS, build_release, fill_hf_cache, json_result, start_python,
+    REPO_ID, REPO_ROOT, SMALL_ARGS, build_release, fill_hf_cache, json_result, start_python,
 )
 
 # Runs in the fresh interpreter: argv[1] holds the cases {id, how, cache_dir}; prints one JSON object.
@@ -45,7 +45,7 @@ for case in spec['cases']:
     out[case['id']] = {
         'identical': state.keys() == file.keys() and all(
             state[k].to(v.dtype).numpy().tobytes() == v.numpy().tobytes() for k, v in file.items()),
-        'sha256': model.pretrained_cfg.get('sha256'), 'source': model.pretrained_cfg.get('source'),
+        'sha256': model.pretrained_cfg.get('sha256'), 'hf_hub_id': model.pretrained_cfg.get('hf_hub_id'),
         'fsr_positions': list(model.fsr_positions)}
 print(json.dumps(out))
 '''
@@ -91,7 +91,7 @@ def test_offline_pulls_are_byte_identical(pulls, release):
         assert got[way].get('identical') is True, (way, got[way])
         assert got[way]['sha256'] == release.sha256, way
     # hf-hub: the architecture, its model_args and config.json's sha256 pin came from config.json
-    assert got['hf-hub']['source'] == 'hf-hub' and got['hf-hub']['fsr_positions'] == ['layer4']
+    assert got['hf-hub']['hf_hub_id'] == REPO_ID and got['hf-hub']['fsr_positions'] == ['layer4']
 
 
 def test_offline_tampered_blob_fails(pulls, release):
@@ -104,4 +104,4 @@ def test_offline_tampered_blob_fails(pulls, release):
 def test_offline_cache_dir_is_honoured_and_a_missing_file_named(pulls):
     # the default cache (HF_HUB_CACHE) holds the weights; the cache_dir given does not, and wins
     error = pulls[0]['missing']['error']
-    assert error.startswith(f'WeightsError: Could not get model.safetensors of {NAME}') and REPO_ID in error
+    assert error.startswith('WeightsError: Could not get model.safetensors of fsr_resnet18') and REPO_ID in error
