@@ -1,28 +1,22 @@
 """``python -m fsr_hub`` / ``fsr-hub``: evaluate a released model on the CIFAR-10 sample shipped with the package.
 
-With no arguments it loads the default release (``fsr_resnet18.at_cifar10``) and reports clean and PGD-20
-accuracy on the first 50 sample images (PGD-20 on ResNet-18 costs about 1 s per image on 2 CPU cores; pass
-``--n 200`` for the whole sample), next to the model card's and the paper's numbers. While no weights have been
-released for the chosen tag it says so, prints the cost report instead, and exits 0.
+With no arguments it loads the default release (``fsr_resnet18.at_cifar10``) from the Hugging Face Hub and reports
+clean and PGD-20 accuracy on the first 50 of the 200 sample images (PGD-20 on ResNet-18 costs about 1 s per image
+on 2 CPU cores; pass ``--n 200`` for the whole sample), next to the model card's and the paper's numbers. A
+planned release whose weights are not out yet says so, prints the cost report instead, and exits 0; a name that is
+neither released nor planned is an error.
 
     python -m fsr_hub [--model fsr_resnet18.at_cifar10] [--weights FILE | --release FOLDER]
                       [--attack pgd20|fgsm|clean] [--n 50] [--batch-size 50] [--device cpu]
 """
+# Only the standard library at module level: the evaluation stack (attacks, evaluation, release, sample, fvcore)
+# loads once the arguments are parsed. torch and timm are loaded before this module by ``import fsr_hub`` itself,
+# which registers the models with timm and which ``python -m fsr_hub`` always runs first.
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-import timm
-import torch
-
-from . import paper
-from .evaluate import evaluate
-from .models import ALL_MODELS, VANILLA_TWINS
-from .releases import hub_id
-from .release import RESULTS_NAME, ReleaseError, validate_release
-from .sample import SampleError, load_sample
-from .weights import WeightsError, load_weights, registry_sha256
 
 __all__ = ['main', 'DEFAULT_MODEL', 'DEFAULT_N', 'EPS']
 
@@ -32,58 +26,11 @@ EPS = 8 / 255
 ATTACKS = ('pgd20', 'fgsm', 'clean')
 
 
-def _parse_name(name: str) -> Tuple[str, str]:
-    arch, _, tag = name.partition('.')
-    if arch not in ALL_MODELS:
-        raise ValueError(f'--model {name}: unknown architecture {arch!r}; choose from {", ".join(ALL_MODELS)}.')
-    if not tag:
-        tag = timm.models.get_pretrained_cfg(arch).tag or ''
-    return arch, tag
+class _Fail(Exception):
+    """A one-line error for the user (exit status 2)."""
 
 
-def _card_from_hub(name: str) -> Optional[Dict[str, Any]]:
-    """results.json of a released repo (from the HF cache or the hub); None when unavailable."""
-    import json
-
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        with open(hf_hub_download(hub_id(name), RESULTS_NAME)) as f:
-            return json.load(f)
-    except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, OSError, ValueError):
-        return None
-
-
-def _print_cost(arch: str) -> None:
-    fsr_arch = arch if arch in VANILLA_TWINS else next(k for k, v in VANILLA_TWINS.items() if v == arch)
-    try:
-        from .cost import cost_table, format_markdown
-    except ImportError as e:
-        print(f'(cost report unavailable: {e})')
-        return
-    print(f'\nCost of {fsr_arch} vs its vanilla twin (no weights needed):\n')
-    print(format_markdown(cost_table([fsr_arch])))
-
-
-def _table(measured: Mapping[str, float], card: Optional[Mapping[str, Any]], ref: Optional[paper.PaperReference],
-           n: int, device: str) -> str:
-    card_n = (card or {}).get('data', {}).get('n')
-    head = ['metric', f'measured here ({n} images, {device})',
-            f'model card ({card_n} images)' if card else 'model card', f'paper ({ref.setting})' if ref else 'paper']
-    rows: List[List[str]] = []
-    for key, value in measured.items():
-        c = ((card or {}).get('results') or {}).get(key)
-        rows.append([paper.METRIC_NAMES.get(key, key), f'{value:.2f}',
-                     f"{c['accuracy']:.2f}" if c else ('not measured' if card else 'no card'),
-                     f'{ref.metrics[key]:.2f} ({ref.sources[key]})' if ref and key in ref.metrics else '-'])
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
-    fmt = lambda r: '| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |'  # noqa: E731
-    return '\n'.join([fmt(head), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] + [fmt(r) for r in rows])
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m fsr_hub`` and the ``fsr-hub`` console script; returns the exit status."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fsr-hub', description=__doc__.split('\n\n')[1].replace('\n', ' '))
     p.add_argument('--model', default=DEFAULT_MODEL, help=f'<architecture>.<tag> (default {DEFAULT_MODEL})')
     src = p.add_mutually_exclusive_group()
@@ -94,25 +41,97 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--batch-size', type=int, default=50)
     p.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
-    args = p.parse_args(argv)
+    return p
 
-    def fail(msg: str) -> int:
-        print(f'fsr-hub: error: {msg}', file=sys.stderr)
-        return 2
+
+def _resolve(name: str, released: Mapping[str, str], need_status: bool) -> Tuple[str, Optional[str], str]:
+    """``(architecture, tag, status)`` of ``--model``; status is 'released', 'planned' or 'local'."""
+    from .models import ALL_MODELS
+    from .releases import PLANNED, release_name, split_name
+
+    arch, tag = split_name(name)
+    if arch not in ALL_MODELS:
+        raise _Fail(f'--model {name}: unknown architecture {arch!r}; choose from {", ".join(ALL_MODELS)}.')
+    def tags_of(names):
+        return [split_name(n)[1] for n in names if split_name(n)[0] == arch]
+    tags = {'released': tags_of(released), 'planned': tags_of(n for n in PLANNED if n not in released)}
+    tag = tag or next(iter(tags['released'] + tags['planned']), None)
+    if not need_status:
+        return arch, tag, 'local'
+    for status in ('released', 'planned'):
+        if tag in tags[status]:
+            return arch, tag, status
+    listed = '; '.join(f"{s}: {', '.join(release_name(arch, t) for t in ts) or 'none'}" for s, ts in tags.items())
+    raise _Fail(f'--model {name}: {arch} has no release or planned release called {tag!r} ({listed}).')
+
+
+def _from_hub(name: str, pin: str):
+    """The release files of ``name`` through huggingface_hub (cache, or download), validated against ``pin``."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from .release import REQUIRED_FILES, validate_release
+    from .releases import hub_id
+
+    try:
+        paths = [hf_hub_download(hub_id(name), f) for f in REQUIRED_FILES]
+    except (EntryNotFoundError, OSError) as e:  # not cached offline, no such repo or file, no network
+        raise _Fail(f'could not get {name} from the Hugging Face Hub repo {hub_id(name)}: {type(e).__name__}: '
+                    f'{str(e).splitlines()[0]}') from e
+    return validate_release(Path(paths[0]).parent, name=name, pin=pin, check_card=False)
+
+
+def _print_cost(arch: str) -> None:
+    from .cost import cost_table, format_markdown
+    from .models import VANILLA_TWINS
+
+    fsr_arch = arch if arch in VANILLA_TWINS else next(k for k, v in VANILLA_TWINS.items() if v == arch)
+    print(f'\nCost of {fsr_arch} vs its vanilla twin (no weights needed):\n')
+    print(format_markdown(cost_table([fsr_arch])))
+
+
+def _table(measured: Mapping[str, float], card: Optional[Mapping[str, Any]], ref: Any, n: int, device: str) -> str:
+    from .paper import METRIC_NAMES
+
+    card_n = (card or {}).get('data', {}).get('n')
+    head = ['metric', f'measured here ({n} images, {device})',
+            f'model card ({card_n} images)' if card else 'model card', f'paper ({ref.setting})' if ref else 'paper']
+    rows: List[List[str]] = []
+    for key, value in measured.items():
+        c = ((card or {}).get('results') or {}).get(key)
+        rows.append([METRIC_NAMES.get(key, key), f'{value:.2f}',
+                     f"{c['accuracy']:.2f}" if c else ('not measured' if card else 'no card'),
+                     f'{ref.metrics[key]:.2f} ({ref.sources[key]})' if ref and key in ref.metrics else '-'])
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    fmt = lambda r: '| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |'  # noqa: E731
+    return '\n'.join([fmt(head), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] + [fmt(r) for r in rows])
+
+
+def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
+    import torch
+
+    from .evaluate import evaluate
+    from .inputs import check_pixels
+    from .models import create
+    from .paper import METRIC_NAMES, paper_reference
+    from .release import ReleaseError, describe_attack, validate_release
+    from .releases import hub_id, release_name
+    from .sample import SampleError, load_sample
+    from .weights import WeightsError, load_weights
 
     if args.batch_size < 1:
-        return fail(f'--batch-size must be positive, got {args.batch_size}')
+        raise _Fail(f'--batch-size must be positive, got {args.batch_size}')
     try:
         device = torch.device(args.device)
     except RuntimeError as e:
-        return fail(f'--device {args.device}: {e}')
+        raise _Fail(f'--device {args.device}: {e}') from e
     if device.type == 'cuda' and not torch.cuda.is_available():
-        return fail(f'--device {args.device} requested but CUDA is not available')
+        raise _Fail(f'--device {args.device} requested but CUDA is not available')
     try:
         x, y = load_sample(args.n)
-    except SampleError as e:
-        return fail(f'--n: {e}')
-
+        check_pixels(x, 'the shipped CIFAR-10 sample')
+    except (SampleError, ValueError) as e:
+        raise _Fail(f'--n: {e}') from e
     card: Optional[Dict[str, Any]] = None
     try:
         if args.release:
@@ -120,36 +139,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             arch, tag, model, card = info.architecture, info.tag, info.model, info.results
             source = f'release folder {info.folder} (sha256 {info.sha256[:12]})'
         else:
-            arch, tag = _parse_name(args.model)
-            name = f'{arch}.{tag}'
-            if args.weights:
-                model = timm.create_model(arch)
-                load_weights(model, args.weights)
-                source = f'local file {args.weights} (unchecked: no sha256 pin)'
-            elif registry_sha256(arch, tag) is None:
-                print(f'No weights have been released for {name} yet: nothing to evaluate. Evaluate a local '
-                      f'checkpoint with --weights FILE or --release FOLDER.')
+            arch, tag, status = _resolve(args.model, released, need_status=not args.weights)
+            name = release_name(arch, tag) if tag else arch
+            if status == 'planned':
+                print(f'No weights have been released for {name} yet (it is planned): nothing to evaluate. '
+                      f'Evaluate a local checkpoint with --weights FILE or --release FOLDER.')
                 _print_cost(arch)
                 return 0
+            if status == 'local':
+                model = create(arch)
+                load_weights(model, args.weights)
+                source = f'local file {args.weights} (unchecked: no sha256 pin)'
             else:
-                model = timm.create_model(name, pretrained=True)
-                card = _card_from_hub(name)
-                source = f'{hub_id(name)} (sha256 {registry_sha256(arch, tag)[:12]})'
+                info = _from_hub(name, released[name])
+                model, card = info.model, info.results
+                source = f'{hub_id(name)} (sha256 {info.sha256[:12]})'
     except (ReleaseError, WeightsError, ValueError) as e:
-        return fail(str(e))
-
-    name = f'{arch}.{tag}'
-    print(f'{name}: {source}')
+        raise _Fail(str(e)) from e
+    print(f'{release_name(arch, tag) if tag else arch}: {source}')
     t0 = time.perf_counter()
     attacks = ('clean',) if args.attack == 'clean' else ('clean', args.attack)  # the verify suite's attacks
-    report = evaluate(model, x, y, attacks=attacks, eps=EPS, batch_size=args.batch_size, device=device,
+    report = evaluate(model.eval(), x, y, attacks=attacks, eps=EPS, batch_size=args.batch_size, device=device,
                       masking_checks=False, progress=not args.no_progress)
     measured = {k: report['results'][k]['accuracy'] for k in attacks}
     seconds = time.perf_counter() - t0
-    print(f'\n{_table(measured, card, paper.paper_reference(arch, tag), len(x), str(device))}')
-    print(f'\nLinf eps 8/255; PGD-20: step eps/10, no random start. {len(x)} images of the shipped CIFAR-10 '
-          f'test sample (standard error up to {50 / len(x) ** 0.5:.1f} points); {seconds:.1f} s.')
+    print(f'\n{_table(measured, card, paper_reference(arch, tag), len(x), str(device))}\n')
+    protocol = [f"{METRIC_NAMES[k]}: {describe_attack(k, report['results'][k])}" for k in attacks if k != 'clean']
+    print((f"Linf eps {round(EPS * 255)}/255; {'; '.join(protocol)}. " if protocol else 'Clean accuracy only. ') +
+          f'{len(x)} images of the shipped CIFAR-10 test sample (standard error up to {50 / len(x) ** 0.5:.1f} '
+          f'points); {seconds:.1f} s.')
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None, released: Optional[Mapping[str, str]] = None) -> int:
+    """Entry point of ``python -m fsr_hub`` and the ``fsr-hub`` console script; returns the exit status.
+
+    ``released`` maps ``arch.tag`` to the pinned sha256 of its weights (default :data:`fsr_hub.releases.RELEASED`).
+    """
+    args = _parser().parse_args(argv)
+    if released is None:
+        from .releases import RELEASED
+        released = RELEASED
+    try:
+        return _run(args, released)
+    except _Fail as e:
+        print(f'fsr-hub: error: {e}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

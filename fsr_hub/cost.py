@@ -8,7 +8,6 @@ import time
 import warnings
 from typing import Dict, List, Optional, Sequence
 
-import timm
 import torch
 import torch.nn as nn
 
@@ -17,7 +16,7 @@ with warnings.catch_warnings():  # fvcore decorates with torch.jit.script, which
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
 from .hardware import hardware_name, synchronize
-from .models import FSR_MODELS, VANILLA_TWINS
+from .models import FSR_MODELS, VANILLA_TWINS, create
 from .paper import table7
 
 __all__ = ['count_cost', 'measure_latency', 'cost_table', 'format_markdown']
@@ -79,8 +78,8 @@ def cost_table(
     for name in models or FSR_MODELS:
         if name not in VANILLA_TWINS:
             raise ValueError(f'Unknown FSR model {name!r}; choose from {sorted(VANILLA_TWINS)}.')
-        vanilla_model = timm.create_model(VANILLA_TWINS[name])
-        fsr_model = timm.create_model(name)
+        vanilla_model = create(VANILLA_TWINS[name])
+        fsr_model = create(name)
         vanilla, fsr = count_cost(vanilla_model), count_cost(fsr_model)
         row = {
             'model': name,

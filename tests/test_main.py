@@ -1,26 +1,21 @@
-"""The main job (``python -m fsr_hub``): no released weights -> says so + cost report; a release folder, a local
-file, or a pinned registry tag served from an offline HF cache -> a table of measured vs card vs paper numbers."""
-import dataclasses
-import os
+"""The main job (``python -m fsr_hub``): a planned, unreleased name -> says so + cost report; a typo -> error;
+a release folder, a local file, or a released name pulled through huggingface_hub -> a table of measured vs card
+vs paper numbers, and a footer naming only the attacks that ran."""
+import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import timm
 import torch
 
 from fsr_hub import paper
 from fsr_hub.__main__ import main
 from fsr_hub.attacks import pgd
-from fsr_hub.release import seed_hf_cache
+from fsr_hub.models import create
+from fsr_hub.release import validate_release
 from fsr_hub.sample import load_sample
+from fsr_hub.weights import save_weights
 
-from test_hub_pull import NAME, REPO_ID, _hub_env
-from test_release import SMALL_ARGS, build_release
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from release_builders import NAME, REPO_ID, SMALL_ARGS, build_release, fill_hf_cache, json_result, start_python
 
 
 @pytest.fixture(scope='module')
@@ -33,14 +28,28 @@ def _row(out: str, metric: str) -> list:
     return [c.strip() for c in line.split('|')[1:-1]]
 
 
-def test_no_weights_released_prints_cost(monkeypatch, tmp_path, capsys):
-    _hub_env(monkeypatch, tmp_path, offline=True)
-    assert main([]) == 0
+def test_planned_name_says_so_and_prints_cost(capsys):
+    assert main([], released={}) == 0
     out = capsys.readouterr().out
-    assert f'No weights have been released for {NAME} yet' in out
+    assert f'No weights have been released for {NAME} yet (it is planned)' in out
     row = next(l for l in out.splitlines() if l.startswith('| fsr_resnet18 |'))
-    fsr = timm.create_model('fsr_resnet18')
-    assert f'{sum(p.numel() for p in fsr.parameters()):,}' in row
+    assert f"{sum(p.numel() for p in create('fsr_resnet18').parameters()):,}" in row
+
+
+@pytest.mark.parametrize('name, listed', [
+    ('fsr_resnet18.bogus', 'released: none; planned: fsr_resnet18.at_cifar10'),
+    ('cifar_vgg16.at_cifar100', 'released: none; planned: cifar_vgg16.at_cifar10'),
+])
+def test_unknown_tag_is_an_error_listing_the_tags(name, listed, capsys):
+    assert main(['--model', name], released={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'fsr-hub: error: --model {name}: ') and listed in err and err.count('\n') == 1, err
+
+
+def test_released_tags_are_listed_and_not_called_planned(capsys):
+    released = {NAME: '0' * 64, 'fsr_resnet18.trades_cifar10': '1' * 64}
+    assert main(['--model', 'fsr_resnet18.bogus'], released=released) == 2
+    assert 'released: fsr_resnet18.at_cifar10, fsr_resnet18.trades_cifar10; planned: none' in capsys.readouterr().err
 
 
 def test_release_folder_pgd20_matches_direct_evaluation(tiny_release, capsys):
@@ -50,10 +59,10 @@ def test_release_folder_pgd20_matches_direct_evaluation(tiny_release, capsys):
     captured = capsys.readouterr()
     out = captured.out
     assert 'batch' in captured.err  # tqdm progress bar
-    header = out.splitlines()[[i for i, l in enumerate(out.splitlines()) if l.startswith('| metric')][0]]
+    header = next(l for l in out.splitlines() if l.startswith('| metric'))
     assert f'measured here ({n} images, cpu)' in header and 'model card (200 images)' in header
     # measured numbers equal an independent evaluation of the same weights on the same images
-    model = tiny_release.model.eval()
+    model = validate_release(tiny_release.folder).model  # a fresh model: the fixture's is never touched
     x, y = load_sample(n)
     clean = adv = 0
     for i in range(0, n, bs):
@@ -69,43 +78,105 @@ def test_release_folder_pgd20_matches_direct_evaluation(tiny_release, capsys):
         assert cells[2] == f"{tiny_release.results['results'][key]['accuracy']:.2f}"
         assert cells[3] == f'{ref.metrics[key]:.2f} ({ref.sources[key]})'
     assert not any(l.startswith('| FGSM') for l in out.splitlines())
+    assert 'Linf eps 8/255; PGD-20: 20 steps, step eps/10, no random start. 6 images' in out
 
 
-def test_local_weights_without_card(tmp_path, capsys):
+def test_local_weights_and_clean_footer(tmp_path, capsys):
     torch.manual_seed(0)
-    model = timm.create_model('fsr_resnet18', **SMALL_ARGS)
-    from fsr_hub.weights import save_weights
-    save_weights(model, tmp_path / 'w.safetensors')
+    save_weights(create('fsr_resnet18', **SMALL_ARGS), tmp_path / 'w.safetensors')
     # the registry architecture has 2 blocks per stage: a 1-block file does not fit -> one-line error
     assert main(['--weights', str(tmp_path / 'w.safetensors'), '--attack', 'clean', '--n', '10']) == 2
     err = capsys.readouterr().err
     assert err.startswith('fsr-hub: error:') and 'does not fit CifarResNet' in err and err.count('\n') == 1
-    full = timm.create_model('cifar_resnet18')
-    save_weights(full, tmp_path / 'v.safetensors')
+    save_weights(create('cifar_resnet18'), tmp_path / 'v.safetensors')
     assert main(['--model', 'cifar_resnet18.at_cifar10', '--weights', str(tmp_path / 'v.safetensors'),
-                 '--attack', 'fgsm', '--n', '10', '--no-progress']) == 0
-    cells = _row(capsys.readouterr().out, 'FGSM')
-    ref = paper.paper_reference('cifar_resnet18', 'at_cifar10')
-    assert cells[2] == 'no card' and cells[3] == f"{ref.metrics['fgsm']:.2f} (Table 1)"
-
-
-def test_pinned_release_pulled_from_hf_cache(monkeypatch, tmp_path, capsys):
-    """Once a release lands (registry sha256 pin), the default job pulls it through huggingface_hub."""
-    rel = build_release(tmp_path / 'rel', model_args={}, attacks=('clean', 'fgsm'), seed=7)
-    cache = _hub_env(monkeypatch, tmp_path, offline=True)
-    seed_hf_cache(rel.folder, REPO_ID, cache)
-    real = timm.models.get_pretrained_cfg
-
-    def pinned(name, *a, **k):
-        if name == NAME:  # as if released: the architecture's cfg plus the repo and the pin
-            return dataclasses.replace(real('fsr_resnet18'), tag='at_cifar10', hf_hub_id=REPO_ID, sha256=rel.sha256)
-        return real(name, *a, **k)
-    monkeypatch.setattr(timm.models, 'get_pretrained_cfg', pinned)
-    monkeypatch.setattr(timm.models._builder, 'get_pretrained_cfg', pinned, raising=False)
-    assert main(['--attack', 'clean', '--n', '20', '--no-progress']) == 0
+                 '--attack', 'clean', '--n', '10', '--no-progress']) == 0
     out = capsys.readouterr().out
-    assert f'{REPO_ID} (sha256 {rel.sha256[:12]})' in out
-    assert _row(out, 'Clean')[2] == f"{rel.results['results']['clean']['accuracy']:.2f}"
+    cells = _row(out, 'Clean')
+    ref = paper.paper_reference('cifar_resnet18', 'at_cifar10')
+    assert cells[2] == 'no card' and cells[3] == f"{ref.metrics['clean']:.2f} (Table 1)"
+    footer = out.strip().splitlines()[-1]
+    assert footer.startswith('Clean accuracy only. 10 images') and 'PGD' not in out and 'eps' not in footer
+
+
+# Runs in a fresh interpreter whose huggingface_hub is offline (HF_HUB_OFFLINE and HF_HUB_CACHE are read at import):
+# argv[1] is a JSON list of runs [released pins or null for `python -m fsr_hub` itself, argv]; after each run it
+# records the exit status, the output and which of the modules __main__ loads lazily are loaded.
+FRESH = r'''
+import contextlib, io, json, runpy, sys
+LAZY = ('fsr_hub.evaluate', 'fsr_hub.attacks', 'fsr_hub.release', 'fsr_hub.cost', 'fsr_hub.sample')
+runs = []
+for released, argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        if released is None:  # exactly what `python -m fsr_hub ARGV` runs
+            sys.argv = ['fsr-hub', *argv]
+            try:
+                runpy.run_module('fsr_hub', run_name='__main__', alter_sys=True)
+                code = None
+            except SystemExit as e:
+                code = e.code
+        else:
+            from fsr_hub.__main__ import main
+            code = main(argv, released=released)
+    loaded = sorted(m for m in sys.modules if m in LAZY or m.split('.')[0] in ('fvcore', 'jinja2'))
+    runs.append({'exit': code, 'out': out.getvalue(), 'err': err.getvalue(), 'loaded': loaded})
+print(json.dumps(runs))
+'''
+
+
+@pytest.fixture(scope='module')
+def fresh(tmp_path_factory):
+    """One fresh, offline interpreter: `--help`, the default job, and a released name pulled from a cache filled
+    by hf_hub_download (right pin, wrong pin, a released name missing from the cache)."""
+    tmp = tmp_path_factory.mktemp('fresh')
+    rel = build_release(tmp / 'rel', attacks=('clean', 'fgsm'), seed=7)  # 1-block stages, in its config.json
+    fill_hf_cache(tmp / 'cache', REPO_ID, rel.folder)
+    job = ['--attack', 'fgsm', '--n', '10', '--no-progress']
+    runs = [[None, ['--help']], [None, []], [{NAME: rel.sha256}, job], [{NAME: 'f' * 64}, job],
+            [{'cifar_resnet18.at_cifar10': 'f' * 64}, ['--model', 'cifar_resnet18.at_cifar10']]]
+    got = json_result(start_python(['-c', FRESH, json.dumps(runs)], tmp, env={'HF_HUB_CACHE': str(tmp / 'cache')}))
+    return dict(zip(('help', 'default', 'released', 'wrong pin', 'not cached'), got)), rel
+
+
+def test_help_parses_before_the_evaluation_stack_loads(fresh):
+    """``python -m fsr_hub --help`` loads nothing beyond what ``import fsr_hub`` (torch, timm) loads."""
+    run = fresh[0]['help']
+    assert run['exit'] == 0 and '--attack {pgd20,fgsm,clean}' in run['out']
+    assert run['loaded'] == []
+
+
+def test_python_m_fsr_hub_runs_offline(fresh):
+    """The README's first command: no released weights yet -> says so, prints the cost report, exits 0."""
+    run = fresh[0]['default']
+    assert run['exit'] == 0, run['err']
+    assert f'No weights have been released for {NAME} yet' in run['out']
+    assert re.search(r'\| fsr_resnet18 \| [\d,]+ \| [\d,]+ \|', run['out'])
+
+
+def test_released_name_pulled_through_huggingface_hub(fresh):
+    """Once released (a pin in RELEASED), the job gets the release files through huggingface_hub's cache, holds
+    the weights to the pin, and shows the card's numbers from the pulled results.json."""
+    run, rel = fresh[0]['released'], fresh[1]
+    assert run['exit'] == 0, run['err']
+    assert f'{REPO_ID} (sha256 {rel.sha256[:12]})' in run['out']
+    assert _row(run['out'], 'Clean')[2] == f"{rel.results['results']['clean']['accuracy']:.2f}"
+    assert _row(run['out'], 'FGSM')[2] == f"{rel.results['results']['fgsm']['accuracy']:.2f}"
+    assert 'Linf eps 8/255; FGSM: 1 step. 10 images' in run['out']
+
+
+def test_hub_weights_other_than_the_pin_are_refused(fresh):
+    run, rel = fresh[0]['wrong pin'], fresh[1]
+    assert run['exit'] == 2 and run['err'].count('\n') == 1
+    assert re.search(rf"fsr-hub: error: .*model\.safetensors: sha256 {rel.sha256} differs from the pin f{{64}}",
+                     run['err'])
+
+
+def test_released_name_not_in_the_offline_cache(fresh):
+    run = fresh[0]['not cached']
+    assert run['exit'] == 2 and run['err'].count('\n') == 1
+    assert run['err'].startswith('fsr-hub: error: could not get cifar_resnet18.at_cifar10 from the Hugging Face '
+                                 'Hub repo fsr-hub/cifar_resnet18.at_cifar10')
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -127,13 +198,3 @@ def test_bad_arguments_one_line(argv, message, capsys):
 def test_cuda_unavailable(capsys):
     assert main(['--device', 'cuda']) == 2
     assert 'CUDA is not available' in capsys.readouterr().err
-
-
-def test_python_m_fsr_hub_runs_offline(tmp_path):
-    """The README's first command, in a fresh process, offline."""
-    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT='http://127.0.0.1:9')
-    proc = subprocess.run([sys.executable, '-m', 'fsr_hub'], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'No weights have been released for fsr_resnet18.at_cifar10 yet' in proc.stdout
-    assert re.search(r'\| fsr_resnet18 \| [\d,]+ \| [\d,]+ \|', proc.stdout)

@@ -1,96 +1,29 @@
-"""Release folders: config.json, generated cards, validation failures, make_card / push_to_hub command lines,
-the paper's reference data and the shipped CIFAR-10 sample. CPU only, no network; weights are random."""
+"""Release folders: config.json, cards rendered through huggingface_hub's ModelCard, plots, validation failures,
+make_card / push_to_hub command lines, the paper's reference data and the shipped CIFAR-10 sample. CPU only, no
+network; weights are random."""
 import dataclasses
-import importlib.util
 import json
-import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
 
 import pytest
 import timm
 import torch
-import yaml
+from huggingface_hub import ModelCard
 
-import fsr_hub
 from fsr_hub import paper, release
-from fsr_hub.release import ReleaseError, assemble_release, parse_card, validate_release
+from fsr_hub.models import create
+from fsr_hub.release import PLOTS, ReleaseError, assemble_release, validate_release, write_card
+from fsr_hub.releases import DEFAULT_ORG
 from fsr_hub.sample import SAMPLE_PATH, SampleError, load_sample, read_sample, write_sample
 from fsr_hub.weights import read_weights, save_weights, sha256_file
 
+from release_builders import SMALL_ARGS, build_release, edit_json, load_tool, make_results, tiny_png
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_TXT = REPO_ROOT.parent / 'shared' / 'papers' / 'fsr_cvpr2023.txt'  # shared/ sits beside the checkout
-SMALL_ARGS = {'layers': [1, 1, 1, 1]}  # a 4-block ResNet: same code paths, half the cost
 ALL_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble', 'autoattack')
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Fixture builders (also imported by test_hub_pull.py and test_main.py)
-
-
-def make_results(sha256: str, weights: str, architecture: str = 'fsr_resnet18', tag: Optional[str] = 'at_cifar10',
-                 attacks: Sequence[str] = ('clean', 'fgsm', 'pgd20'), seed: int = 0) -> Dict[str, Any]:
-    """A verify report (schema fsr-hub/verify/v1) with random accuracies for ``attacks``."""
-    rng = random.Random(seed)
-    acc = lambda: round(rng.uniform(1, 99), 2)  # noqa: E731
-    eps = 8 / 255
-    params = {'fgsm': {'eps': eps, 'steps': 1},
-              'pgd20': {'eps': eps, 'alpha': eps / 10, 'steps': 20, 'random_start': False},
-              'pgd100': {'eps': eps, 'alpha': eps / 10, 'steps': 100, 'random_start': False},
-              'cw': {'eps': eps, 'alpha': eps / 10, 'steps': 30, 'kappa': 50}}
-    results = {}
-    for a in attacks:
-        entry = {'accuracy': acc(), 'per_class': [acc() for _ in range(10)], 'seconds': round(rng.uniform(1, 9), 1)}
-        if a in params:
-            entry['params'] = params[a]
-        if a == 'ensemble':
-            entry['attacks'] = [x for x in ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw') if x in attacks]
-        if a == 'autoattack':
-            entry['implementation'] = 'pyautoattack 0.2.0, standard version'
-        results[a] = entry
-    return {
-        'schema': 'fsr-hub/verify/v1',
-        'model': {'architecture': architecture, 'tag': tag, 'weights': weights, 'sha256': sha256, 'num_params': 1},
-        'data': {'dataset': 'cifar10', 'split': 'test', 'n': 200, 'subset': 'first n', 'seed': 0},
-        'eps': eps, 'batch_size': 100,
-        'hardware': {'device': 'cpu', 'torch': torch.__version__, 'dtype': 'float32'},
-        'results': results,
-        'masking_checks': {
-            'eps_sweep': {'eps_255': [8, 16, 32, 64], 'accuracy': [acc(), acc(), acc(), 0.0]},
-            'unbounded_accuracy': 0.0,
-            'steps_sweep': {'steps': [10, 20, 50], 'accuracy': [acc(), acc(), acc()]},
-            'checks': {'falls_to_zero_at_64': True, 'unbounded_zero': True, 'more_steps_never_raise': True,
-                       'transfer_ge_whitebox': None, 'rand_within_1pt': None},
-            'passed': True,
-        },
-        'timing': {'total_seconds': round(rng.uniform(10, 99), 1)},
-        'command': f'python tools/verify.py {weights} --n 200 --attacks {" ".join(attacks)}',
-        'training': {'config': {'lr': 0.1, 'epochs': 100, 'method': 'at', 'lambda_sep': 1.0},
-                     'command': 'python tools/train.py --method at --epochs 100', 'epochs': 100,
-                     'wall_clock_seconds': round(rng.uniform(1000, 9999), 1), 'hardware': {'device': 'NVIDIA H100'}},
-    }
-
-
-def build_release(root: Path, architecture: str = 'fsr_resnet18', model_args: Optional[dict] = None,
-                  attacks: Sequence[str] = ('clean', 'fgsm', 'pgd20'), seed: int = 0, org: Optional[str] = None):
-    """A random-weight fp16 release folder under ``root / 'model_cards'``; returns its ReleaseInfo."""
-    model_args = SMALL_ARGS if model_args is None else model_args
-    torch.manual_seed(seed)
-    model = timm.create_model(architecture, **model_args)
-    weights = root / 'ckpt' / 'model_fp16.safetensors'
-    sha = save_weights(model, weights, dtype=torch.float16)
-    results = make_results(sha, str(weights), architecture, attacks=attacks, seed=seed)
-    return assemble_release(root / 'model_cards', weights, results, model_args=model_args, org=org)
-
-
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (the tools are thin command lines over fsr_hub)."""
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', REPO_ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -100,16 +33,14 @@ def _rel_template(tmp_path_factory):
 
 @pytest.fixture
 def rel(_rel_template, tmp_path):
-    """A fresh copy of one random-weight release folder (tests may break it)."""
+    """A fresh copy of one random-weight release folder (tests may break it; the template is never touched)."""
     folder = tmp_path / 'model_cards' / _rel_template.folder.name
     shutil.copytree(_rel_template.folder, folder)
-    return dataclasses.replace(_rel_template, folder=folder)
+    return dataclasses.replace(_rel_template, folder=folder, model=None)
 
 
-def _edit_json(path: Path, fn) -> None:
-    data = json.loads(path.read_text())
-    fn(data)
-    path.write_text(json.dumps(data, indent=2))
+def _body(folder: Path) -> str:
+    return ModelCard.load(folder / 'README.md').text
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,58 +50,59 @@ def _edit_json(path: Path, fn) -> None:
 def test_release_folder_layout(rel):
     assert sorted(p.name for p in rel.folder.iterdir()) == sorted(release.REQUIRED_FILES)
     assert rel.folder.name == 'fsr_resnet18.at_cifar10'
-    # fp16 weights as released
     assert {t.dtype for t in read_weights(rel.folder / 'model.safetensors').values() if t.is_floating_point()} \
         == {torch.float16}
 
 
-def test_card_front_matter_is_hub_yaml_and_equals_results(rel):
-    text = (rel.folder / 'README.md').read_text()
-    assert text.startswith('---\n')
-    front = yaml.safe_load(text.split('---\n')[1])
-    assert front['library_name'] == 'timm'
-    assert front['license'] == 'mit'
-    assert 'adversarial-robustness' in front['tags'] and front['datasets'] == ['cifar10']
+def test_card_metadata_through_huggingface_hub(rel):
+    card = ModelCard.load(rel.folder / 'README.md')
+    assert card.data.library_name == 'timm' and card.data.license == 'mit'
+    assert 'adversarial-robustness' in card.data.tags and card.data.datasets == ['cifar10']
+    assert card.data.model_name == 'fsr_resnet18.at_cifar10'
     results = json.loads((rel.folder / 'results.json').read_text())['results']
-    metrics = front['model-index'][0]['results'][0]['metrics']
-    assert {m['config']: m['value'] for m in metrics} == {k: v['accuracy'] for k, v in results.items()}
-    assert all(m['type'] == 'accuracy' for m in metrics)
-    assert front['model-index'][0]['name'] == 'fsr_resnet18.at_cifar10'
+    evals = card.data.eval_results
+    assert {e.metric_config: e.metric_value for e in evals} == {k: v['accuracy'] for k, v in results.items()}
+    assert {e.metric_type for e in evals} == {'accuracy'} and {e.dataset_type for e in evals} == {'cifar10'}
+    assert next(e for e in evals if e.metric_config == 'pgd20').metric_name == 'robust accuracy, PGD-20, Linf 8/255'
 
 
 def test_card_table_measured_beside_paper_and_not_measured(rel):
-    _, body = parse_card((rel.folder / 'README.md').read_text())
+    body = _body(rel.folder)
     results = rel.results['results']
     ref = paper.paper_reference('fsr_resnet18', 'at_cifar10')
     rows = {line.split('|')[1].strip(): line for line in body.splitlines() if line.startswith('| ')}
     for key in ALL_ATTACKS:
-        row = rows[paper.METRIC_NAMES[key]]
-        cells = [c.strip() for c in row.split('|')[1:-1]]
-        expected = f"{results[key]['accuracy']:.2f}" if key in results else 'not measured'
-        assert cells[1] == expected, row
+        cells = [c.strip() for c in rows[paper.METRIC_NAMES[key]].split('|')[1:-1]]
+        assert cells[1] == (f"{results[key]['accuracy']:.2f}" if key in results else 'not measured'), cells
         assert cells[2] == f'{ref.metrics[key]:.2f}' and cells[3] == ref.sources[key]
+    assert [c.strip() for c in rows['PGD-20'].split('|')[1:-1]][4] == '20 steps, step eps/10, no random start'
     for needle in ("timm.create_model('fsr_resnet18.at_cifar10', pretrained=True)", 'torch.hub.load',
-                   f'hf-hub:{fsr_hub.DEFAULT_ORG}/fsr_resnet18.at_cifar10', rel.sha256, rel.results['command'],
+                   f'hf-hub:{DEFAULT_ORG}/fsr_resnet18.at_cifar10', rel.sha256, rel.results['command'],
                    rel.results['training']['command'], 'Gradient-masking checks', 'Limitations', 'F16'):
         assert needle in body, needle
+    assert '## Analysis' not in body  # no plots in this folder
 
 
 def test_results_json_gets_cost_and_paper_reference(rel):
-    model = timm.create_model('fsr_resnet18', **SMALL_ARGS)
+    model = create('fsr_resnet18', **SMALL_ARGS)
     cost = rel.results['cost']
     assert cost['params'] == sum(p.numel() for p in model.parameters())
     assert cost['gflops_paper_convention'] == pytest.approx(2 * cost['gflops_fvcore'], abs=2e-4)
     assert rel.results['paper_reference']['metrics'] == paper.paper_reference('fsr_resnet18', 'at_cifar10').metrics
-    body = (rel.folder / 'README.md').read_text()
-    assert f"{cost['params']:,}" in body and f"{cost['gflops_fvcore']:.4f}" in body
+    body = _body(rel.folder)
+    assert f"| this model | {cost['params']:,} | {cost['params_millions']:.2f} | {cost['gflops_fvcore']:.4f} |" in body
 
 
-def test_every_card_number_is_in_results_json(rel):
-    """The validator's number scan passes on a generated card (and really scans: see the failure test)."""
-    _, body = parse_card((rel.folder / 'README.md').read_text())
-    numbers = re.findall(r'(?<![\w.:/-])\d+\.\d+(?![\w.])', body)
-    assert len(numbers) > 20
-    release.check_card((rel.folder / 'README.md').read_text(), rel.results, 'README.md')
+def test_card_follows_results_json(rel):
+    """The card is a function of results.json: a changed number is re-rendered, and validation then passes."""
+    edit_json(rel.folder / 'results.json', lambda d: d['results']['pgd20'].__setitem__('accuracy', 12.34))
+    with pytest.raises(ReleaseError, match='differs from the card rendered'):
+        validate_release(rel.folder)
+    write_card(rel.folder)
+    validate_release(rel.folder)
+    assert '| PGD-20 | 12.34 |' in _body(rel.folder)
+    evals = ModelCard.load(rel.folder / 'README.md').data.eval_results
+    assert next(e.metric_value for e in evals if e.metric_config == 'pgd20') == 12.34
 
 
 def test_config_json_is_timm_format_and_loads(rel):
@@ -179,8 +111,8 @@ def test_config_json_is_timm_format_and_loads(rel):
     assert config['num_features'] == 512
     assert config['model_args'] == {**SMALL_ARGS, 'fsr_positions': ['layer4']}
     assert config['pretrained_cfg']['sha256'] == rel.sha256 and config['pretrained_cfg']['tag'] == 'at_cifar10'
-    # timm's own loader of a hub-layout folder
-    model = timm.create_model(f'local-dir:{rel.folder}', pretrained=True)
+    assert config['hub_id'] == f'{DEFAULT_ORG}/fsr_resnet18.at_cifar10'
+    model = timm.create_model(f'local-dir:{rel.folder}', pretrained=True)  # timm's own loader of a hub folder
     state = read_weights(rel.folder / 'model.safetensors')
     assert all(torch.equal(v.to(state[k].dtype), state[k]) for k, v in model.state_dict().items())
 
@@ -190,15 +122,80 @@ def test_validate_returns_loaded_model(rel):
     assert info.sha256 == sha256_file(rel.folder / 'model.safetensors')
     assert info.model is not None and not info.model.training
     assert info.model_args == {**SMALL_ARGS, 'fsr_positions': ['layer4']}
+    assert info.hub_id == f'{DEFAULT_ORG}/fsr_resnet18.at_cifar10'
 
 
 def test_missing_attacks_and_extra_attacks(tmp_path):
     info = build_release(tmp_path, attacks=ALL_ATTACKS + ('autoattack_rand',))
-    front, body = parse_card((info.folder / 'README.md').read_text())
-    keys = [m['config'] for m in front['model-index'][0]['results'][0]['metrics']]
-    assert keys == list(ALL_ATTACKS) + ['autoattack_rand']
-    assert 'not measured' not in body.split('## Evaluation')[1].split('## Gradient')[0]
-    assert 'AutoAttack (rand)' in body
+    card = ModelCard.load(info.folder / 'README.md')
+    assert [e.metric_config for e in card.data.eval_results] == list(ALL_ATTACKS) + ['autoattack_rand']
+    assert 'not measured' not in card.text.split('## Evaluation')[1].split('## Gradient')[0]
+    assert 'AutoAttack (rand)' in card.text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots (issue 18 item 7): shown only when the PNG is there, its numbers are in results.json, and the
+# analysis applies to the model
+
+
+def _analysis(sha256: str) -> dict:
+    return {
+        'eps_curve': {'attack': 'pgd20', 'eps_255': [0, 4, 8, 16], 'accuracy': [81.5, 62.25, 50.0, 12.75]},
+        'feature_swap': {'attacks': ['clean', 'pgd20'], 'sha256': sha256,
+                         'accuracy': {'f+': {'clean': 80.5, 'pgd20': 49.25}, 'f-': {'clean': 20.5, 'pgd20': 3.75}}},
+        'knn': {'gamma': 0.07, 'accuracy': {'f+': {'k=5': 45.5, 'k=20': 46.25}, 'f-': {'k=5': 11.5, 'k=20': 10.25}}},
+        'gradcam': {'images': [0, 1, 2, 3], 'attack': 'pgd20'},
+    }
+
+
+def _add_plots(folder: Path, keys, sha256: str, pngs=None) -> None:
+    edit_json(folder / 'results.json', lambda d: d.__setitem__('analysis', {k: _analysis(sha256)[k] for k in keys}))
+    for key in (keys if pngs is None else pngs):
+        tiny_png(folder / PLOTS[key][0])
+    write_card(folder)
+
+
+def test_card_embeds_plots_with_their_numbers(rel):
+    _add_plots(rel.folder, list(PLOTS), rel.sha256)
+    info = validate_release(rel.folder)
+    body = _body(rel.folder)
+    for key, (file, _, title) in PLOTS.items():
+        assert f'### {title}\n\n![{title}]({file})' in body, key
+    assert '| eps | 0/255 | 4/255 | 8/255 | 16/255 |' in body
+    assert '| accuracy (%) | 81.50 | 62.25 | 50.00 | 12.75 |' in body
+    assert '|  | clean | pgd20 |' in body and '| f+ | 80.50 | 49.25 |' in body and '| f- | 20.50 | 3.75 |' in body
+    assert '| f+ | 45.50 | 46.25 |' in body and '- gamma: 0.07' in body and '- images: 0, 1, 2, 3' in body
+    assert [p['path'] for p in release.upload_plan(info.folder)] == sorted(
+        list(release.REQUIRED_FILES) + [f for f, _, _ in PLOTS.values()])
+
+
+def test_plot_needs_both_png_and_numbers(rel):
+    _add_plots(rel.folder, ['eps_curve'], rel.sha256, pngs=['knn'])  # curve numbers without PNG, a PNG without numbers
+    body = _body(rel.folder)
+    assert '## Analysis' not in body and '.png' not in body and '62.25' not in body
+    validate_release(rel.folder)
+    tiny_png(rel.folder / 'eps_curve.png')  # the PNG arrives: the card must be re-rendered to show it
+    with pytest.raises(ReleaseError, match='differs from the card rendered'):
+        validate_release(rel.folder)
+    write_card(rel.folder)
+    assert '![Robust accuracy vs eps](eps_curve.png)' in _body(rel.folder)
+
+
+def test_vanilla_card_shows_no_fsr_plots(tmp_path):
+    info = build_release(tmp_path, architecture='cifar_resnet18', model_args={'layers': [1, 1, 1, 1]})
+    _add_plots(info.folder, list(PLOTS), info.sha256)
+    body = _body(info.folder)
+    assert 'without FSR (vanilla twin)' in body and '![Robust accuracy vs eps](eps_curve.png)' in body
+    assert not any(f in body for f, fsr_only, _ in PLOTS.values() if fsr_only)
+    assert '| f+ |' not in body and 'gamma' not in body
+
+
+def test_analysis_of_other_weights_is_refused(rel):
+    _add_plots(rel.folder, [], rel.sha256)
+    edit_json(rel.folder / 'results.json', lambda d: d.__setitem__('analysis', {'feature_swap': _analysis('0' * 64)[
+        'feature_swap']}))
+    with pytest.raises(ReleaseError, match=r'analysis\.feature_swap was measured on other weights \(sha256 0{64}\)'):
+        write_card(rel.folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,9 +210,8 @@ def _tamper_weights(folder: Path) -> None:
 
 def _card_value(folder: Path) -> None:
     path = folder / 'README.md'
-    text = path.read_text()
     value = json.loads((folder / 'results.json').read_text())['results']['pgd20']['accuracy']
-    path.write_text(text.replace(f'value: {value}', f'value: {value + 1}', 1))
+    path.write_text(path.read_text().replace(f'value: {value}', f'value: {value + 1}', 1))
 
 
 def _card_body_number(folder: Path) -> None:
@@ -225,21 +221,11 @@ def _card_body_number(folder: Path) -> None:
     path.write_text(front + '\n---\n' + body.replace(f'| {value:.2f} |', f'| {value + 0.5:.2f} |', 1))
 
 
-def _registry_pin(monkeypatch):
-    real = timm.models.get_pretrained_cfg
-
-    def fake(name, *a, **k):
-        if name == 'fsr_resnet18.at_cifar10':  # as if released with another file
-            return dataclasses.replace(real('fsr_resnet18'), tag='at_cifar10', sha256='f' * 64)
-        return real(name, *a, **k)
-    monkeypatch.setattr(timm.models, 'get_pretrained_cfg', fake)
-
-
 def _wrong_arch(folder: Path) -> Path:
     """Same weights, but config/results/folder claim fsr_vgg16."""
     for name in ('config.json', 'results.json'):
-        _edit_json(folder / name, lambda d: d.get('model', d).__setitem__('architecture', 'fsr_vgg16'))
-    _edit_json(folder / 'config.json', lambda d: d.__setitem__('model_args', {}))
+        edit_json(folder / name, lambda d: d.get('model', d).__setitem__('architecture', 'fsr_vgg16'))
+    edit_json(folder / 'config.json', lambda d: d.update(model_args={}, hub_id='fsr-hub/fsr_vgg16.at_cifar10'))
     return folder.rename(folder.with_name('fsr_vgg16.at_cifar10'))
 
 
@@ -254,48 +240,57 @@ def _swap_pgd20_for_clean(folder: Path) -> None:
     card.write_text(text.replace(row, new))
 
 
+_RERENDER = r'README\.md differs from the card rendered from results\.json and config\.json'
 FAILURES = {
-    'missing weights': (lambda f, mp: (f / 'model.safetensors').unlink(), r'missing model\.safetensors'),
-    'missing card': (lambda f, mp: (f / 'README.md').unlink(), r'missing README\.md'),
-    'missing results': (lambda f, mp: (f / 'results.json').unlink(), r'missing results\.json'),
-    'missing config': (lambda f, mp: (f / 'config.json').unlink(), r'missing config\.json'),
-    'tampered weights': (lambda f, mp: _tamper_weights(f), r'model\.safetensors: sha256 \w+ differs from config\.json'),
-    'bad config sha': (lambda f, mp: _edit_json(f / 'config.json', lambda d: d['pretrained_cfg'].__setitem__(
+    'missing weights': (lambda f: (f / 'model.safetensors').unlink(), r'missing model\.safetensors'),
+    'missing card': (lambda f: (f / 'README.md').unlink(), r'missing README\.md'),
+    'missing results': (lambda f: (f / 'results.json').unlink(), r'missing results\.json'),
+    'missing config': (lambda f: (f / 'config.json').unlink(), r'missing config\.json'),
+    'tampered weights': (_tamper_weights, r'model\.safetensors: sha256 \w+ differs from config\.json'),
+    'bad config sha': (lambda f: edit_json(f / 'config.json', lambda d: d['pretrained_cfg'].__setitem__(
         'sha256', '0' * 64)), r'differs from config\.json pretrained_cfg\.sha256 0{64}'),
-    'bad results sha': (lambda f, mp: _edit_json(f / 'results.json', lambda d: d['model'].__setitem__(
+    'bad results sha': (lambda f: edit_json(f / 'results.json', lambda d: d['model'].__setitem__(
         'sha256', '0' * 64)), r'differs from results\.json model\.sha256'),
-    'registry pin': (lambda f, mp: _registry_pin(mp), r'differs from the registry pin f{64}'),
-    'card metric': (lambda f, mp: _card_value(f), r'README\.md: model-index pgd20 = [\d.]+ but results\.json says'),
-    'card extra metric': (lambda f, mp: _edit_json(f / 'results.json', lambda d: d['results'].pop('fgsm')),
-                          r'card model-index has fgsm = [\d.]+ but results\.json has no fgsm'),
-    'card body number': (lambda f, mp: _card_body_number(f), r'README\.md: number [\d.]+ \(body line \d+\) is not in'),
-    'card swapped numbers': (lambda f, mp: _swap_pgd20_for_clean(f), r'README\.md differs from the card rendered'),
-    'card without yaml': (lambda f, mp: (f / 'README.md').write_text('# no front matter\n'), r'no YAML front matter'),
-    'results architecture': (lambda f, mp: _edit_json(f / 'results.json', lambda d: d['model'].__setitem__(
+    'card metric': (_card_value, _RERENDER),
+    'card extra metric': (lambda f: edit_json(f / 'results.json', lambda d: d['results'].pop('fgsm')), _RERENDER),
+    'card body number': (_card_body_number, _RERENDER),
+    'card swapped numbers': (_swap_pgd20_for_clean, _RERENDER),
+    'card without yaml': (lambda f: (f / 'README.md').write_text('# no front matter\n'), _RERENDER),
+    'card for another org': (lambda f: edit_json(f / 'config.json', lambda d: d.__setitem__(
+        'hub_id', 'other/fsr_resnet18.at_cifar10')), _RERENDER),
+    'hub_id of another release': (lambda f: edit_json(f / 'config.json', lambda d: d.__setitem__(
+        'hub_id', 'fsr-hub/fsr_vgg16.at_cifar10')), r'config\.json: hub_id must be "<org>/fsr_resnet18\.at_cifar10"'),
+    'results architecture': (lambda f: edit_json(f / 'results.json', lambda d: d['model'].__setitem__(
         'architecture', 'fsr_vgg16')), r"results\.json: model\.architecture 'fsr_vgg16' differs"),
-    'unknown architecture': (lambda f, mp: _edit_json(f / 'config.json', lambda d: d.__setitem__(
+    'unknown architecture': (lambda f: edit_json(f / 'config.json', lambda d: d.__setitem__(
         'architecture', 'resnet50')), r"config\.json: architecture 'resnet50' is not an fsr_hub model"),
-    'wrong architecture': (lambda f, mp: _wrong_arch(f), r'model\.safetensors does not fit CifarVGG: \d+ missing keys'),
-    'bad model_args': (lambda f, mp: _edit_json(f / 'config.json', lambda d: d['model_args'].__setitem__(
+    'wrong architecture': (_wrong_arch, r'model\.safetensors does not fit CifarVGG: \d+ missing keys'),
+    'bad model_args': (lambda f: edit_json(f / 'config.json', lambda d: d['model_args'].__setitem__(
         'layers', [2, 2, 2, 2])), r'does not fit CifarResNet'),
-    'results not json': (lambda f, mp: (f / 'results.json').write_text('{oops'), r'results\.json is not valid JSON'),
-    'wrong schema': (lambda f, mp: _edit_json(f / 'results.json', lambda d: d.__setitem__('schema', 'v0')),
+    'results not json': (lambda f: (f / 'results.json').write_text('{oops'), r'results\.json is not valid JSON'),
+    'wrong schema': (lambda f: edit_json(f / 'results.json', lambda d: d.__setitem__('schema', 'v0')),
                      r"schema is 'v0', expected 'fsr-hub/verify/v1'"),
-    'bad accuracy': (lambda f, mp: _edit_json(f / 'results.json', lambda d: d['results']['clean'].__setitem__(
-        'accuracy', 0.8146 * 100 + 100)), r'results\.clean\.accuracy must be a percentage'),
+    'bad accuracy': (lambda f: edit_json(f / 'results.json', lambda d: d['results']['clean'].__setitem__(
+        'accuracy', 181.46)), r'results\.clean\.accuracy must be a percentage'),
 }
 
 
 @pytest.mark.parametrize('case', sorted(FAILURES))
-def test_validation_failures(rel, monkeypatch, case):
+def test_validation_failures(rel, case):
     break_it, pattern = FAILURES[case]
-    moved = break_it(rel.folder, monkeypatch)
-    folder = moved if isinstance(moved, Path) else rel.folder
+    moved = break_it(rel.folder)
     with pytest.raises(ReleaseError) as e:
-        validate_release(folder)
+        validate_release(moved if isinstance(moved, Path) else rel.folder)
     msg = str(e.value)
     assert '\n' not in msg, msg
     assert re.search(pattern, msg), msg
+
+
+def test_pin_decides(rel):
+    """The released pin (fsr_hub.releases.RELEASED by default) must equal the weights' sha256."""
+    assert validate_release(rel.folder, pin=rel.sha256, load_model=False).sha256 == rel.sha256
+    with pytest.raises(ReleaseError, match=r'differs from the pin f{64} of fsr_resnet18\.at_cifar10'):
+        validate_release(rel.folder, pin='f' * 64, load_model=False)
 
 
 def test_not_a_folder(tmp_path):
@@ -307,11 +302,14 @@ def test_folder_name_must_be_release_name(rel):
     moved = rel.folder.rename(rel.folder.with_name('my_release'))
     with pytest.raises(ReleaseError, match='folder name must be the release name fsr_resnet18.at_cifar10'):
         validate_release(moved)
+    assert validate_release(moved, name='fsr_resnet18.at_cifar10', load_model=False).name == 'fsr_resnet18.at_cifar10'
+    with pytest.raises(ReleaseError, match='holds the release fsr_resnet18.at_cifar10, not fsr_vgg16.at_cifar10'):
+        validate_release(moved, name='fsr_vgg16.at_cifar10')
 
 
 def test_assemble_refuses_report_of_other_weights(tmp_path):
     torch.manual_seed(0)
-    model = timm.create_model('fsr_resnet18', **SMALL_ARGS)
+    model = create('fsr_resnet18', **SMALL_ARGS)
     w = tmp_path / 'w.safetensors'
     sha = save_weights(model, w, dtype=torch.float32)
     save_weights(model, w, dtype=torch.float16)  # released file != verified file
@@ -320,44 +318,47 @@ def test_assemble_refuses_report_of_other_weights(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Command lines
+# Command lines and upload
 
 
-def test_push_dry_run_prints_plan_and_uploads_nothing(rel, monkeypatch, capsys):
-    import huggingface_hub
+class RecordingApi:
+    """Stands in for huggingface_hub.HfApi (push_release takes the api as a parameter)."""
 
-    class NoApi:
-        def __init__(self, *a, **k):
-            raise AssertionError('dry run must not touch the hub')
-    monkeypatch.setattr(huggingface_hub, 'HfApi', NoApi)
-    release.write_card(rel.folder, org='myorg')  # the card names the repo it is uploaded to
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail = [], fail
+
+    def create_repo(self, repo_id, **kw):
+        assert not self.fail, 'a dry run must not touch the hub'
+        self.calls.append(('create_repo', repo_id, kw))
+
+    def upload_folder(self, **kw):
+        assert not self.fail, 'a dry run must not touch the hub'
+        self.calls.append(('upload_folder', kw))
+
+
+def test_push_dry_run_prints_plan_and_uploads_nothing(rel, capsys):
+    write_card(rel.folder, org='myorg')  # config.json hub_id and the card name the repo it is uploaded to
+    assert json.loads((rel.folder / 'config.json').read_text())['hub_id'] == 'myorg/fsr_resnet18.at_cifar10'
+    assert 'hf-hub:myorg/fsr_resnet18.at_cifar10' in _body(rel.folder)
     assert load_tool('push_to_hub').main([str(rel.folder), '--org', 'myorg', '--dry-run']) == 0
     out = capsys.readouterr().out
     assert 'myorg/fsr_resnet18.at_cifar10' in out and 'dry-run' in out
     for p in rel.folder.iterdir():
         line = next(l for l in out.splitlines() if l.strip().startswith(p.name + ' '))
         assert f'{p.stat().st_size} bytes' in line and sha256_file(p) in line
+    api = RecordingApi(fail=True)
+    assert release.push_release(rel.folder, dry_run=True, api=api, print_fn=lambda s: None) == \
+        'myorg/fsr_resnet18.at_cifar10' and api.calls == []
 
 
-def test_push_calls_public_api(rel, monkeypatch, capsys):
-    import huggingface_hub
-    calls = []
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls.append(('init', token))
-
-        def create_repo(self, repo_id, **kw):
-            calls.append(('create_repo', repo_id, kw))
-
-        def upload_folder(self, **kw):
-            calls.append(('upload_folder', kw))
-    monkeypatch.setattr(huggingface_hub, 'HfApi', FakeApi)
-    release.write_card(rel.folder, org='myorg')
-    assert load_tool('push_to_hub').main([str(rel.folder), '--org', 'myorg', '--private']) == 0
-    assert calls[1] == ('create_repo', 'myorg/fsr_resnet18.at_cifar10',
-                        {'private': True, 'exist_ok': True, 'repo_type': 'model'})
-    up = calls[2][1]
+def test_push_calls_the_api(rel):
+    write_card(rel.folder, org='myorg')
+    api = RecordingApi()
+    assert release.push_release(rel.folder, org='myorg', private=True, api=api, print_fn=lambda s: None) \
+        == 'myorg/fsr_resnet18.at_cifar10'
+    assert api.calls[0] == ('create_repo', 'myorg/fsr_resnet18.at_cifar10',
+                            {'private': True, 'exist_ok': True, 'repo_type': 'model'})
+    up = api.calls[1][1]
     assert up['repo_id'] == 'myorg/fsr_resnet18.at_cifar10' and Path(up['folder_path']) == rel.folder
     assert sorted(up['allow_patterns']) == sorted(release.REQUIRED_FILES)
 
@@ -366,9 +367,9 @@ def test_push_refuses_a_card_rendered_for_another_org(rel, capsys):
     # the card's load instructions name fsr-hub/...: uploading it to myorg/... would point users elsewhere
     assert load_tool('push_to_hub').main([str(rel.folder), '--org', 'myorg', '--dry-run']) == 2
     err = capsys.readouterr().err
-    assert f'rendered for the hub organisation {fsr_hub.DEFAULT_ORG}, not myorg' in err and err.count('\n') == 1
+    assert f'rendered for the hub organisation {DEFAULT_ORG}, not myorg' in err and err.count('\n') == 1
     assert load_tool('push_to_hub').main([str(rel.folder), '--dry-run']) == 0  # its own org is fine
-    assert f'{fsr_hub.DEFAULT_ORG}/fsr_resnet18.at_cifar10' in capsys.readouterr().out
+    assert f'{DEFAULT_ORG}/fsr_resnet18.at_cifar10' in capsys.readouterr().out
 
 
 def test_push_invalid_folder_is_one_line(rel, capsys):
@@ -380,19 +381,19 @@ def test_push_invalid_folder_is_one_line(rel, capsys):
 
 def test_make_card_cli(tmp_path, capsys):
     torch.manual_seed(1)
-    model = timm.create_model('fsr_resnet18', **SMALL_ARGS)
+    model = create('fsr_resnet18', **SMALL_ARGS)
     w = tmp_path / 'w.safetensors'
     sha = save_weights(model, w, dtype=torch.float16)
     report = tmp_path / 'results.json'
     report.write_text(json.dumps(make_results(sha, str(w), attacks=('clean', 'pgd20'), seed=1)))
     tool = load_tool('make_card')
     out = tmp_path / 'cards'
-    assert tool.main([str(report), '--out', str(out), '--model-args', json.dumps(SMALL_ARGS)]) == 0
+    assert tool.main([str(report), '--out', str(out), '--model-args', json.dumps(SMALL_ARGS), '--org', 'o2']) == 0
     folder = out / 'fsr_resnet18.at_cifar10'
-    validate_release(folder)
-    # re-render after removing the derived keys: they are recomputed identically
+    assert validate_release(folder, load_model=False).hub_id == 'o2/fsr_resnet18.at_cifar10'
+    # re-render after removing the derived keys: they are recomputed identically, the org stays
     card = (folder / 'README.md').read_text()
-    _edit_json(folder / 'results.json', lambda d: (d.pop('cost'), d.pop('paper_reference')))
+    edit_json(folder / 'results.json', lambda d: (d.pop('cost'), d.pop('paper_reference')))
     assert tool.main(['--folder', str(folder)]) == 0
     assert (folder / 'README.md').read_text() == card
     # without the model args the weights do not fit: clear one-line error

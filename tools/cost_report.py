@@ -6,15 +6,11 @@
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-import fsr_hub  # noqa: E402,F401  (registers the models)
-from fsr_hub.cost import cost_table, format_markdown  # noqa: E402
-from fsr_hub.models import FSR_MODELS  # noqa: E402
+from fsr_hub.cost import cost_table, format_markdown
+from fsr_hub.models import FSR_MODELS
 
 
 def main(argv=None) -> int:

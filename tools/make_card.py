@@ -9,18 +9,17 @@
 
 results.json is the verify report of the training/evaluation tools (schema fsr-hub/verify/v1) for exactly the
 weight file released (its model.sha256 must match). The card's cost numbers are counted once on the model and
-written into results.json under "cost" (the paper's numbers for the setting under "paper_reference"), so every
-number in the card is in results.json.
+written into results.json under "cost" (the paper's numbers for the setting under "paper_reference"), so the
+card is rendered from results.json and config.json alone (plus the plots of tools/analyze.py present in the
+folder). The hub organisation is stored in config.json ("hub_id"); --org with --folder moves the release to
+another organisation.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-import fsr_hub  # noqa: E402,F401  (registers the models)
-from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card  # noqa: E402
+from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card
 
 
 def main(argv=None) -> int:
@@ -31,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument('--out', default='model_cards', help='parent folder of release folders (default model_cards)')
     p.add_argument('--tag', help="release tag when the report's model.tag is null")
     p.add_argument('--model-args', default='{}', help='JSON object of constructor arguments the weights need')
-    p.add_argument('--org', help='hub organisation shown in the card (default FSR_HUB_ORG or fsr-hub)')
+    p.add_argument('--org', help='hub organisation of the release (default fsr-hub; --folder: the stored one)')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty release folder')
     args = p.parse_args(argv)
     if bool(args.results) == bool(args.folder):

@@ -5,11 +5,8 @@
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from fsr_hub.sample import SAMPLE_PATH, SampleError, build_sample_from_cifar, read_sample, write_sample  # noqa: E402
+from fsr_hub.sample import SAMPLE_PATH, SampleError, build_sample_from_cifar, read_sample, write_sample
 
 
 def main(argv=None) -> int:
