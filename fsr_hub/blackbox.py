@@ -109,9 +109,23 @@ def di_fgsm(
     attack = ta.DIFGSM(model, device=x.device, eps=eps, steps=steps, alpha=alpha, decay=0.0,
                        resize_rate=resize_rate, diversity_prob=diversity_prob)
     x = x.detach()
-    with _no_param_grads(model), torch.enable_grad():
+    with _no_param_grads(model), _any_input_size(model), torch.enable_grad():
         x_adv = attack(x, y)
     return project(x_adv.detach(), x, eps)
+
+
+@contextlib.contextmanager
+def _any_input_size(model: nn.Module) -> Iterator[None]:
+    # DI's transform enlarges the image (32 -> 35): models that check their input size (fsr_hub's, timm's ViTs)
+    # expose timm's ``dynamic_img_size`` switch, which is turned on while the attack runs
+    sized = [(m, m.dynamic_img_size) for m in model.modules() if isinstance(getattr(m, 'dynamic_img_size', None), bool)]
+    try:
+        for m, _ in sized:
+            m.dynamic_img_size = True
+        yield
+    finally:
+        for m, old in sized:
+            m.dynamic_img_size = old
 
 
 # ----------------------------------------------------------------------------------------------- NAttack

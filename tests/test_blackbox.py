@@ -89,6 +89,17 @@ def test_di_fgsm_resizes_and_pads_as_the_paper():
         assert zero_rows == zero_cols and 1 <= zero_rows <= 3
 
 
+def test_di_fgsm_lets_a_size_checking_model_see_the_enlarged_image_for_the_attack_only():
+    from conftest import tiny_fsr_net
+
+    model = tiny_fsr_net().eval()
+    x, y = torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
+    x_adv = di_fgsm(model, x, y, 8 / 255, diversity_prob=1.0)
+    assert (x_adv - x).abs().amax() <= 8 / 255 + 1e-7 and model.dynamic_img_size is False
+    with pytest.raises(ValueError, match=r'shape \(B, 3, 32, 32\)'):
+        model(torch.rand(2, 3, 35, 35))
+
+
 def test_nes_update_follows_the_loss_gradient():
     # for a linear loss f(mu + sigma e) = a . e the z-scored estimate is -(lr / sigma) a / |a| in expectation
     torch.manual_seed(0)

@@ -78,6 +78,8 @@ class FSRNet(nn.Module):
         stages: the stages in forward order (see :class:`Stage`); each becomes an attribute of that name.
         num_classes: classifier outputs (also of the auxiliary FSR heads); 0 gives pooled features.
         in_chans, img_size: the input the model is built for; ``forward`` refuses any other (see ``expected_input``).
+        dynamic_img_size: accept any spatial size (timm's name for it); the attribute of that name can also be set
+            for a while, e.g. by an attack that enlarges its inputs (DI-FGSM).
         fsr_positions: stage names (or indices into ``stage_names``) after which an FSR module is inserted;
             empty for a vanilla network.
         fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration: see :class:`fsr_hub.fsr.FSR`.
@@ -95,6 +97,7 @@ class FSRNet(nn.Module):
             num_classes: int = 10,
             in_chans: int = 3,
             img_size: Union[int, Sequence[int]] = 32,
+            dynamic_img_size: bool = False,
             fsr_positions: Union[str, int, Sequence[Union[str, int]]] = (),
             fsr_tau: float = 0.1,
             fsr_hidden: int = 64,
@@ -113,6 +116,7 @@ class FSRNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.img_size = _pair(img_size)
+        self.dynamic_img_size = dynamic_img_size
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         last_reduction = stages[-1].reduction
@@ -176,7 +180,8 @@ class FSRNet(nn.Module):
                              f'got {type(x).__name__}.')
         dtype_ok = x.dtype == next(self.parameters()).dtype or (
             x.dtype in _DTYPE_NAMES and torch.is_autocast_enabled(x.device.type))
-        if dtype_ok and x.ndim == 4 and x.shape[1] == self.in_chans and (x.shape[2], x.shape[3]) == self.img_size:
+        if dtype_ok and x.ndim == 4 and x.shape[1] == self.in_chans and (
+                self.dynamic_img_size or (x.shape[2], x.shape[3]) == self.img_size):
             return
         if not x.is_floating_point():
             hint = ' (integer images: convert with x.float() / 255)'
