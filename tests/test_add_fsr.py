@@ -5,8 +5,9 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from fsr_hub import FSRNet, FSRWrapper, VANILLA_TWINS, add_fsr
+from fsr_hub import FSRNet, FSRWrapper, VANILLA_TWINS, add_fsr, fsr_aux_loss
 from fsr_hub.cost import count_cost
 from fsr_hub.models import create
 from fsr_hub.objectives import AdversarialObjective, ObjectiveConfig
@@ -231,6 +232,22 @@ def test_feature_maps_fsr_cannot_follow_are_refused_at_the_first_forward(build, 
     model = build()
     with pytest.raises(error, match=match):
         model(x)
+
+
+def test_grad_checkpointing_that_recomputes_an_fsr_position_gives_the_same_gradients():
+    # FSRNet checkpoints whole stages: the hooks (and FSR) run again in backward, outside forward_train
+    torch.manual_seed(0)
+    model = add_fsr(create('cifar_wrn34_10', depth=10, widen_factor=1), ['block2', 'block3'], hidden=4)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        torch.manual_seed(1)
+        out = model.forward_train(x)
+        (F.cross_entropy(out.logits, y) + fsr_aux_loss(out.aux, out.logits, y)).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
 
 
 def test_grad_checkpointing_that_skips_an_fsr_position_is_refused():

@@ -136,7 +136,9 @@ class FSRWrapper(nn.Module):
                     hint = ' (tokens (B, N, C): not a convolutional stage)'
             raise ValueError(f'FSR after {position!r} needs an NCHW feature map (B, {c}, H, W); '
                              f'{type(self.backbone).__name__}.{position} gives {got}{hint}.')
-        out, aux = self.fsr[self._keys[position]](output, need_aux=self._aux is not None)
+        # the auxiliary outputs are computed whenever autograd records, forward_train or not: a stage inside a
+        # checkpointed region is recomputed in backward (outside forward_train), which must run the same ops
+        out, aux = self.fsr[self._keys[position]](output, need_aux=self._aux is not None or torch.is_grad_enabled())
         if self._ran is not None:
             if position in self._ran:
                 raise RuntimeError(f'{type(self.backbone).__name__}.{position} ran twice in one forward; FSR can '
