@@ -8,7 +8,7 @@
 from .fsr import FSR, FSRAux, gumbel_sigmoid_mask
 from .losses import fsr_aux_loss, highest_wrong_class, recalibration_loss, separation_loss
 from .models import (
-    CIFAR10_CLASSES, FSR_MODELS, VANILLA_TWINS, FSRNet, FSROutput, FSRPretrainedCfg,
+    CIFAR10_CLASSES, FSR_MODELS, VANILLA_TWINS, FSRNet, FSROutput, FSRPretrainedCfg, FSRWrapper, add_fsr,
     cifar_resnet18, cifar_vgg16, cifar_wrn34_10, fsr_resnet18, fsr_vgg16, fsr_wrn34_10,
 )
 from .releases import DEFAULT_ORG, hub_id
