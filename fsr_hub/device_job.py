@@ -93,15 +93,15 @@ class LeasePlan:
     """Seconds of a lease: the assumptions the job plans with (the device tool's limits and our margins)."""
     lease: float = 900.0  # device time of one session, start-up, transfers and idle included
     startup: float = 120.0  # machine start and transfer of call a, before a starts (assumed)
-    a: float = 120.0  # call a's target
+    a: float = 150.0  # call a's target
     gap: float = 30.0  # a's files come back, b's tree is sent and b starts
     after: float = 45.0  # b's files come back and the machine idles 30 s before it is given back
     margin: float = 30.0  # kept free on the lease
     command_limit: float = 600.0  # one command's limit
     command_margin: float = 20.0  # b ends this long before its command limit
     unpack: float = 20.0  # b: unpack the second half and check every md5 (estimate)
-    tests: float = 45.0  # a: pytest -m cuda, at most
-    benchmark: float = 60.0  # a: benchmark seconds
+    tests: float = 75.0  # a: pytest -m 'cuda and not slow', at most (imports and CUDA start-up included)
+    benchmark: float = 40.0  # a: benchmark seconds (eager and cuda-graph, FSR and vanilla)
     verify: float = 150.0  # b: the quick verification's share (it also gets whatever training leaves)
     release: float = 45.0  # b: card, release folder, staging
     min_train: float = 60.0  # b trains at least this long, even when the lease is late
@@ -109,16 +109,24 @@ class LeasePlan:
     min_verify: float = 30.0  # and verifies at least this long (clean, FGSM, PGD-20 on 10,000 images on an H100)
     tool_start: float = 20.0  # a tool's imports and model loading, before its own deadline clock starts
 
-    def b_end(self, a_start: float, b_start: float) -> float:
-        """Wall-clock time by which call b must have ended (the earlier of lease and command limit)."""
-        lease_end = a_start - self.startup + self.lease - self.after - self.margin
+    def b_end(self, a_start: float, b_start: float, lease_left: Optional[float] = None) -> float:
+        """Wall-clock time by which call b must have ended (the earlier of lease and command limit).
+
+        ``lease_left``: the device time the tool reported left when call a returned (its reply's
+        ``lease.budget_left_s``); b then started ``gap`` seconds after that. Without it, the lease is assumed to
+        have started ``startup`` seconds before call a."""
+        if lease_left is not None:
+            lease_end = b_start - self.gap + lease_left - self.after - self.margin
+        else:
+            lease_end = a_start - self.startup + self.lease - self.after - self.margin
         return min(lease_end, b_start + self.command_limit - self.command_margin)
 
 
-def train_seconds(plan: LeasePlan, a_start: float, b_start: float, now: float) -> float:
+def train_seconds(plan: LeasePlan, a_start: float, b_start: float, now: float,
+                  lease_left: Optional[float] = None) -> float:
     """Training budget of call b at time ``now``: what is left before b must end, minus verification and release
     (at least ``plan.min_train``)."""
-    return max(plan.b_end(a_start, b_start) - now - plan.verify - plan.release, plan.min_train)
+    return max(plan.b_end(a_start, b_start, lease_left) - now - plan.verify - plan.release, plan.min_train)
 
 
 def _mmss(seconds: float) -> str:
@@ -159,7 +167,7 @@ class JobSettings:
     tag: str = 'at_cifar10'
     train_args: List[str] = field(default_factory=list)
     verify_args: List[str] = field(default_factory=list)
-    pytest_args: List[str] = field(default_factory=lambda: ['-m', 'cuda', '-q', '-x', '-p', 'no:cacheprovider'])
+    pytest_args: List[str] = field(default_factory=lambda: ['-m', 'cuda and not slow', '-q', '-p', 'no:cacheprovider'])
     benchmark_args: List[str] = field(default_factory=list)
     md5: Dict[str, str] = field(default_factory=lambda: dict(CIFAR10_MD5))
     plan: LeasePlan = field(default_factory=LeasePlan)
@@ -310,7 +318,9 @@ def prepare(root: PathLike, source: PathLike, settings: Optional[JobSettings] = 
     return {'calls': calls, 'sizes_mib': sizes, 'limit_mib': limit_mib, 'move_out': move_out,
             'plan': plan_lines(p),
             'notes': _move_out_note(move_out) + [
-                'make call b right after a returns (the machine keeps .data/ only while warm, 30 s)',
+                'make call b right after a returns (the machine keeps .data/ only while warm, 30 s); append '
+                '--lease-left-s S to its command, S = lease.budget_left_s of call a\'s reply, so that b plans from '
+                'the real device time left (without it b assumes the machine started 2 minutes before a)',
                 f'afterwards: python tools/device_job.py join <files_at of b> --out '
                 f'model_cards/{settings.model}.{settings.tag}']}
 
@@ -638,9 +648,10 @@ def _verify_cmd(settings: JobSettings, weights: Path, minutes: float, summary: O
             *(['--train-summary', str(summary)] if summary else []), *settings.verify_args]
 
 
-def job_b(root: PathLike, started: Optional[float] = None) -> Dict[str, Any]:
+def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[float] = None) -> Dict[str, Any]:
     """Second device call: rest of the data, md5, budgeted training, quick verification, release, staging.
-    ``started``: when the call's process started (default: now)."""
+    ``started``: when the call's process started (default: now). ``lease_left``: the device time the tool reported
+    left when call a returned (see :meth:`LeasePlan.b_end`); without it b plans from a's recorded start."""
     root = Path(root)
     b_start = started or time.time()
     out = _out_dir()
@@ -652,14 +663,14 @@ def job_b(root: PathLike, started: Optional[float] = None) -> Dict[str, Any]:
         raise JobError(f'{root / SITE} is missing: call a did not finish on this machine; run a, then b at once.')
     plan, a_start = settings.plan, float(a['a_start'])
     log(f'call b: {settings.model}.{settings.tag}, path {a.get("step")} ({a.get("why")}); '
-        f'{b_start - a_start:.0f} s after a started; b must end within {plan.b_end(a_start, b_start) - b_start:.0f} s')
-    state: Dict[str, Any] = {'b_start': b_start, 'a': a}
+        f'{b_start - a_start:.0f} s after a started; b must end within {plan.b_end(a_start, b_start, lease_left) - b_start:.0f} s')
+    state: Dict[str, Any] = {'b_start': b_start, 'a': a, 'lease_left_s': lease_left}
     try:
         log.phase('unpack train_4..5 + test, md5 of all',
                   lambda: _unpack(root, root / CARRY_A / 'unpack.py', root / CARRY_B, BATCHES_ALL, settings.md5, log))
         run = root / RUN
         run.mkdir(parents=True, exist_ok=True)
-        budget = train_seconds(plan, a_start, b_start, time.time())
+        budget = train_seconds(plan, a_start, b_start, time.time(), lease_left)
         state['train_budget_s'] = round(budget, 1)
         summary, best, final = run / 'train_summary.json', run / 'best.safetensors', run / 'final.safetensors'
         stager.start([(best, WEIGHTS), (summary, 'train_summary.json')])
@@ -674,7 +685,7 @@ def job_b(root: PathLike, started: Optional[float] = None) -> Dict[str, Any]:
             raise JobError(f'training left no weights in {run} (exit {state["train_rc"]}).')
         if weights == final:
             stager.stage(final, WEIGHTS)
-        verify_s = plan.b_end(a_start, b_start) - time.time() - plan.release
+        verify_s = plan.b_end(a_start, b_start, lease_left) - time.time() - plan.release
         if verify_s < plan.min_verify:
             log(f'training ran late: verification gets its minimum of {plan.min_verify:.0f} s, not {verify_s:.0f} s')
             verify_s = plan.min_verify
@@ -688,7 +699,7 @@ def job_b(root: PathLike, started: Optional[float] = None) -> Dict[str, Any]:
                 timeout=verify_s + 30, interrupt_first=True))
             if rc == 2 and summary.is_file():
                 log('verify refused the summary (of another checkpoint?): verifying without it')
-                again = max(plan.b_end(a_start, b_start) - time.time() - plan.release, plan.min_verify)
+                again = max(plan.b_end(a_start, b_start, lease_left) - time.time() - plan.release, plan.min_verify)
                 rc = log.phase('verify without summary', lambda: _run(
                     _verify_cmd(settings, weights.relative_to(root), (again - plan.tool_start) / 60, None), root, log,
                     timeout=again + 30, interrupt_first=True))

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .attacks import pgd
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
-from .hardware import hardware_name, synchronize
+from .hardware import hardware_name, strict_float32, synchronize
 from .models import create
 from .objectives import OBJECTIVES, AdversarialObjective, ObjectiveConfig
 from .schedule import (
@@ -482,7 +482,8 @@ def _time_evaluation(run: _Run) -> float:
     for _ in range(2):
         synchronize(run.device)
         t = time.perf_counter()
-        _batch_counts(run.model, x, y, run.cfg.eps, run.cfg.eps / 10, steps, amp=False)
+        with strict_float32():
+            _batch_counts(run.model, x, y, run.cfg.eps, run.cfg.eps / 10, steps, amp=False)
         synchronize(run.device)
         seconds = time.perf_counter() - t
     return seconds * len(run.hold_loader)
@@ -500,11 +501,12 @@ def _time_checkpoint(run: _Run) -> float:
 
 def _evaluate(run: _Run, metrics: Dict[str, Any]) -> bool:
     """Evaluation on the held-out slice in float32 (like tools/verify.py: a bf16 attack is weaker and would
-    flatter the checkpoint it picks): PGD accuracy, or clean accuracy for natural training. True on a new best."""
+    flatter the checkpoint it picks; TF32 off): PGD accuracy, or clean accuracy for natural training. True on a new best."""
     cfg = run.cfg
     t = time.perf_counter()
-    c, r, m = robust_accuracy(run.model, run.hold_loader, cfg.eps, cfg.eps / 10,
-                              None if run.natural else cfg.eval_steps, amp=False)
+    with strict_float32():  # TF32 off too, as in tools/verify.py
+        c, r, m = robust_accuracy(run.model, run.hold_loader, cfg.eps, cfg.eps / 10,
+                                  None if run.natural else cfg.eval_steps, amp=False)
     counts = torch.stack([c, r if r is not None else torch.zeros_like(c), m])
     if run.world > 1:
         dist.all_reduce(counts)

@@ -15,8 +15,7 @@ and data is continued (finished stages are kept, AutoAttack resumes from its sav
 strict float32: no autocast, float32 weights, and TF32 off for CUDA matmuls and cuDNN convolutions.
 """
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,14 +23,14 @@ from tqdm import tqdm
 
 from .attacks import cw_inf, fgsm, linf_violation, pgd, pgd_trajectory
 from .autoattack import AAState, pack_flags, run_autoattack_resumable, unpack_flags
-from .hardware import hardware_name, synchronize
+from .hardware import hardware_name, strict_float32, synchronize
 from .inputs import check_pixels
 from .schemas import TRAIN_SCHEMA, VERIFY_SCHEMA
 from .weights import sha256_file
 
 __all__ = [
     'SCHEMA', 'ATTACKS', 'DEFAULT_ATTACKS', 'ENSEMBLE_ATTACKS', 'STAGE_ORDER', 'PRESETS', 'STEPS_SWEEP',
-    'EPS_SWEEP_255', 'attack_params', 'preset', 'strict_float32', 'evaluate', 'model_info', 'build_report',
+    'EPS_SWEEP_255', 'attack_params', 'preset', 'evaluate', 'model_info', 'build_report',
     'parse_attacks', 'training_section',
 ]
 
@@ -102,39 +101,6 @@ def _attack_fn(name: str, model: nn.Module, p: Mapping[str, Any],
     if name == 'transfer':
         return lambda xb, yb: pgd(transfer_model, xb, yb, p['eps'], p['alpha'], p['steps'], p['random_start'])
     raise ValueError(f'{name!r} is not a batch-wise white-box attack.')
-
-
-def _fp32_flags() -> Tuple[Any, Any]:
-    b = torch.backends
-    if hasattr(b.cuda.matmul, 'fp32_precision') and hasattr(b.cudnn, 'conv'):
-        return b.cuda.matmul, b.cudnn.conv
-    return None, None
-
-
-@contextmanager
-def strict_float32() -> Iterator[Dict[str, Any]]:
-    """TF32 off for CUDA matmuls and cuDNN convolutions inside the block, the previous settings restored after.
-
-    Uses the ``fp32_precision`` flags of torch >= 2.9 (mixing them with the legacy ``allow_tf32`` flags is an
-    error there), the legacy flags on older torch. Yields what the report records.
-    """
-    matmul, conv = _fp32_flags()
-    if matmul is not None:
-        saved = (matmul.fp32_precision, conv.fp32_precision)
-        matmul.fp32_precision = conv.fp32_precision = 'ieee'
-        try:
-            yield {'dtype': 'float32', 'tf32': False, 'cuda_matmul_fp32_precision': matmul.fp32_precision,
-                   'cudnn_conv_fp32_precision': conv.fp32_precision}
-        finally:
-            matmul.fp32_precision, conv.fp32_precision = saved
-        return
-    b = torch.backends
-    saved = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32)
-    b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
-    try:
-        yield {'dtype': 'float32', 'tf32': False, 'cuda_matmul_allow_tf32': False, 'cudnn_allow_tf32': False}
-    finally:
-        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = saved
 
 
 def _pct(correct: torch.Tensor) -> float:

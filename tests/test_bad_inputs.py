@@ -157,6 +157,7 @@ def test_input_checks_compile_without_graph_breaks(model):
 
 
 @pytest.mark.cuda
+@pytest.mark.slow  # inductor compilation on the GPU: left out of the device job's quick `-m 'cuda and not slow'`
 def test_cuda_autocast_and_compile_take_the_same_checks():
     m = timm.create_model('fsr_resnet18').cuda().eval()
     x = _x(2, 3, 32, 32).cuda()

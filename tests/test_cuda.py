@@ -157,3 +157,23 @@ def test_benchmark_runs_the_cuda_paths():
         r = benchmark_train_step(tiny_fsr_net(), batch_size=16, batches=3, device='cuda', amp=True,
                                  channels_last=True, step=mode, steps=2)
         assert r['images_per_second'] > 0 and not r['includes_setup'] and r['timed_steps'] == 3
+
+
+def test_evaluation_on_cuda_is_strict_float32_and_agrees_with_the_cpu():
+    import copy
+
+    from fsr_hub.evaluate import evaluate
+
+    model = tiny_fsr_net().eval()
+    x, y = separable_data(64)
+    x = x.permute(0, 3, 1, 2).float() / 255
+    flags = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    kw = dict(attacks=('clean', 'fgsm', 'pgd20'), batch_size=32, masking_checks=False, progress=False)
+    cpu = evaluate(copy.deepcopy(model), x, y, device='cpu', **kw)
+    gpu = evaluate(copy.deepcopy(model), x, y, device='cuda', **kw)
+    assert gpu['precision']['tf32'] is False  # TF32 was off while attacking ...
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == flags  # ... and is restored
+    # float32 on both devices; kernels differ in rounding, which can flip an example at a tie (more often after
+    # a sign-gradient step): one example for clean, three for the attacks, of 64
+    for name, flips in (('clean', 1), ('fgsm', 3), ('pgd20', 3)):
+        assert abs(cpu['results'][name]['accuracy'] - gpu['results'][name]['accuracy']) <= 100 * flips / 64 + 1e-9, name

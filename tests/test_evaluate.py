@@ -14,8 +14,9 @@ import torch
 import fsr_hub  # noqa: F401
 from fsr_hub.autoattack import pack_flags, run_autoattack_resumable, unpack_flags
 from fsr_hub.evaluate import (
-    PENDING, SCHEMA, STAGE_ORDER, build_report, evaluate, model_info, parse_attacks, preset, strict_float32,
+    PENDING, SCHEMA, STAGE_ORDER, build_report, evaluate, model_info, parse_attacks, preset,
 )
+from fsr_hub.hardware import strict_float32
 from fsr_hub.weights import save_weights
 from tools import verify
 

@@ -14,7 +14,8 @@ Here (the checkout the device tool sends, on the CPU):
 
 On the device (the commands prepare prints; $OUT is set by the tool):
     python tools/device_job.py a          # wheels, first half of the data, pytest -m cuda, benchmark (< 2 min)
-    python tools/device_job.py b          # rest of the data, md5, budgeted training, quick verify, release
+    python tools/device_job.py b [--lease-left-s S]   # rest of the data, md5, budgeted training, quick verify,
+                                                       # release; S = lease.budget_left_s of call a's reply
     python tools/device_job.py verify     # the full suite under a deadline, results.json staged as it grows
 
 Released weights in model_cards/ travel with the tree: move them out of the checkout during the calls.
@@ -64,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument('--limit-mib', type=float, default=CALL_LIMIT_MIB)
     pa = sub.add_parser('a', help='first device call')
     pa.add_argument('--benchmark-seconds', type=float, default=None)
-    sub.add_parser('b', help='second device call, right after a')
+    pb = sub.add_parser('b', help='second device call, right after a')
+    pb.add_argument('--lease-left-s', type=float, default=None,
+                    help="device seconds left when call a returned (its reply's lease.budget_left_s): b plans its "
+                         "end from it; without it, from a's start and an assumed 2-minute machine start-up")
     vv = sub.add_parser('verify', help='device call of a full verification')
     vv.add_argument('--deadline-minutes', type=float, default=None)
     pj = sub.add_parser('join', help='reassemble staged weight parts and check the sha256')
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
         elif args.cmd == 'a':
             result = job_a(root, args.benchmark_seconds, started=STARTED)
         elif args.cmd == 'b':
-            result = job_b(root, started=STARTED)
+            result = job_b(root, started=STARTED, lease_left=args.lease_left_s)
         elif args.cmd == 'verify':
             result = job_verify(root, args.deadline_minutes, started=STARTED)
         elif args.cmd == 'join':
