@@ -8,6 +8,9 @@ __all__ = ['check_pixels']
 def check_pixels(x: torch.Tensor, what: str = 'input') -> None:
     """Raise ValueError unless ``x`` is a floating batch of finite values in [0, 1] (raw RGB pixels, no
     normalisation). Reads the values, so it synchronises with the device: call it once per evaluation."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f'{what}: expected a torch.Tensor of float pixels in [0, 1], got {type(x).__name__} '
+                         f'(convert with torch.from_numpy(...)).')
     if not torch.is_floating_point(x):
         raise ValueError(f'{what}: expected float pixels in [0, 1], got dtype {x.dtype} (divide uint8 images by 255).')
     if x.numel() == 0:
