@@ -417,8 +417,8 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
                      load_model: bool = True, check_card: bool = True) -> ReleaseInfo:
     """Check a release folder end to end, or raise :class:`ReleaseError` with a one-line message.
 
-    Required files present; config.json names an fsr_hub (or timm) architecture matching results.json and the release
-    ``name`` (default: the folder's name); its ``hub_id`` is ``<org>/<name>``; the sha256 of the weights equals
+    Required files present; config.json names an fsr_hub (or any timm) architecture matching results.json and the
+    release ``name`` (default: the folder's name); its ``hub_id`` is ``<org>/<name>``; the sha256 of the weights equals
     config.json's, results.json's and ``pin`` (default: :data:`fsr_hub.releases.RELEASED`'s pin for the name,
     if any); the weights load strictly; the card is byte for byte the one these files render to.
     """
