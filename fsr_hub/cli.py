@@ -1,9 +1,14 @@
-"""Argument types shared by the command-line tools (``tools/*.py``): one parser per kind of value."""
+"""Argument types and flags shared by the command-line tools (``tools/*.py``): one parser per kind of value, one
+set of FSR flags (``--fsr-*``) for every tool that builds a model by name."""
 import argparse
+import json
 from fractions import Fraction
-from typing import Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-__all__ = ['number', 'int_tuple']
+__all__ = ['number', 'int_tuple', 'positions', 'add_fsr_arguments', 'fsr_model_args', 'agreed_model_args']
+
+#: ``--fsr-*`` flag destinations, which are also the ``fsr_hub.models.create`` keyword arguments they set
+FSR_FLAGS = ('fsr_positions', 'fsr_tau', 'fsr_hidden', 'fsr_separation', 'fsr_recalibration')
 
 
 def number(text: str) -> float:
@@ -20,3 +25,57 @@ def int_tuple(text: str) -> Tuple[int, ...]:
         return tuple(int(v) for v in text.split(',') if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+
+
+def positions(text: str) -> list:
+    """Comma-separated FSR positions: feature-module names, or integers as indices into ``feature_info``:
+    ``layer3,layer4`` -> ['layer3', 'layer4'], ``-1`` -> [-1]; ``''`` -> [] (no FSR: an fsr_hub architecture's
+    vanilla twin)."""
+    out: list = []
+    for v in (s.strip() for s in text.split(',')):
+        if v:
+            out.append(int(v) if v.lstrip('-').isdigit() else v)
+    return out
+
+
+def add_fsr_arguments(parser: argparse.ArgumentParser, prefix: str = '') -> None:
+    """The ``--fsr-*`` flags: FSR after chosen feature stages of any timm CNN (``fsr_hub.add_fsr``), or other
+    positions / settings for fsr_hub's own architectures. Unset flags stay None (the constructor's default)."""
+    g = parser.add_argument_group(
+        'FSR on any timm CNN (e.g. --model resnet50 --fsr-positions layer3,layer4); a flag not given keeps the '
+        "model's own value")
+    g.add_argument('--fsr-positions', type=positions, default=None, metavar='M1,M2',
+                   help="feature_info module names (or indices) FSR follows; '' for none (an fsr_hub model's "
+                        'vanilla twin)')
+    g.add_argument('--fsr-tau', type=number, default=None, help='Gumbel-sigmoid temperature of the FSR mask (0.1)')
+    g.add_argument('--fsr-hidden', type=int, default=None, help='channels of the separation/recalibration nets (64)')
+    g.add_argument('--fsr-separation', action=argparse.BooleanOptionalAction, default=None,
+                   help='the separation net (ablation: --no-fsr-separation)')
+    g.add_argument('--fsr-recalibration', action=argparse.BooleanOptionalAction, default=None,
+                   help='the recalibration net (ablation: --no-fsr-recalibration)')
+
+
+def fsr_model_args(args: Union[argparse.Namespace, Mapping[str, Any]]) -> Dict[str, Any]:
+    """The ``create`` keyword arguments of the ``--fsr-*`` flags that were given (an empty dict: none)."""
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return {k: values[k] for k in FSR_FLAGS if values.get(k) is not None}
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples -> lists, as a JSON file gives them back
+
+
+def agreed_model_args(given: Mapping[str, Any], recorded: Optional[Mapping[str, Any]], where: str) -> Dict[str, Any]:
+    """The model arguments of a run: ``recorded`` (e.g. a train summary's ``model_args``) when there is a record,
+    else ``given`` (the flags). Flags given beside a record must repeat its values (ValueError naming ``where``)."""
+    if recorded is None:
+        return dict(given)
+    if not isinstance(recorded, Mapping):
+        raise ValueError(f'{where}: model_args must be a JSON object, not {type(recorded).__name__}.')
+    recorded = _plain(dict(recorded))
+    differ = {k: v for k, v in _plain(dict(given)).items() if recorded.get(k, '<not set>') != v}
+    if differ:
+        theirs = {k: recorded.get(k, '<not set>') for k in differ}
+        raise ValueError(f'the flags {differ} differ from the model_args of {where} ({theirs}); drop the flags to '
+                         f'use the recorded ones.')
+    return recorded

@@ -1,12 +1,14 @@
-"""Parameter, FLOP and latency cost of FSR versus the vanilla twin (the paper's Table 7).
+"""Parameter, FLOP and latency cost of FSR versus the vanilla twin (the paper's Table 7), and of FSR added to any
+timm CNN (:func:`fsr_cost`).
 
 FLOPs come from fvcore's ``FlopCountAnalysis``, which counts one fused multiply-add as one flop. The paper's
 Table 7 reports twice that (multiply and add counted separately); both conventions are reported.
 fvcore has no counter for elementwise ops (add, mul, sigmoid, ...) and pooling: they are listed as uncounted.
 """
+import json
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,7 +21,7 @@ from .hardware import hardware_name, synchronize
 from .models import FSR_MODELS, VANILLA_TWINS, create
 from .paper import table7
 
-__all__ = ['count_cost', 'measure_latency', 'cost_table', 'format_markdown']
+__all__ = ['count_cost', 'measure_latency', 'cost_table', 'fsr_cost', 'format_markdown']
 
 def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Dict:
     """Parameters and fvcore FLOPs (multiply-adds) of one eval-mode forward of a single image.
@@ -49,11 +51,13 @@ def measure_latency(
         iters: int = 5,
         warmup: int = 1,
         device: str = 'cpu',
+        input_size: Sequence[int] = (3, 32, 32),
 ) -> List[float]:
-    """Median eval forward time (ms) per model, the models interleaved each iteration so they share conditions."""
+    """Median eval forward time (ms) per model on ``batch_size`` inputs of ``input_size`` (C, H, W), the models
+    interleaved each iteration so they share conditions."""
     dev = torch.device(device)
     models = [m.eval().to(dev) for m in models]
-    x = torch.rand(batch_size, 3, 32, 32, device=dev)
+    x = torch.rand(batch_size, *input_size, device=dev)
     times: List[List[float]] = [[] for _ in models]
     for it in range(warmup + iters):
         for i, m in enumerate(models):
@@ -94,18 +98,64 @@ def cost_table(
             'uncounted_ops_fsr': fsr['uncounted_ops'],
         }
         if latency:
-            ms_vanilla, ms_fsr = measure_latency([vanilla_model, fsr_model], batch_size, iters, device=device)
-            row['latency'] = {
-                'device': hardware_name(torch.device(device)),
-                'batch_size': batch_size, 'iters': iters, 'threads': torch.get_num_threads(),
-                'ms_vanilla': ms_vanilla, 'ms_fsr': ms_fsr, 'ratio': ms_fsr / ms_vanilla,
-            }
+            row['latency'] = _latency(vanilla_model, fsr_model, batch_size, iters, device)
         rows.append(row)
     return rows
 
 
+def fsr_cost(
+        name: str,
+        model_args: Optional[Mapping[str, Any]] = None,
+        input_size: Sequence[int] = (3, 32, 32),
+        latency: bool = False,
+        device: str = 'cpu',
+        batch_size: int = 32,
+        iters: int = 5,
+) -> Dict:
+    """Cost of FSR in any model :func:`fsr_hub.models.create` builds, e.g. ``fsr_cost('resnet50',
+    {'num_classes': 10, 'fsr_positions': ['layer3', 'layer4']}, (3, 224, 224))``: params and FLOPs (both
+    conventions) of ``create(name, **model_args)`` (after) and of the same model with no FSR position (before:
+    the plain timm model, or an fsr_hub architecture's vanilla twin), each built fresh, counted on one image of
+    ``input_size``; a row of :func:`format_markdown`."""
+    model_args = dict(model_args or {})
+    after_model = create(name, **model_args)
+    positions = tuple(getattr(after_model, 'fsr_positions', ()))
+    if not positions:
+        raise ValueError(f'{name} with {model_args} has no FSR module: give fsr_positions (feature_info modules).')
+    before_model = create(name, **{**model_args, 'fsr_positions': ()})
+    before, after = count_cost(before_model, input_size), count_cost(after_model, input_size)
+    row = {
+        'model': name,
+        'label': f"{name} + FSR after {', '.join(positions)}",
+        'vanilla': name,
+        'model_args': json.loads(json.dumps(model_args)),  # as JSON keeps them
+        'input_size': [int(v) for v in input_size],
+        'params': before['params'],
+        'params_fsr': after['params'],
+        'gflops_fvcore': before['gflops_fvcore'],
+        'gflops_fvcore_fsr': after['gflops_fvcore'],
+        'gflops_paper_convention': 2 * before['gflops_fvcore'],
+        'gflops_paper_convention_fsr': 2 * after['gflops_fvcore'],
+        'paper_table7': None,
+        'uncounted_ops_fsr': after['uncounted_ops'],
+    }
+    if latency:
+        row['latency'] = _latency(before_model, after_model, batch_size, iters, device, input_size)
+    return row
+
+
+def _latency(vanilla: nn.Module, fsr: nn.Module, batch_size: int, iters: int, device: str,
+             input_size: Sequence[int] = (3, 32, 32)) -> Dict[str, Any]:
+    ms_vanilla, ms_fsr = measure_latency([vanilla, fsr], batch_size, iters, device=device, input_size=input_size)
+    return {
+        'device': hardware_name(torch.device(device)),
+        'batch_size': batch_size, 'iters': iters, 'threads': torch.get_num_threads(),
+        'ms_vanilla': ms_vanilla, 'ms_fsr': ms_fsr, 'ratio': ms_fsr / ms_vanilla,
+    }
+
+
 def format_markdown(rows: Sequence[Dict]) -> str:
-    """Markdown table of :func:`cost_table` rows, with the conventions spelled out."""
+    """Markdown table of :func:`cost_table` / :func:`fsr_cost` rows, with the conventions spelled out."""
     lines = [
         '| model | params vanilla | params +FSR | GFLOPs fvcore (MAC) vanilla -> +FSR | '
         'GFLOPs 2x fvcore (paper convention) vanilla -> +FSR | paper Table 7 |',
@@ -117,7 +167,7 @@ def format_markdown(rows: Sequence[Dict]) -> str:
                  f"{p['vanilla']['gflops']} -> {p['fsr']['gflops']} G"
                  if p else 'not in Table 7')
         lines.append(
-            f"| {r['model']} | {r['params']:,} | {r['params_fsr']:,} | "
+            f"| {r.get('label', r['model'])} | {r['params']:,} | {r['params_fsr']:,} | "
             f"{r['gflops_fvcore']:.4f} -> {r['gflops_fvcore_fsr']:.4f} (+{r['gflops_fvcore_fsr'] / r['gflops_fvcore'] - 1:.1%}) | "
             f"{r['gflops_paper_convention']:.4f} -> {r['gflops_paper_convention_fsr']:.4f} | {paper} |")
     lat = [r for r in rows if 'latency' in r]
@@ -131,7 +181,7 @@ def format_markdown(rows: Sequence[Dict]) -> str:
             '| model | vanilla ms | +FSR ms | ratio |',
             '| --- | ---: | ---: | ---: |',
         ]
-        lines += [f"| {r['model']} | {r['latency']['ms_vanilla']:.1f} | {r['latency']['ms_fsr']:.1f} | "
+        lines += [f"| {r.get('label', r['model'])} | {r['latency']['ms_vanilla']:.1f} | {r['latency']['ms_fsr']:.1f} | "
                   f"{r['latency']['ratio']:.3f} |" for r in lat]
     ops = sorted({op for r in rows for op in r['uncounted_ops_fsr']})
     lines += [
@@ -139,4 +189,7 @@ def format_markdown(rows: Sequence[Dict]) -> str:
         'fvcore counts one multiply-add as one flop; the paper\'s Table 7 counts multiply and add separately (2x). '
         f"Ops fvcore does not count (left out of both columns): {', '.join(ops) or 'none'}.",
     ]
+    sizes = sorted({'x'.join(map(str, r['input_size'])) for r in rows if 'input_size' in r})
+    if sizes:
+        lines[-1] += f" Counted on one image of {', '.join(sizes)} (C x H x W)."
     return '\n'.join(lines)

@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    'DatasetError', 'DATASETS', 'load_cifar10', 'load_svhn', 'load_dataset', 'split_holdout', 'DeviceLoader',
-    'images_to_float',
+    'DatasetError', 'DATASETS', 'INPUT_SIZE', 'load_cifar10', 'load_svhn', 'load_dataset', 'split_holdout',
+    'DeviceLoader', 'images_to_float',
 ]
 
 PathLike = Union[str, os.PathLike]
 
 #: name -> (num_classes, train-time augmentation)
 DATASETS = {'cifar10': (10, True), 'svhn': (10, False)}
+#: name -> (channels, height, width) of its images as the loaders give them (raw RGB, never resized)
+INPUT_SIZE = {'cifar10': (3, 32, 32), 'svhn': (3, 32, 32)}
 
 CIFAR10_DIR = 'cifar-10-batches-py'
 CIFAR10_TRAIN = tuple(f'data_batch_{i}' for i in range(1, 6))

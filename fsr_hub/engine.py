@@ -66,6 +66,9 @@ PROBE_STEPS = 10  # steady-state steps timed (after the set-up calls) to plan a 
 class TrainConfig:
     """Every knob of a training run; the defaults are the paper's CIFAR-10 recipe (use :meth:`for_dataset`)."""
     model: str = 'fsr_resnet18'
+    #: constructor arguments of ``model`` (through :func:`fsr_hub.models.create`), e.g. ``{'fsr_positions':
+    #: ['layer3', 'layer4']}`` to add FSR to a timm CNN; JSON values only, ``num_classes`` comes from the dataset
+    model_args: Dict[str, Any] = field(default_factory=dict)
     dataset: str = 'cifar10'
     data: str = 'data'
     out: str = 'runs/train'
@@ -127,6 +130,7 @@ class TrainConfig:
             raise ValueError(f'milestones must be epoch counts >= 1, got {self.milestones}.')
         if self.holdout < 0 or self.steps < 0 or self.eps < 0:
             raise ValueError('holdout, steps and eps must be >= 0.')
+        model_args = _model_args(self.model_args)
         svhn = self.dataset == 'svhn'
         device = torch.device(self.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         cuda = device.type == 'cuda'
@@ -140,6 +144,7 @@ class TrainConfig:
         fractions = NATURAL_MILESTONES if self.objective == 'natural' else AT_MILESTONES
         return dataclasses.replace(
             self,
+            model_args=model_args,
             alpha=self.alpha if self.alpha is not None else self.eps / (8 if svhn else 4),
             lr=self.lr if self.lr is not None else (0.01 if svhn else 0.1),
             augment=self.augment if self.augment is not None else DATASETS[self.dataset][1],
@@ -206,6 +211,18 @@ class _Run:
     def evaluates(self, epoch: int) -> bool:
         """Whether the held-out slice is evaluated after 0-based ``epoch``."""
         return bool(self.cfg.holdout) and epoch + 1 in eval_epochs(self.cfg.epochs, self.cfg.eval_every)
+
+
+def _model_args(args: Any) -> Dict[str, Any]:
+    """``model_args`` as the summary and the checkpoint hold them (tuples as lists), after validation."""
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise ValueError(f'model_args must be a dict of constructor keyword arguments, got {args!r}.')
+    if 'num_classes' in args:
+        raise ValueError('model_args must not set num_classes: the dataset sets it.')
+    try:
+        return json.loads(json.dumps(args, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'model_args must hold JSON values (they are written to train_summary.json): {e}.') from None
 
 
 def _with_epochs(raw: TrainConfig, epochs: int) -> TrainConfig:
@@ -322,7 +339,7 @@ def _setup(config: TrainConfig, model: Optional[nn.Module], data, command: Optio
     (train_x, train_y), (hold_x, hold_y) = split_holdout(data[0], data[1], cfg.holdout)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     if model is None:
-        model = create(cfg.model, num_classes=DATASETS[cfg.dataset][0])
+        model = create(cfg.model, num_classes=DATASETS[cfg.dataset][0], **cfg.model_args)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -351,6 +368,10 @@ def _resume(run: _Run) -> None:
         raise CheckpointError(
             f'{path} was written by a {old.get("model")}/{old.get("objective")} run, not '
             f'{run.cfg.model}/{run.cfg.objective}; use another --out or drop --resume.')
+    if old.get('model_args', {}) != run.cfg.model_args:
+        raise CheckpointError(
+            f'{path} was written by a {old.get("model")} run with model_args {old.get("model_args", {})}, not '
+            f'{run.cfg.model_args}; give the same --fsr-* flags, use another --out or drop --resume.')
     run.model.load_state_dict(ckpt['model'])
     load_optimizer_state(run.optimizer, ckpt['optimizer'])
     set_rng_state(ckpt['rng'])

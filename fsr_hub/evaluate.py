@@ -523,12 +523,15 @@ def _masking_checks(model, x, y, eps, batch_size, device, n, traj, progress, clo
 
 
 def model_info(model: nn.Module, architecture: str, tag: Optional[str] = None,
-               weights: Optional[str] = None) -> Dict[str, Any]:
-    """The report's ``model`` section (sha256 of the weight file when there is one)."""
+               weights: Optional[str] = None, model_args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The report's ``model`` section (sha256 of the weight file when there is one); ``model_args``: the
+    constructor arguments besides ``num_classes`` that built ``model`` from ``architecture``
+    (``fsr_hub.models.create(architecture, num_classes=..., **model_args)``)."""
     return {
         'architecture': architecture, 'tag': tag, 'weights': str(weights) if weights else None,
         'sha256': sha256_file(weights) if weights else None,
         'num_params': sum(p.numel() for p in model.parameters()),
+        'model_args': dict(model_args or {}),
     }
 
 

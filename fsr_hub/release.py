@@ -5,7 +5,9 @@ A release folder ``model_cards/<arch>.<tag>/`` is exactly what is uploaded to th
 * ``model.safetensors``: the weights that were verified (fp16 is fine; the card states the stored dtype),
 * ``config.json``: timm's hub format (``architecture``, ``num_classes``, ``num_features``, ``global_pool``,
   ``label_names``, ``model_args``, ``pretrained_cfg`` with ``tag`` and ``sha256``) plus ``hub_id``
-  (``<org>/<arch>.<tag>``, the repo the card is written for); ``timm.create_model('hf-hub:<hub_id>')`` reads it,
+  (``<org>/<arch>.<tag>``, the repo the card is written for); ``timm.create_model('hf-hub:<hub_id>')`` reads it
+  (``fsr_hub.models.create('hf-hub:<hub_id>')`` for a timm architecture with FSR added, which timm cannot build);
+  ``fsr_hub.models.create(architecture, **model_args)`` rebuilds the model,
 * ``results.json``: the verify report (:data:`fsr_hub.schemas.VERIFY_SCHEMA`) plus ``cost`` and
   ``paper_reference`` (added at card time) and optionally the ``analysis`` of ``tools/analyze.py``,
 * ``README.md``: huggingface_hub's :class:`~huggingface_hub.ModelCard` rendered from the Jinja template
@@ -20,13 +22,15 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import timm
 import torch.nn as nn
 import yaml
 
 from . import paper
-from .models import ALL_MODELS, create
+from .data import DATASETS, INPUT_SIZE
+from .models import ALL_MODELS, FSRWrapper, create
 from .releases import RELEASED, hub_id as make_hub_id, release_name
 from .schemas import VERIFY_SCHEMA
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, sha256_file
@@ -53,6 +57,8 @@ PLOTS: Dict[str, Tuple[str, bool, str]] = {
 _EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer'}
 # pretrained_cfg keys that describe where weights come from; timm fills them in when it loads from the hub.
 _SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
+# pretrained_cfg keys about other input sizes than the one verified (a timm backbone's ImageNet settings)
+_OTHER_SIZE_KEYS = ('test_input_size', 'test_crop_pct', 'min_input_size', 'pool_size')
 _DATASET_NAMES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'svhn': 'SVHN', 'tiny_imagenet': 'Tiny ImageNet'}
 
 
@@ -95,9 +101,20 @@ def _write(path: Path, data: Union[str, Mapping[str, Any]]) -> None:
 
 
 def _check_arch(architecture: Any, where: str) -> str:
-    if architecture not in ALL_MODELS:
-        raise ReleaseError(f'{where}: architecture {architecture!r} is not an fsr_hub model ({", ".join(ALL_MODELS)}).')
+    """An fsr_hub architecture, or any timm architecture (its model_args, e.g. FSR positions, must then build the
+    released weights' model, which every caller checks by building it)."""
+    if architecture not in ALL_MODELS and not (isinstance(architecture, str) and timm.models.is_model(architecture)):
+        raise ReleaseError(f'{where}: architecture {architecture!r} is neither an fsr_hub model '
+                           f'({", ".join(ALL_MODELS)}) nor a timm model.')
     return architecture
+
+
+def _build_args(config: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """The ``create`` arguments config.json records: ``num_classes`` and ``model_args``."""
+    model_args = config.get('model_args') or {}
+    if not isinstance(model_args, dict):
+        raise ReleaseError(f'{where}: model_args must be a JSON object.')
+    return {**({'num_classes': config['num_classes']} if 'num_classes' in config else {}), **model_args}
 
 
 def _create(architecture: str, model_args: Mapping[str, Any], where: str, weights: Optional[Path] = None,
@@ -117,16 +134,32 @@ def _create(architecture: str, model_args: Mapping[str, Any], where: str, weight
 
 
 def build_config(model: nn.Module, architecture: str, tag: str, sha256: str,
-                 model_args: Optional[Mapping[str, Any]] = None, org: Optional[str] = None) -> Dict[str, Any]:
+                 model_args: Optional[Mapping[str, Any]] = None, org: Optional[str] = None,
+                 input_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """timm hub config.json for ``model`` (an ``architecture`` built with ``model_args``) released as ``tag``
-    to the hub organisation ``org`` (default :data:`fsr_hub.releases.DEFAULT_ORG`)."""
+    to the hub organisation ``org`` (default :data:`fsr_hub.releases.DEFAULT_ORG`).
+
+    ``model_args`` get the FSR arguments the model was built with (a timm architecture's also ``num_classes``,
+    whose timm default is not this model's), so ``create(architecture, **model_args)`` rebuilds it.
+    ``input_size`` (C, H, W), the images it was verified on, makes the data config raw [0, 1] pixels of that
+    size (no normalisation, no crop), as the trainer and verify feed them.
+    """
     cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if v is not None and k not in _SOURCE_KEYS}
     cfg.pop('architecture', None)
     cfg.update(tag=tag, sha256=sha256, num_classes=model.num_classes, custom_load=False)
+    if input_size is not None:
+        for k in _OTHER_SIZE_KEYS:
+            cfg.pop(k, None)
+        cfg.update(input_size=tuple(input_size), crop_pct=1.0, mean=(0.0,) * input_size[0], std=(1.0,) * input_size[0])
     if cfg.get('label_names') is not None and len(cfg['label_names']) != model.num_classes:
         cfg.pop('label_names')
     args = {k: v for k, v in (model_args or {}).items() if k not in ('pretrained', 'num_classes')}
-    args['fsr_positions'] = list(getattr(model, 'fsr_positions', ()))
+    if isinstance(model, FSRWrapper):
+        args.update(model.fsr_args)
+    if architecture in ALL_MODELS:
+        args['fsr_positions'] = list(getattr(model, 'fsr_positions', ()))
+    else:
+        args = {'num_classes': model.num_classes, **args}
     config: Dict[str, Any] = dict(
         architecture=architecture, num_classes=model.num_classes, num_features=model.num_features,
         global_pool=getattr(getattr(model, 'global_pool', None), 'pool_type', 'avg') or 'avg')
@@ -157,18 +190,20 @@ def _check_results(results: Mapping[str, Any], where: str) -> None:
             raise ReleaseError(f'{where}: analysis.{key} was measured on other weights (sha256 {sha}).')
 
 
-def prepare_results(results: Mapping[str, Any], model: nn.Module, architecture: str, tag: str) -> Dict[str, Any]:
-    """Copy of a verify report with ``cost`` (counted on ``model`` unless present) and ``paper_reference``."""
+def prepare_results(results: Mapping[str, Any], model: nn.Module, architecture: str, tag: str,
+                    input_size: Sequence[int] = (3, 32, 32)) -> Dict[str, Any]:
+    """Copy of a verify report with ``cost`` (counted on ``model`` and one image of ``input_size``, unless
+    present) and ``paper_reference``."""
     from .cost import count_cost  # fvcore: only needed here
 
     out = json.loads(json.dumps(results))
     if 'cost' not in out:
-        c = count_cost(model)
+        c = count_cost(model, input_size)
         out['cost'] = dict(
             params=c['params'], params_millions=round(c['params'] / 1e6, 2), gflops_fvcore=round(c['gflops_fvcore'], 4),
             gflops_paper_convention=round(2 * c['gflops_fvcore'], 4),
-            counter='fvcore FlopCountAnalysis, one 1x3x32x32 image, eval mode; paper convention = 2 x fvcore '
-                    '(a multiply-add counted as two FLOPs, as in the paper\'s Table 7)')
+            counter=f'fvcore FlopCountAnalysis, one 1x{"x".join(map(str, input_size))} image, eval mode; paper '
+                    f'convention = 2 x fvcore (a multiply-add counted as two FLOPs, as in the paper\'s Table 7)')
     ref = paper.paper_reference(architecture, tag)
     return {**out, 'paper_reference': ref.to_dict() if ref is not None else None}
 
@@ -229,8 +264,10 @@ def _card_data(results: Mapping[str, Any], config: Mapping[str, Any], name: str)
         metric_type='accuracy', metric_value=row['ours'], metric_config=row['key'], verified=False,
         metric_name='clean accuracy' if row['key'] == 'clean' else f"robust accuracy, {row['name']}, Linf {eps}",
     ) for row in _metric_rows(results) if row['ours'] is not None]
+    # the hub's "use this model" snippet for timm works only for fsr_hub's own architectures (registered with timm)
+    library = 'timm' if config.get('architecture') in ALL_MODELS else None
     return ModelCardData(
-        model_name=name, eval_results=evals, library_name='timm', pipeline_tag='image-classification',
+        model_name=name, eval_results=evals, library_name=library, pipeline_tag='image-classification',
         license=config.get('pretrained_cfg', {}).get('license', 'mit'), datasets=[dataset], metrics=['accuracy'],
         tags=['image-classification', 'timm', 'fsr-hub', 'adversarial-robustness', 'adversarial-training',
               'feature-separation-and-recalibration', 'safetensors'])
@@ -280,13 +317,21 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
     """
     from huggingface_hub import ModelCard
 
-    arch, tag = config['architecture'], config['pretrained_cfg']['tag']
+    arch, pcfg = config['architecture'], config['pretrained_cfg']
+    tag = pcfg['tag']
     name = release_name(arch, tag)
     training = results.get('training')
     thw = training.get('hardware') if isinstance(training, dict) else None
+    size = pcfg.get('input_size') or (3, 32, 32)
+    mean, std = pcfg.get('mean') or (0.0,), pcfg.get('std') or (1.0,)
+    raw = all(m == 0 for m in mean) and all(v == 1 for v in std)
     card = ModelCard.from_template(
         _card_data(results, config, name), template_path=str(TEMPLATE_PATH),
         name=name, arch=arch, tag=tag, hub_id=config['hub_id'], num_classes=config.get('num_classes'),
+        own=arch in ALL_MODELS,
+        model_kwargs=', '.join(f'{k}={v!r}' for k, v in (config.get('model_args') or {}).items()),
+        inputs=f'raw RGB pixels in [0, 1], {size[-2]}x{size[-1]}, no normalisation' if raw else
+        f'RGB pixels in [0, 1], {size[-2]}x{size[-1]}, normalised with mean {list(mean)} and std {list(std)}',
         fsr_positions=config.get('model_args', {}).get('fsr_positions') or [],
         dataset=_DATASET_NAMES.get(results['data'].get('dataset', 'cifar10'), results['data'].get('dataset')),
         data=results['data'], eps=_eps_255(results.get('eps')), paper=results.get('paper_reference') or {},
@@ -309,7 +354,9 @@ def assemble_release(out_dir: PathLike, weights: PathLike, results: Mapping[str,
                      org: Optional[str] = None, overwrite: bool = False) -> ReleaseInfo:
     """Build a release folder from a verified weight file and its verify report; returns the validated info.
 
-    ``out_dir`` is the parent (``model_cards``): the folder ``<arch>.<tag>`` is created inside it.
+    ``out_dir`` is the parent (``model_cards``): the folder ``<arch>.<tag>`` is created inside it. ``model_args``
+    (the constructor arguments besides ``num_classes``, which the report's dataset gives) default to those the
+    report records (``model.model_args``); given beside them, they must be equal.
     """
     _check_results(results, 'results')
     arch = _check_arch(results['model']['architecture'], 'results model.architecture')
@@ -323,15 +370,21 @@ def assemble_release(out_dir: PathLike, weights: PathLike, results: Mapping[str,
     if sha != results['model']['sha256']:
         raise ReleaseError(f'{weights}: sha256 {sha} differs from results model.sha256 {results["model"]["sha256"]}: '
                            f'the report does not describe this file.')
-    model_args = dict(model_args or {})
-    model = _create(arch, model_args, str(weights), weights, sha)
+    recorded = results['model'].get('model_args')
+    if model_args and recorded is not None and json.loads(json.dumps(dict(model_args))) != recorded:
+        raise ReleaseError(f'model_args {dict(model_args)} differ from those the verify report records ({recorded}).')
+    model_args = dict(model_args or recorded or {})
+    dataset = results['data'].get('dataset')
+    classes = {'num_classes': DATASETS[dataset][0]} if dataset in DATASETS else {}
+    model = _create(arch, {**classes, **model_args}, str(weights), weights, sha)
     folder = Path(out_dir) / release_name(arch, tag)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ReleaseError(f'{folder} exists and is not empty (use overwrite).')
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, folder / WEIGHTS_NAME)
-    _write(folder / CONFIG_NAME, build_config(model, arch, tag, sha, model_args, org))
-    _write(folder / RESULTS_NAME, prepare_results(results, model, arch, tag))
+    config = build_config(model, arch, tag, sha, model_args, org, input_size=INPUT_SIZE.get(dataset))
+    _write(folder / CONFIG_NAME, config)
+    _write(folder / RESULTS_NAME, prepare_results(results, model, arch, tag, config['pretrained_cfg']['input_size']))
     write_card(folder)
     return validate_release(folder, pin=sha)
 
@@ -351,8 +404,9 @@ def write_card(folder: PathLike, org: Optional[str] = None) -> Path:
         config['hub_id'] = make_hub_id(release_name(arch, tag), org)
         _write(folder / CONFIG_NAME, config)
     if 'cost' not in results or 'paper_reference' not in results:
-        model = _create(arch, config.get('model_args') or {}, str(folder / CONFIG_NAME))
-        results = prepare_results(results, model, arch, tag)
+        model = _create(arch, _build_args(config, str(folder / CONFIG_NAME)), str(folder / CONFIG_NAME))
+        size = (config.get('pretrained_cfg') or {}).get('input_size') or (3, 32, 32)
+        results = prepare_results(results, model, arch, tag, size)
         _write(folder / RESULTS_NAME, results)
     path = folder / CARD_NAME
     _write(path, render_card(results, config, folder))
@@ -363,8 +417,8 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
                      load_model: bool = True, check_card: bool = True) -> ReleaseInfo:
     """Check a release folder end to end, or raise :class:`ReleaseError` with a one-line message.
 
-    Required files present; config.json names an fsr_hub architecture matching results.json and the release
-    ``name`` (default: the folder's name); its ``hub_id`` is ``<org>/<name>``; the sha256 of the weights equals
+    Required files present; config.json names an fsr_hub (or any timm) architecture matching results.json and the
+    release ``name`` (default: the folder's name); its ``hub_id`` is ``<org>/<name>``; the sha256 of the weights equals
     config.json's, results.json's and ``pin`` (default: :data:`fsr_hub.releases.RELEASED`'s pin for the name,
     if any); the weights load strictly; the card is byte for byte the one these files render to.
     """
@@ -402,10 +456,9 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
                            ('results.json model.sha256', results['model']['sha256']), ('the pin', pin)):
         if expected is not None and sha != expected:
             raise ReleaseError(f'{weights}: sha256 {sha} differs from {what} {expected} of {own}.')
+    args = _build_args(config, str(config_path))
     model_args = config.get('model_args') or {}
-    if not isinstance(model_args, dict):
-        raise ReleaseError(f'{config_path}: model_args must be a JSON object.')
-    model = _create(arch, model_args, str(config_path), weights, sha) if load_model else None
+    model = _create(arch, args, str(config_path), weights, sha) if load_model else None
     if model is not None and config.get('num_classes') != model.num_classes:
         raise ReleaseError(f'{config_path}: num_classes {config.get("num_classes")} but the model has '
                            f'{model.num_classes}.')

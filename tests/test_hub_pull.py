@@ -25,9 +25,9 @@ import json, sys, torch, timm
 import fsr_hub
 from fsr_hub.weights import read_weights
 spec = json.loads(sys.argv[1])
-file = read_weights(spec['weights'])
 out = {}
 for case in spec['cases']:
+    file = read_weights(spec['plug_weights' if case['how'] == 'fsr_hub' else 'weights'])
     kw = dict(spec['model_args'], **({'cache_dir': case['cache_dir']} if case.get('cache_dir') else {}))
     overlay = dict(hf_hub_id=spec['repo'], sha256=spec['sha256'])
     try:
@@ -35,6 +35,8 @@ for case in spec['cases']:
             model = timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=overlay, **kw)
         elif case['how'] == 'hf-hub':
             model = timm.create_model('hf-hub:' + spec['repo'], pretrained=True, cache_dir=case.get('cache_dir'))
+        elif case['how'] == 'fsr_hub':  # a timm CNN + FSR release: fsr_hub's create builds what timm cannot
+            model = fsr_hub.models.create('hf-hub:' + spec['plug_repo'], pretrained=True)
         else:
             model = torch.hub.load(spec['root'], 'fsr_resnet18', source='local', pretrained=True,
                                    pretrained_cfg_overlay=overlay, **kw)
@@ -58,13 +60,21 @@ def release(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def pulls(tmp_path_factory, release):
+def plug_release(tmp_path_factory):
+    """A random-weight release of timm's test_resnet with FSR added after layer4."""
+    return build_release(tmp_path_factory.mktemp('plug'), architecture='test_resnet', seed=4,
+                         model_args={'num_classes': 10, 'fsr_positions': ['layer4'], 'fsr_hidden': 8})
+
+
+@pytest.fixture(scope='module')
+def pulls(tmp_path_factory, release, plug_release):
     """A fresh interpreter with HF_HUB_OFFLINE=1 pulls through timm, hf-hub: and torch.hub from three caches filled
     by hf_hub_download from the loopback hub: complete (the HF_HUB_CACHE default), without the weights (given as
     a cache_dir argument), and with a tampered weights blob."""
     tmp = tmp_path_factory.mktemp('pulls')
     requests = []
     fill_hf_cache(tmp / 'full', REPO_ID, release.folder, log=requests)
+    fill_hf_cache(tmp / 'full', plug_release.hub_id, plug_release.folder, files=['config.json', 'model.safetensors'])
     fill_hf_cache(tmp / 'partial', REPO_ID, release.folder, files=['config.json', 'README.md', 'results.json'])
     blob = fill_hf_cache(tmp / 'tampered', REPO_ID, release.folder)['model.safetensors'].resolve()
     data = bytearray(blob.read_bytes())
@@ -73,8 +83,9 @@ def pulls(tmp_path_factory, release):
     cases = [dict(id=how, how=how) for how in ('timm', 'hf-hub', 'torch.hub')] + [
         dict(id='missing', how='timm', cache_dir=str(tmp / 'partial')),
         dict(id='tampered timm', how='timm', cache_dir=str(tmp / 'tampered')),
-        dict(id='tampered hf-hub', how='hf-hub', cache_dir=str(tmp / 'tampered'))]
+        dict(id='tampered hf-hub', how='hf-hub', cache_dir=str(tmp / 'tampered')), dict(id='fsr_hub', how='fsr_hub')]
     spec = dict(weights=str(release.folder / 'model.safetensors'), sha256=release.sha256, repo=REPO_ID,
+                plug_repo=plug_release.hub_id, plug_weights=str(plug_release.folder / 'model.safetensors'),
                 root=str(REPO_ROOT), model_args=SMALL_ARGS, cases=cases)
     proc = start_python(['-c', PULL, json.dumps(spec)], tmp, env={'HF_HUB_CACHE': str(tmp / 'full')})
     return json_result(proc), requests
@@ -92,6 +103,8 @@ def test_offline_pulls_are_byte_identical(pulls, release):
         assert got[way]['sha256'] == release.sha256, way
     # hf-hub: the architecture, its model_args and config.json's sha256 pin came from config.json
     assert got['hf-hub']['hf_hub_id'] == REPO_ID and got['hf-hub']['fsr_positions'] == ['layer4']
+    # a timm CNN + FSR: built by fsr_hub.models.create from config.json, weights checked against its sha256
+    assert got['fsr_hub'].get('identical') is True and got['fsr_hub']['fsr_positions'] == ['layer4'], got['fsr_hub']
 
 
 def test_offline_tampered_blob_fails(pulls, release):

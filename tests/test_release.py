@@ -263,7 +263,7 @@ FAILURES = {
     'results architecture': (lambda f: edit_json(f / 'results.json', lambda d: d['model'].__setitem__(
         'architecture', 'fsr_vgg16')), r"results\.json: model\.architecture 'fsr_vgg16' differs"),
     'unknown architecture': (lambda f: edit_json(f / 'config.json', lambda d: d.__setitem__(
-        'architecture', 'resnet50')), r"config\.json: architecture 'resnet50' is not an fsr_hub model"),
+        'architecture', 'not_a_model')), r"config\.json: architecture 'not_a_model' is neither an fsr_hub model"),
     'wrong architecture': (_wrong_arch, r'model\.safetensors does not fit CifarVGG: \d+ missing keys'),
     'bad model_args': (lambda f: edit_json(f / 'config.json', lambda d: d['model_args'].__setitem__(
         'layers', [2, 2, 2, 2])), r'does not fit CifarResNet'),

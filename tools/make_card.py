@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     p.add_argument('--weights', help="weight file (default: the report's model.weights)")
     p.add_argument('--out', default='model_cards', help='parent folder of release folders (default model_cards)')
     p.add_argument('--tag', help="release tag when the report's model.tag is null")
-    p.add_argument('--model-args', default='{}', help='JSON object of constructor arguments the weights need')
+    p.add_argument('--model-args', default='{}', help='JSON object of constructor arguments the weights need '
+                                                      "(default: the verify report's model.model_args)")
     p.add_argument('--org', help='hub organisation of the release (default fsr-hub; --folder: the stored one)')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty release folder')
     args = p.parse_args(argv)

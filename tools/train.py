@@ -5,6 +5,7 @@
     python tools/train.py --model fsr_resnet18 --data /tmp/data --out runs/x --time-budget 9 --step cuda-graph
     python tools/train.py --model cifar_resnet18 --objective trades --data /tmp/data --out runs/trades_r18
     python tools/train.py --model cifar_resnet18 --objective natural --data /tmp/data --out runs/nat_r18
+    python tools/train.py --model resnet50 --fsr-positions layer3,layer4 --data /tmp/data --out runs/r50  # timm CNN+FSR
     python tools/train.py --dataset svhn --data /data/svhn --out runs/svhn      # lr 0.01, step eps/8, no augment
     torchrun --nproc_per_node 4 tools/train.py ...                               # DDP, global batch 128
     python tools/train.py ... --resume                                           # continue from OUT/last.pt
@@ -28,7 +29,7 @@ import sys  # noqa: E402
 import typing  # noqa: E402
 
 from fsr_hub.checkpoint import CheckpointError  # noqa: E402
-from fsr_hub.cli import int_tuple, number  # noqa: E402
+from fsr_hub.cli import add_fsr_arguments, fsr_model_args, int_tuple, number  # noqa: E402
 from fsr_hub.data import DATASETS, DatasetError  # noqa: E402
 from fsr_hub.engine import NATURAL_RECIPE, STEP_MODES, TrainConfig, train  # noqa: E402
 from fsr_hub.objectives import OBJECTIVES  # noqa: E402
@@ -36,7 +37,8 @@ from fsr_hub.weights import WeightsError  # noqa: E402
 
 #: help of every TrainConfig field, each naming its default once
 HELP = {
-    'model': 'timm model name: fsr_resnet18, fsr_vgg16, fsr_wrn34_10 or the vanilla cifar_* twins (default: fsr_resnet18)',
+    'model': 'timm model name: fsr_resnet18, fsr_vgg16, fsr_wrn34_10, the vanilla cifar_* twins, or any timm CNN (with '
+             '--fsr-positions to add FSR) (default: fsr_resnet18)',
     'dataset': 'training set (default: cifar10)',
     'data': 'dataset root: CIFAR-10 in DIR/cifar-10-batches-py, SVHN in DIR/train_32x32.mat (default: data)',
     'out': 'output folder (default: runs/train)',
@@ -79,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name == 'model_args':  # set by the --fsr-* flags below
+            continue
         flag = '--' + f.name.replace('_', '-')
         hint = hints[f.name]
         base = [a for a in typing.get_args(hint) if a is not type(None)][0] if typing.get_args(hint) else hint
@@ -91,13 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, type=number, metavar='MINUTES' if f.name == 'time_budget' else None, **kw)
         else:
             p.add_argument(flag, type=base, choices=CHOICES.get(f.name), **kw)
+    add_fsr_arguments(p)
     return p
 
 
 def main(argv=None, clock_start: float = CLOCK_START) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    model_args = fsr_model_args(args)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in model_args}
+    overrides['model_args'] = model_args  # only the flags given: train_summary.json records what built the model
     command = 'python tools/train.py ' + ' '.join(shlex.quote(a) for a in argv)
     try:
         cfg = TrainConfig(**overrides)

@@ -7,6 +7,8 @@ a transfer attack and gradient-masking checks, written as an ``fsr-hub/verify/v1
     python tools/verify.py ... --preset full --resume results.json --out results.json   # continue a partial run
     python tools/verify.py --model fsr_resnet18 --pretrained --tag at_cifar10 --data /tmp/data --attacks clean,pgd20
     python tools/verify.py ... --transfer-from cifar_resnet18:runs/vanilla/final.safetensors
+    python tools/verify.py --model resnet50 --weights runs/r50_fsr/final.safetensors --train-summary \
+        runs/r50_fsr/train_summary.json --data /tmp/data      # any timm CNN + FSR: model_args from the summary
 
 Presets (stages run cheapest first): quick = clean, FGSM, PGD-20, C&W, PGD-100 and Ensemble on all images, then
 AutoAttack standard on the first 1,000; full = those on all images, the masking checks (first 1,000), AutoAttack
@@ -28,7 +30,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from fsr_hub.cli import number
+from fsr_hub.cli import add_fsr_arguments, agreed_model_args, fsr_model_args, number
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import (
     ATTACKS, PRESETS, build_report, evaluate, model_info, parse_attacks, preset, training_section,
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--eps', type=number, default=8 / 255, help='L-inf radius (default 8/255)')
     p.add_argument('--transfer-from', default=None, metavar='MODEL:WEIGHTS',
                    help='source model of the transfer attack (adds "transfer" to the attacks)')
+    p.add_argument('--transfer-train-summary', default=None, metavar='SUMMARY',
+                   help="train_summary.json of the transfer source's weights: its model_args build the source")
     p.add_argument('--no-masking-checks', action='store_true', help='skip the gradient-masking checks')
     p.add_argument('--masking-n', type=int, default=1000, help='images used by the eps / unbounded sweeps')
     p.add_argument('--seed', type=int, default=0)
@@ -69,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', default=None, help='write the JSON report here, after every stage (default: stdout '
                                                'at the end)')
     p.add_argument('--train-summary', default=None,
-                   help="the trainer's train_summary.json of these weights: recipe, command and timing go into the report")
+                   help="the trainer's train_summary.json of these weights: recipe, command and timing go into the "
+                        "report, and its model_args build the model (--fsr-* flags, if given, must agree)")
+    add_fsr_arguments(p)
     p.add_argument('--no-progress', action='store_true')
     return p
 
@@ -105,6 +111,33 @@ def _read_previous(path: str, sha256: str, data: Dict[str, Any], eps: float) -> 
     return prev
 
 
+def _read_summary(path: str, model: str) -> Dict[str, Any]:
+    """A trainer's train_summary.json, which must be of a ``model`` run (when it names its model)."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f'{path}: not a readable train summary ({e}).') from e
+    if not isinstance(summary, dict):
+        raise ValueError(f'{path}: not a train summary (a JSON object).')
+    trained = (summary.get('config') or {}).get('model')
+    if trained is not None and trained != model:
+        raise ValueError(f'{path} is the summary of a {trained} run, not {model}.')
+    return summary
+
+
+def _sha256_of(path: str) -> str:
+    if not Path(path).is_file():
+        raise WeightsError(f'Weight file not found: {path}')
+    return sha256_file(path)
+
+
+def _recorded_args(summary: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The model_args a train summary records (None: no summary; {} for a summary from before model_args)."""
+    if summary is None:
+        return None
+    return (summary.get('config') or {}).get('model_args') or {}
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f'signal {signum}')
 
@@ -125,26 +158,39 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
         masking = masking and not args.no_masking_checks
     attacks = list(attacks)
     num_classes = DATASETS[args.dataset][0]
+    summary = _read_summary(args.train_summary, args.model) if args.train_summary else None
+    model_args = agreed_model_args(fsr_model_args(args), _recorded_args(summary), str(args.train_summary))
     if args.pretrained:
+        if model_args:
+            raise ValueError(f'--pretrained loads a registered release, whose architecture fixes the model; '
+                             f'model_args {model_args} go with --weights.')
         name = release_name(args.model, args.tag) if args.tag else args.model
         model = create(name, num_classes=num_classes, pretrained=True)
         weights = str(resolve_pretrained_file(model.pretrained_cfg))
     else:
-        model = create(args.model, num_classes=num_classes)
-        load_weights(model, args.weights)
         weights = args.weights
-    sha256 = sha256_file(weights)
-    training = None
-    if args.train_summary:  # checked before the (long) evaluation
-        training = training_section(json.loads(Path(args.train_summary).read_text()), sha256)
+    sha256 = _sha256_of(weights)
+    # checked before building (a summary of another run has other model_args) and before the (long) evaluation
+    training = training_section(summary, sha256) if summary is not None else None
+    if not args.pretrained:
+        model = create(args.model, num_classes=num_classes, **model_args)
+        load_weights(model, weights)
     transfer_model, transfer_source = None, None
+    if args.transfer_train_summary and not args.transfer_from:
+        raise ValueError('--transfer-train-summary describes the source of --transfer-from; give both.')
     if args.transfer_from:
         src_name, sep, src_weights = args.transfer_from.partition(':')
         if not sep or not src_weights:
             raise ValueError(f'--transfer-from must be MODEL:WEIGHTS, got {args.transfer_from!r}.')
-        transfer_model = create(src_name, num_classes=num_classes)
+        src_args: Dict[str, Any] = {}
+        if args.transfer_train_summary:
+            src_summary = _read_summary(args.transfer_train_summary, src_name)
+            training_section(src_summary, _sha256_of(src_weights))  # the summary of exactly these weights
+            src_args = agreed_model_args({}, _recorded_args(src_summary), args.transfer_train_summary)
+        transfer_model = create(src_name, num_classes=num_classes, **src_args)
         load_weights(transfer_model, src_weights)
-        transfer_source = f'{src_name} ({src_weights}), PGD-20 step eps/10'
+        described = f' {json.dumps(src_args, sort_keys=True)}' if src_args else ''
+        transfer_source = f'{src_name}{described} ({src_weights}), PGD-20 step eps/10'
         if 'transfer' not in attacks:
             attacks.append('transfer')
     images, labels = load_dataset(args.dataset, args.data, train=False)
@@ -154,7 +200,7 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
     data = {'dataset': args.dataset, 'split': 'test', 'n': len(labels),
             'subset': 'all' if len(labels) == total else 'first n', 'seed': args.seed}
     previous = _read_previous(args.resume, sha256, data, args.eps) if args.resume else None
-    info = model_info(model, args.model, args.tag, weights)
+    info = model_info(model, args.model, args.tag, weights, model_args=model_args)
     out = Path(args.out) if args.out else None
 
     def report_of(evaluation: Dict[str, Any]) -> Dict[str, Any]:
