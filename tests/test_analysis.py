@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import tiny_fsr_net
 from fsr_hub import analysis as A
-from fsr_hub.evaluate import evaluate
+from fsr_hub.evaluate import attack_params, evaluate
 from fsr_hub.fsr import fsr_output
 from fsr_hub.models import create
 from fsr_hub.weights import save_weights
@@ -118,11 +118,18 @@ def test_blackbox_section_records_parameters():
     pytest.importorskip('torchattack', reason="the 'analysis' extra is not installed")
     target, source = tiny_fsr_net().eval(), tiny_fsr_net(fsr_positions=()).eval()
     x, y = _data(4)
-    out = A.blackbox_analysis(target, x, y, source=source, source_name='tiny', nattack_n=2, max_queries=40, npop=10)
-    assert set(out) == {'ti_fgsm', 'di_fgsm', 'nattack'}
+    section = A.blackbox_analysis(target, x, y, source=source, source_name='tiny', nattack_n=2, max_queries=40,
+                                  npop=10)
+    out = section['results']
+    assert set(out) == {'clean', 'ti_fgsm', 'di_fgsm', 'nattack'} and not section['not_run']
+    assert section['accuracy'] == {a: r['accuracy'] for a, r in out.items()}
+    # the verify suite's entries: its parameters (attack_params), subsets and source fields
+    assert out['ti_fgsm']['params'] == attack_params('ti_fgsm', 8 / 255)
+    assert out['nattack']['params'] == attack_params('nattack', 8 / 255, {'max_queries': 40, 'npop': 10})
     assert out['ti_fgsm']['params']['kern_len'] == 15 and out['di_fgsm']['params']['diversity_prob'] == 0.5
     assert out['nattack']['n'] == 2 and out['nattack']['params']['max_queries'] == 40
-    assert all(out[a]['max_bound_violation'] == 0.0 for a in out) and out['ti_fgsm']['source'] == 'tiny'
+    assert out['nattack']['subset'] == 'first 2' and out['ti_fgsm']['source'] == 'tiny'
+    assert all(out[a]['max_bound_violation'] == 0.0 for a in out if a != 'clean')
     with pytest.raises(A.AnalysisError, match='source'):
         A.blackbox_analysis(target, x, y, attacks=('di_fgsm',))
 
