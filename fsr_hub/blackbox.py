@@ -26,7 +26,8 @@ import torch.nn as nn
 from .attacks import project
 
 __all__ = [
-    'TI_FGSM', 'DI_FGSM', 'NATTACK', 'NATTACK_N', 'BLACKBOX_ATTACKS', 'BLACKBOX_PARAMS', 'ti_fgsm', 'di_fgsm', 'nattack',
+    'TI_FGSM', 'DI_FGSM', 'NATTACK', 'NATTACK_N', 'BLACKBOX_ATTACKS', 'BLACKBOX_PARAMS', 'ti_fgsm', 'di_fgsm',
+    'nattack',
     'run_nattack', 'NAttackResult', 'nattack_loss', 'nes_update', 'require_torchattack',
 ]
 

@@ -14,10 +14,11 @@ attack that ran. A black-box attack that beats the strongest iterative white-box
 :data:`BLACKBOX_TOL` points signals gradient masking (the ``blackbox_ge_whitebox`` check).
 
 Stages run cheapest first (:data:`STAGE_ORDER`), each on all images or on the first ``subsets[name]``. After every
-stage (and every AutoAttack batch) ``on_update`` receives the evaluation so far, so a caller can write a valid
-partial report at any moment; ``not_run`` says what was not run and why. A ``deadline`` skips a stage whose
-estimated cost does not fit and stops one that runs out of time; a ``previous`` evaluation of the same weights
-and data is continued (finished stages are kept, AutoAttack resumes from its saved progress). Attacks run in
+stage (and every AutoAttack or NAttack batch) ``on_update`` receives the evaluation so far, so a caller can write
+a valid partial report at any moment; ``not_run`` says what was not run and why. A ``deadline`` skips a stage
+whose estimated cost does not fit (AutoAttack and NAttack, which save their progress: whose first batch does not
+fit) and stops one that runs out of time; a ``previous`` evaluation of the same weights and data is continued
+(finished stages are kept, AutoAttack and NAttack resume from their saved progress). Attacks run in
 strict float32: no autocast, float32 weights, and TF32 off for CUDA matmuls and cuDNN convolutions.
 """
 import time
@@ -38,8 +39,8 @@ from .weights import sha256_file
 
 __all__ = [
     'SCHEMA', 'ATTACKS', 'DEFAULT_ATTACKS', 'ENSEMBLE_ATTACKS', 'SOURCE_ATTACKS', 'STAGE_ORDER', 'DEFAULT_SUBSETS',
-    'PRESETS', 'STEPS_SWEEP', 'EPS_SWEEP_255', 'BLACKBOX_TOL', 'attack_params', 'preset', 'strict_float32', 'evaluate', 'model_info', 'build_report',
-    'parse_attacks', 'training_section',
+    'PRESETS', 'STEPS_SWEEP', 'EPS_SWEEP_255', 'BLACKBOX_TOL', 'attack_params', 'preset', 'strict_float32',
+    'evaluate', 'model_info', 'build_report', 'parse_attacks', 'training_section',
 ]
 
 SCHEMA = VERIFY_SCHEMA
@@ -116,7 +117,8 @@ def attack_params(name: str, eps: float, overrides: Optional[Mapping[str, Any]] 
             p['alpha'] = eps / p['steps']
         return p
     if overrides:
-        raise ValueError(f'{name}: only the black-box attacks ({", ".join(BLACKBOX_ATTACKS)}) take parameter overrides.')
+        raise ValueError(f'{name}: only the black-box attacks ({", ".join(BLACKBOX_ATTACKS)}) take parameter '
+                         f'overrides.')
     return {
         'fgsm': {'eps': eps, 'steps': 1},
         'pgd20': {'eps': eps, 'alpha': eps / 10, 'steps': 20, 'random_start': False},
@@ -142,7 +144,7 @@ def _attack_fn(name: str, model: nn.Module, p: Mapping[str, Any],
         attack = ti_fgsm if name == 'ti_fgsm' else di_fgsm
         kwargs = {k: v for k, v in p.items() if k != 'eps'}
         return lambda xb, yb: attack(transfer_model, xb, yb, p['eps'], **kwargs)
-    raise ValueError(f'{name!r} is not a batch-wise white-box attack.')
+    raise ValueError(f'{name!r} is not a batch-wise attack.')
 
 
 def _fp32_flags() -> Tuple[Any, Any]:
@@ -501,7 +503,7 @@ class _Run:
             entry['source'] = self._source()
             entry['source_accuracy'] = _pct(torch.cat(source_correct))
         if name in ('ti_fgsm', 'di_fgsm'):
-            entry['implementation'] = f"torchattack {_version('torchattack')} {'TIFGSM' if name == 'ti_fgsm' else 'DIFGSM'}"
+            entry['implementation'] = f"torchattack {_version('torchattack')} {name.replace('_', '').upper()}"
         self.results[name] = entry
         self.flags[name] = correct
         self.not_run.pop(name)
@@ -675,7 +677,8 @@ def _cross_checks(flags: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, Optional
         rand_ok = _pct(flags['autoattack_rand'][:k]) - _pct(flags['autoattack'][:k]) <= 1.0
     versus = _blackbox_vs_whitebox(flags)
     blackbox_ok = all(v['passed'] for v in versus.values()) if versus else None
-    return {'transfer_ge_whitebox': transfer_ok, 'rand_within_1pt': rand_ok, 'blackbox_ge_whitebox': blackbox_ok}, versus
+    checks = {'transfer_ge_whitebox': transfer_ok, 'rand_within_1pt': rand_ok, 'blackbox_ge_whitebox': blackbox_ok}
+    return checks, versus
 
 
 def _empty_masking(checks: Mapping[str, Optional[bool]], versus: Mapping[str, Any]) -> Dict[str, Any]:

@@ -5,8 +5,9 @@ protocol: FGSM, PGD-20 and PGD-100 (step eps/10, no random start), C&W-inf (PGD-
 Ensemble (per example, correct under clean and all four attacks) and AutoAttack (Table 3 / Table 4).
 Metric keys are the ones of the verify report (``results.json``): ``clean``, ``fgsm``, ``pgd20``, ``pgd100``,
 ``cw``, ``ensemble``, ``autoattack``, and for ResNet-18 on CIFAR-10 Table 3's black-box columns ``ti_fgsm``,
-``di_fgsm`` (transferred from a naturally trained ResNet-50) and ``nattack`` (1,000 images, 40,000 queries). Results on WideResNet-34-10 are only in the paper's supplementary
-material, which is not reproduced here, so there is no reference for ``fsr_wrn34_10``.
+``di_fgsm`` (transferred from a naturally trained ResNet-50) and ``nattack`` (1,000 images, 40,000 queries).
+Results on WideResNet-34-10 are only in the paper's supplementary material, which is not reproduced here, so
+there is no reference for ``fsr_wrn34_10``.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple

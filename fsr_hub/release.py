@@ -262,19 +262,23 @@ def _card_data(results: Mapping[str, Any], config: Mapping[str, Any], name: str)
               'feature-separation-and-recalibration', 'safetensors'])
 
 
-def _plot_table(entry: Mapping[str, Any]) -> Tuple[List[str], List[List[str]]]:
+def _plot_table(key: str, entry: Mapping[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """The numbers a plot shows: a curve as one row, a table with its rows named by the section's ``labels``
+    (f~, f+, ...) and its columns by attack (feature swap) or k (k-NN)."""
     acc = entry.get('accuracy')
     if isinstance(acc, list) and isinstance(entry.get('eps_255'), list):
-        return (['eps'] + [f'{e}/255' for e in entry['eps_255']], [['accuracy (%)'] + [_fmt(a) for a in acc]])
+        return (['eps'] + [f'{e:g}/255' for e in entry['eps_255']], [['accuracy (%)'] + [_fmt(a) for a in acc]])
     if isinstance(acc, dict) and all(isinstance(r, dict) for r in acc.values()):
+        labels = entry.get('labels') if isinstance(entry.get('labels'), dict) else {}
         columns = list(dict.fromkeys(c for r in acc.values() for c in r))
-        return [''] + [str(c) for c in columns], [[str(k)] + [_fmt(r.get(c)) for c in columns] for k, r in acc.items()]
+        names = [f'{c}-NN' if key == 'knn' else paper.METRIC_NAMES.get(c, str(c)) for c in columns]
+        return [''] + names, [[str(labels.get(k, k))] + [_fmt(r.get(c)) for c in columns] for k, r in acc.items()]
     return [], []
 
 
 def _detail(key: str, value: Any) -> str:
-    if key == 'eps' and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _eps_255(value)
+    if key in ('eps', 'alpha') and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'{value * 255:.4g}/255'
     if isinstance(value, list):
         return ', '.join(_detail(key, v) for v in value)
     if isinstance(value, dict):
@@ -287,11 +291,11 @@ def _measured(entry: Mapping[str, Any]) -> Optional[str]:
     if not isinstance(data, dict) or not isinstance(hw, dict):
         return None
     where = ' '.join(str(data[k]) for k in ('dataset', 'split') if data.get(k))
-    n = data.get('n')
-    images = f'{n} images' + (f" ({data['source']})" if data.get('source') else '') if n is not None else ''
+    if data.get('n') is not None:
+        where += f" (n = {data['n']}" + (f", {data['source']})" if data.get('source') else ')')
     secs = entry.get('seconds')
     took = f"{hw.get('device', 'unknown device')}" + (f', {secs:.1f} s' if isinstance(secs, (int, float)) else '')
-    return ', '.join(x for x in (where, images, took) if x)
+    return ', '.join(x for x in (where.strip(), took) if x)
 
 
 def _plots(results: Mapping[str, Any], config: Mapping[str, Any], folder: Optional[Path]) -> List[Dict[str, Any]]:
@@ -312,7 +316,8 @@ def _plots(results: Mapping[str, Any], config: Mapping[str, Any], folder: Option
             details.append(('measured on', measured))
         if entry.get('command'):
             details.append(('command', f"`{entry['command']}`"))
-        out.append(dict(file=file, title=title, details=details, **dict(zip(('header', 'rows'), _plot_table(entry)))))
+        header, rows = _plot_table(key, entry)
+        out.append(dict(file=file, title=title, details=details, header=header, rows=rows))
     return out
 
 

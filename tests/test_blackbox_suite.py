@@ -90,7 +90,8 @@ def test_bad_blackbox_arguments():
     with pytest.raises(ValueError, match='ti_fgsm, di_fgsm need a source model'):
         evaluate(PixelLinear(), x, y, attacks=('ti_fgsm', 'di_fgsm'), progress=False)
     with pytest.raises(ValueError, match=r"nattack has no parameter\(s\) \['queries'\]"):
-        evaluate(PixelLinear(), x, y, attacks=('nattack',), progress=False, attack_overrides={'nattack': {'queries': 9}})
+        evaluate(PixelLinear(), x, y, attacks=('nattack',), progress=False,
+                 attack_overrides={'nattack': {'queries': 9}})
     with pytest.raises(ValueError, match='only the black-box attacks'):
         attack_params('pgd20', 8 / 255, {'steps': 5})
 
@@ -119,8 +120,44 @@ def test_nattack_interrupted_resumes_to_the_result_of_one_run():
     assert rest['complete'] and rest['resumed'] == ['clean'] and not rest['progress']
     a, b = rest['results']['nattack'], whole['results']['nattack']
     assert {k: v for k, v in a.items() if k != 'seconds'} == {k: v for k, v in b.items() if k != 'seconds'}
-    assert torch.equal(unpack_flags(rest['per_example']['nattack'], 4), unpack_flags(whole['per_example']['nattack'], 4))
+    assert torch.equal(unpack_flags(rest['per_example']['nattack'], 4),
+                       unpack_flags(whole['per_example']['nattack'], 4))
     # a previous result measured with other parameters is measured again, not adopted
     other = dict(kwargs, attack_overrides={'nattack': {'max_queries': 50, 'npop': 10}})
     again = evaluate(model, x, y, previous=json.loads(json.dumps(whole)), **other)
     assert again['resumed'] == ['clean'] and again['results']['nattack']['params']['max_queries'] == 50
+
+
+def test_card_shows_the_blackbox_metrics_with_their_source_subset_and_cross_check(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from fsr_hub.release import write_card
+    from release_builders import build_release, edit_json
+
+    model, source = PixelLinear(), PixelLinear(seed=1)
+    x = _images(4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ev = evaluate(model, x, y, attacks=('clean', 'pgd20', 'ti_fgsm', 'nattack'), transfer_model=source,
+                  transfer_source='cifar_resnet18 (pyautoattack, sha256 0123456789ab)', masking_checks=False,
+                  progress=False, subsets={'nattack': 2}, attack_overrides={'nattack': {'max_queries': 600}})
+    info = build_release(tmp_path)
+
+    def add(d):
+        d['results'].update({k: ev['results'][k] for k in ('ti_fgsm', 'nattack')})
+        d['masking_checks']['blackbox_vs_whitebox'] = ev['masking_checks']['blackbox_vs_whitebox']
+    edit_json(info.folder / 'results.json', add)
+    write_card(info.folder)
+    card = ModelCard.load(info.folder / 'README.md')
+    rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+            for line in card.text.splitlines() if line.startswith('| ')}
+    ti, na = ev['results']['ti_fgsm'], ev['results']['nattack']
+    assert rows['TI-FGSM (black-box)'] == [
+        f"{ti['accuracy']:.2f}", '62.53', 'Table 3 (from a natural ResNet-50)',
+        'source: cifar_resnet18 (pyautoattack, sha256 0123456789ab); 1 step, step eps, Gaussian kernel 15x15']
+    assert rows['NAttack (black-box)'] == [
+        f"{na['accuracy']:.2f}", '52.65', 'Table 3 (1,000 images)',
+        'at most 600 queries per image, npop 300, sigma 0.1, lr 0.02; first 2 images']
+    assert 'DI-FGSM (black-box)' not in rows  # not measured: no row
+    assert {e.metric_config for e in card.data.eval_results} >= {'ti_fgsm', 'nattack'}
+    assert f"- nattack {na['accuracy']:.2f} vs pgd20 0.00 on the first 2 images: " in card.text

@@ -219,7 +219,8 @@ def run(args: argparse.Namespace, command: str) -> str:
         label = f'{args.model}.{args.tag}' if args.tag else args.model
         curves = [(label, section['eps_255'], section['accuracy'])] + [A.read_eps_curve(f) for f in args.compare]
         png = A.plot_eps_curves(curves, _png(args, A.PNG_NAMES[name]),
-                                title=f'Robustness vs. perturbation size (PGD-20, {data["dataset"]} test, n = {len(y)})')
+                                title=f'Robustness vs. perturbation size (PGD-20, {data["dataset"]} test, n = {len(y)})'
+                                ) if section['eps_255'] else None
     elif args.command == 'blackbox':
         source, source_name = None, None
         if any(a in ('ti_fgsm', 'di_fgsm') for a in args.attacks):

@@ -19,7 +19,8 @@ from .report import ANALYSES, attach_sections, copy_figures, png_name
 __all__ = [
     'ANALYSES', 'ANALYSIS_SCHEMA', 'AnalysisError', 'Deadline', 'EPS_CURVE_255', 'GRADCAM_FEATURES', 'KNN_GAMMA',
     'KNN_GAMMA_SOURCE',
-    'KNN_KS', 'PNG_NAMES', 'TABLE5A_ATTACKS', 'attach_sections', 'blackbox_analysis', 'copy_figures', 'eps_curve', 'feature_swap',
+    'KNN_KS', 'PNG_NAMES', 'TABLE5A_ATTACKS', 'attach_sections', 'blackbox_analysis', 'copy_figures', 'eps_curve',
+    'feature_swap',
     'fsr_features', 'gradcam_analysis', 'gradcam_figure', 'gradcam_maps', 'knn_analysis',
     'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'png_name', 'read_eps_curve', 'require', 'section_meta',
     'weighted_knn', 'write_json',
