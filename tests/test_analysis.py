@@ -64,7 +64,7 @@ def test_feature_swap_uses_verify_evaluation_and_restores_the_model(tmp_path):
     assert Image.open(png).size[0] == 800
 
 
-def test_deadline_cuts_work_and_says_so():
+def test_deadline_cuts_work_and_says_so(tmp_path):
     model = tiny_fsr_net().eval()
     x, y = _data(4)
     deadline = A.Deadline(minutes=1e-9)  # already over when the first unit would start
@@ -72,6 +72,11 @@ def test_deadline_cuts_work_and_says_so():
     assert section['eps_255'] == [] and deadline.stopped
     meta = A.section_meta({'architecture': 'tiny'}, {'n': 4}, 'cpu', deadline)
     assert meta['complete'] is False and meta['schema'] == A.ANALYSIS_SCHEMA
+    grad = A.gradcam_analysis(model, x, y, png=tmp_path / 'g.png', deadline=A.Deadline(minutes=1e-9))
+    assert grad['n'] == 0 and not (tmp_path / 'g.png').exists()
+    late = A.Deadline(minutes=1e-9)
+    bb = A.blackbox_analysis(model, x, y, attacks=('nattack',), deadline=late)
+    assert late.stopped and bb['results'] == {} and set(bb['not_run']) == {'clean', 'nattack'}
 
 
 def test_knn_and_eps_curve_sections(tmp_path):
