@@ -30,7 +30,7 @@ def test_natural_resnet18_in_the_verify_suite():
                   masking_checks=False, progress=False)
     r = ev['results']
     assert r['clean']['accuracy'] >= 90  # measured: 100 % of these 20 (94.5 % of all 200)
-    assert r['fgsm']['accuracy'] <= 40  # measured: 25 %; a natural model has no robustness
+    assert r['fgsm']['accuracy'] <= 40  # measured: 15 %; a natural model has no robustness
     assert r['pgd20']['accuracy'] == 0.0 and r['pgd20']['subset'] == 'first 2'
     assert ev['not_run'] == {'ensemble': 'needs pgd20 on all 20 images'}
 
