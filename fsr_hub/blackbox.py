@@ -12,8 +12,9 @@
 
 TI-FGSM and DI-FGSM run the maintained implementations of the ``torchattack`` package (the ``analysis`` extra);
 NAttack has no maintained package implementation, so it is written here after the paper's Algorithm 1 and the
-authors' CIFAR-10 settings. The defaults below are recorded in every report (:data:`BLACKBOX_PARAMS`).
-Attacks do not change the model's mode: attack in eval mode.
+authors' CIFAR-10 settings. The defaults below (:data:`BLACKBOX_PARAMS`) are those of the verify suite
+(:func:`fsr_hub.evaluate.attack_params`, which records them in every report). Attacks do not change the model's
+mode: attack in eval mode.
 """
 import contextlib
 from dataclasses import dataclass
@@ -25,23 +26,26 @@ import torch.nn as nn
 from .attacks import project
 
 __all__ = [
-    'TI_FGSM', 'DI_FGSM', 'NATTACK', 'BLACKBOX_ATTACKS', 'BLACKBOX_PARAMS', 'ti_fgsm', 'di_fgsm', 'nattack',
+    'TI_FGSM', 'DI_FGSM', 'NATTACK', 'NATTACK_N', 'BLACKBOX_ATTACKS', 'BLACKBOX_PARAMS', 'ti_fgsm', 'di_fgsm',
+    'nattack',
     'run_nattack', 'NAttackResult', 'nattack_loss', 'nes_update', 'require_torchattack',
 ]
 
-#: TI-FGSM as defined in Dong et al. (one step of size eps) with their Gaussian kernel (15x15, radius 3 sigma,
-#: the paper's best setting and torchattack's default); no momentum, no input diversity
-TI_FGSM: Dict[str, Any] = {'steps': 1, 'alpha': 'eps', 'kern_len': 15, 'n_sig': 3, 'decay': 0.0}
+#: TI-FGSM as defined in Dong et al.: one step of size eps (alpha = eps / steps) with their Gaussian kernel (15x15,
+#: radius 3 sigma, the paper's best setting and torchattack's default); no momentum, no input diversity
+TI_FGSM: Dict[str, Any] = {'steps': 1, 'kern_len': 15, 'n_sig': 3}
 #: DI2-FGSM as in Xie et al.: p = 0.5; resize to rnd x rnd, rnd uniform in [W, W * 330/299), then zero-pad at a
-#: random place to W * 330/299 (their 299 -> [299, 330) -> 330, scaled to CIFAR: 32 -> {32, 33, 34} -> 35);
-#: step 1/255 and N = min(eps + 4, 1.25 eps) iterations (eps in 0-255 units: 10 at 8/255), no momentum
-DI_FGSM: Dict[str, Any] = {'steps': 10, 'alpha': 1 / 255, 'resize_rate': 330 / 299, 'diversity_prob': 0.5,
-                           'decay': 0.0, 'interpolation': 'nearest'}
+#: random place to W * 330/299 (their 299 -> [299, 330) -> 330, scaled to CIFAR: 32 -> {32, 33, 34} -> 35, nearest
+#: neighbour as in torchattack); step 1/255 and N = min(eps + 4, 1.25 eps) iterations (eps in 0-255 units: 10 at
+#: 8/255), no momentum
+DI_FGSM: Dict[str, Any] = {'steps': 10, 'alpha': 1 / 255, 'resize_rate': 330 / 299, 'diversity_prob': 0.5}
 #: NAttack's CIFAR-10 settings (authors' code): population 300, sigma 0.1, learning rate 0.02, mean initialised
-#: N(0, 0.001^2); the FSR paper's protocol (after CAS): 1,000 test images, at most 40,000 queries each
-NATTACK: Dict[str, Any] = {'max_queries': 40_000, 'npop': 300, 'sigma': 0.1, 'lr': 0.02, 'init_std': 0.001,
-                           'n_images': 1000}
+#: N(0, 0.001^2); at most 40,000 queries per image (the FSR paper's protocol, after CAS)
+NATTACK: Dict[str, Any] = {'max_queries': 40_000, 'npop': 300, 'sigma': 0.1, 'lr': 0.02, 'init_std': 0.001}
+#: the FSR paper's NAttack protocol (after CAS) runs on 1,000 CIFAR-10 test images (here: the first 1,000)
+NATTACK_N = 1000
 BLACKBOX_ATTACKS = ('ti_fgsm', 'di_fgsm', 'nattack')
+#: every key is a keyword argument of the attack function (``ti_fgsm`` also takes ``alpha``, default eps / steps)
 BLACKBOX_PARAMS = {'ti_fgsm': TI_FGSM, 'di_fgsm': DI_FGSM, 'nattack': NATTACK}
 
 

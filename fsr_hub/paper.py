@@ -4,13 +4,16 @@ Accuracies are percentages on the full CIFAR-10 / SVHN test set under L-inf eps 
 protocol: FGSM, PGD-20 and PGD-100 (step eps/10, no random start), C&W-inf (PGD-30 on the margin loss),
 Ensemble (per example, correct under clean and all four attacks) and AutoAttack (Table 3 / Table 4).
 Metric keys are the ones of the verify report (``results.json``): ``clean``, ``fgsm``, ``pgd20``, ``pgd100``,
-``cw``, ``ensemble``, ``autoattack``. Results on WideResNet-34-10 are only in the paper's supplementary
-material, which is not reproduced here, so there is no reference for ``fsr_wrn34_10``.
+``cw``, ``ensemble``, ``autoattack``, and for ResNet-18 on CIFAR-10 Table 3's black-box columns ``ti_fgsm``,
+``di_fgsm`` (transferred from a naturally trained ResNet-50) and ``nattack`` (1,000 images, 40,000 queries).
+Results on WideResNet-34-10 are only in the paper's supplementary material, which is not reproduced here, so
+there is no reference for ``fsr_wrn34_10``.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-__all__ = ['PaperReference', 'PAPER', 'PAPER_COST', 'METRICS', 'METRIC_NAMES', 'paper_reference', 'split_tag']
+__all__ = ['PaperReference', 'PAPER', 'PAPER_COST', 'METRICS', 'METRIC_NAMES', 'BLACKBOX_METRICS', 'paper_reference',
+           'split_tag']
 
 PAPER = 'Kim et al., Feature Separation and Recalibration for Adversarial Robustness, CVPR 2023'
 
@@ -59,10 +62,18 @@ _TABLE_1_2 = {
     },
 }
 
-# Table 3: ResNet-18, CIFAR-10, AutoAttack column (the black-box columns are not part of our suite).
+# Table 3: ResNet-18, CIFAR-10, AutoAttack column
 _TABLE_3_AUTOATTACK = {
     'at': 44.11, 'at_fsr': 46.41, 'trades': 46.81, 'trades_fsr': 48.45, 'mart': 44.27, 'mart_fsr': 46.55,
 }
+# Table 3: ResNet-18, CIFAR-10, black-box columns (TI-FGSM, DI-FGSM, NAttack)
+BLACKBOX_METRICS: Tuple[str, ...] = ('ti_fgsm', 'di_fgsm', 'nattack')
+_TABLE_3_BLACKBOX = {
+    'at': (59.03, 46.56, 39.55), 'at_fsr': (62.53, 50.50, 52.65), 'trades': (59.95, 49.23, 43.45),
+    'trades_fsr': (61.45, 50.54, 50.43), 'mart': (59.73, 48.38, 44.68), 'mart_fsr': (62.68, 51.42, 53.76),
+}
+_TABLE_3_SOURCES = {'ti_fgsm': 'Table 3 (from a natural ResNet-50)', 'di_fgsm': 'Table 3 (from a natural ResNet-50)',
+                    'nattack': 'Table 3 (1,000 images)'}
 
 #: Table 7: parameters (M) and FLOPs (G, one multiply-add counted as two FLOPs) for 32x32 inputs.
 PAPER_COST: Dict[str, Dict[str, Dict[str, float]]] = {
@@ -124,6 +135,8 @@ def paper_reference(architecture: str, tag: Optional[str]) -> Optional[PaperRefe
     if backbone == 'resnet18' and dataset == 'cifar10':
         metrics['autoattack'] = _TABLE_3_AUTOATTACK[key]
         sources['autoattack'] = 'Table 3' + (' and Table 4' if key == 'at_fsr' else '')
+        metrics.update(zip(BLACKBOX_METRICS, _TABLE_3_BLACKBOX[key]))
+        sources.update(_TABLE_3_SOURCES)
     row_name = f"{method.upper()}{' + FSR' if with_fsr else ''}"
     setting = (f"{row_name}, {'ResNet-18' if backbone == 'resnet18' else 'VGG16'}, "
                f"{'CIFAR-10' if dataset == 'cifar10' else dataset.upper()}, Linf 8/255")

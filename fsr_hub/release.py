@@ -36,25 +36,36 @@ from .schemas import VERIFY_SCHEMA
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, sha256_file
 
 __all__ = [
-    'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'PLOTS', 'TEMPLATE_PATH', 'build_config', 'prepare_results',
-    'describe_attack', 'render_card', 'assemble_release', 'write_card', 'validate_release', 'upload_plan',
-    'push_release',
+    'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'PLOTS', 'PLOT_DETAILS', 'TEMPLATE_PATH', 'build_config',
+    'prepare_results', 'describe_attack', 'render_card', 'assemble_release', 'write_card', 'validate_release',
+    'upload_plan', 'push_release',
 ]
 
 PathLike = Union[str, os.PathLike]
 CONFIG_NAME, CARD_NAME, RESULTS_NAME = 'config.json', 'README.md', 'results.json'
 REQUIRED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME)
 TEMPLATE_PATH = Path(__file__).parent / 'templates' / 'model_card.md'
-#: results.json ``analysis`` key -> (PNG file, FSR models only, title). The entry holds the numbers the PNG
-#: plots: ``{'eps_255': [...], 'accuracy': [...]}`` (a curve) or ``{'accuracy': {row: {column: value}}}`` (a
-#: table); its other scalar fields are listed under the plot. An entry recording another ``sha256`` is refused.
+#: results.json ``analysis`` key -> (PNG file, FSR models only, title). The entry is the section
+#: ``tools/analyze.py`` wrote (:mod:`fsr_hub.analysis`): the numbers the PNG plots, ``{'eps_255': [...],
+#: 'accuracy': [...]}`` (a curve) or ``{'accuracy': {row: {column: value}}}`` (a table), the fields of
+#: :data:`PLOT_DETAILS`, and ``model.sha256``, ``data``, ``hardware``, ``seconds``, ``complete``, ``command``. The
+#: card shows it only when it is complete and measured on the released weights; another ``sha256`` is refused.
 PLOTS: Dict[str, Tuple[str, bool, str]] = {
     'eps_curve': ('eps_curve.png', False, 'Robust accuracy vs eps'),
     'feature_swap': ('feature_swap.png', True, 'Feature swap (paper Table 5a)'),
     'knn': ('knn.png', True, 'Weighted k-NN on the separated features (paper Table 5b)'),
     'gradcam': ('gradcam.png', True, 'Grad-CAM attention maps (paper Fig. 1)'),
 }
-_EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer'}
+#: the section fields listed under each plot, after its table
+PLOT_DETAILS: Dict[str, Tuple[str, ...]] = {
+    'eps_curve': ('n', 'attack'),
+    'feature_swap': ('n', 'eps', 'position', 'attacks'),
+    'knn': ('n_test', 'n_train', 'ks', 'gamma', 'gamma_source', 'pool', 'eps', 'query_attack'),
+    'gradcam': ('n', 'eps', 'position', 'columns', 'target'),
+}
+_EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer (PGD-20)',
+                  'ti_fgsm': 'TI-FGSM (black-box)', 'di_fgsm': 'DI-FGSM (black-box)', 'nattack': 'NAttack (black-box)'}
+_SOURCE_ATTACKS = ('transfer', 'ti_fgsm', 'di_fgsm')
 # pretrained_cfg keys that describe where weights come from; timm fills them in when it loads from the hub.
 _SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
 # pretrained_cfg keys about other input sizes than the one verified (a timm backbone's ImageNet settings)
@@ -185,7 +196,7 @@ def _check_results(results: Mapping[str, Any], where: str) -> None:
         if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= acc <= 100:
             raise ReleaseError(f'{where}: results.{metric}.accuracy must be a percentage in [0, 100], got {acc!r}.')
     for key, entry in (results.get('analysis') or {}).items():
-        sha = entry.get('sha256') if isinstance(entry, dict) else None
+        sha = (entry.get('model') or {}).get('sha256') if isinstance(entry, dict) else None
         if sha not in (None, results['model']['sha256']):
             raise ReleaseError(f'{where}: analysis.{key} was measured on other weights (sha256 {sha}).')
 
@@ -213,25 +224,40 @@ def prepare_results(results: Mapping[str, Any], model: nn.Module, architecture: 
 
 
 def describe_attack(key: str, entry: Mapping[str, Any]) -> str:
-    """Short protocol of one verify-report attack entry, e.g. ``'20 steps, step eps/10, no random start'``."""
+    """Short protocol of one verify-report attack entry, e.g. ``'20 steps, step eps/10, no random start'``, with
+    the source of a transfer attack and the subset when the attack ran on the first n images only."""
     p = entry.get('params') or {}
     if key == 'ensemble':
         attacks = entry.get('attacks') or []
         return f"per example: correct under all of {', '.join(attacks)}" if attacks else ''
-    if key.startswith('autoattack'):
-        return str(entry.get('implementation', ''))
-    if key == 'transfer':
-        return f"source: {entry.get('source', 'unknown')}"
     bits = []
-    if 'steps' in p:
-        bits.append(f"{p['steps']} step{'s' if p['steps'] != 1 else ''}")
-    if isinstance(p.get('alpha'), (int, float)) and isinstance(p.get('eps'), (int, float)) and p['eps'] and p['alpha']:
-        bits.append(f"step eps/{round(p['eps'] / p['alpha'])}")
-    if 'random_start' in p:
-        bits.append('random start' if p['random_start'] else 'no random start')
-    if 'kappa' in p:
-        bits.append(f"kappa {p['kappa']}")
-    return ', '.join(bits)
+    if key.startswith('autoattack'):
+        bits.append(str(entry.get('implementation', '')))
+    elif key == 'nattack':
+        q = p.get('max_queries')
+        bits.append(f"at most {q:,} queries per image" if isinstance(q, int) else 'queries not recorded')
+        bits.extend(f'{k} {p[k]}' for k in ('npop', 'sigma', 'lr') if k in p)
+    else:
+        if 'steps' in p:
+            bits.append(f"{p['steps']} step{'s' if p['steps'] != 1 else ''}")
+        if isinstance(p.get('alpha'), (int, float)) and isinstance(p.get('eps'), (int, float)) and p['eps'] and p['alpha']:
+            ratio = round(p['eps'] / p['alpha'])
+            bits.append('step eps' if ratio == 1 else f'step eps/{ratio}')
+        if 'random_start' in p:
+            bits.append('random start' if p['random_start'] else 'no random start')
+        if 'kappa' in p:
+            bits.append(f"kappa {p['kappa']}")
+        if 'kern_len' in p:
+            bits.append(f"Gaussian kernel {p['kern_len']}x{p['kern_len']}")
+        if 'diversity_prob' in p:
+            bits.append(f"resize-and-pad with probability {p['diversity_prob']}")
+    text = ', '.join(bits)
+    if key in _SOURCE_ATTACKS:
+        text = f"source: {entry.get('source', 'unknown')}; {text}"
+    subset = entry.get('subset')
+    if isinstance(subset, str) and subset.startswith('first'):
+        text += f'; {subset} images'
+    return text
 
 
 def _fmt(v: Any, nd: int = 2) -> str:
@@ -273,28 +299,62 @@ def _card_data(results: Mapping[str, Any], config: Mapping[str, Any], name: str)
               'feature-separation-and-recalibration', 'safetensors'])
 
 
-def _plot_table(entry: Mapping[str, Any]) -> Tuple[List[str], List[List[str]]]:
+def _plot_table(key: str, entry: Mapping[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """The numbers a plot shows: a curve as one row, a table with its rows named by the section's ``labels``
+    (f~, f+, ...) and its columns by attack (feature swap) or k (k-NN)."""
     acc = entry.get('accuracy')
     if isinstance(acc, list) and isinstance(entry.get('eps_255'), list):
-        return (['eps'] + [f'{e}/255' for e in entry['eps_255']], [['accuracy (%)'] + [_fmt(a) for a in acc]])
+        return (['eps'] + [f'{e:g}/255' for e in entry['eps_255']], [['accuracy (%)'] + [_fmt(a) for a in acc]])
     if isinstance(acc, dict) and all(isinstance(r, dict) for r in acc.values()):
+        labels = entry.get('labels') if isinstance(entry.get('labels'), dict) else {}
         columns = list(dict.fromkeys(c for r in acc.values() for c in r))
-        return [''] + [str(c) for c in columns], [[str(k)] + [_fmt(r.get(c)) for c in columns] for k, r in acc.items()]
+        names = [f'{c}-NN' if key == 'knn' else paper.METRIC_NAMES.get(c, str(c)) for c in columns]
+        return [''] + names, [[str(labels.get(k, k))] + [_fmt(r.get(c)) for c in columns] for k, r in acc.items()]
     return [], []
 
 
+def _detail(key: str, value: Any) -> str:
+    if key in ('eps', 'alpha') and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'{value * 255:.4g}/255'
+    if isinstance(value, list):
+        return ', '.join(_detail(key, v) for v in value)
+    if isinstance(value, dict):
+        return ', '.join(f'{k} {_detail(k, v)}' for k, v in value.items())
+    return str(value)
+
+
+def _measured(entry: Mapping[str, Any]) -> Optional[str]:
+    data, hw = entry.get('data') or {}, entry.get('hardware') or {}
+    if not isinstance(data, dict) or not isinstance(hw, dict):
+        return None
+    where = ' '.join(str(data[k]) for k in ('dataset', 'split') if data.get(k))
+    if data.get('n') is not None:
+        where += f" (n = {data['n']}" + (f", {data['source']})" if data.get('source') else ')')
+    secs = entry.get('seconds')
+    took = f"{hw.get('device', 'unknown device')}" + (f', {secs:.1f} s' if isinstance(secs, (int, float)) else '')
+    return ', '.join(x for x in (where.strip(), took) if x)
+
+
 def _plots(results: Mapping[str, Any], config: Mapping[str, Any], folder: Optional[Path]) -> List[Dict[str, Any]]:
-    """The plots the card shows: PNG in the folder, its numbers in results.json, FSR plots for FSR models only."""
+    """The plots the card shows: PNG in the folder, its complete section in results.json measured on these weights
+    (``model.sha256``), FSR plots for FSR models only."""
     has_fsr = bool(config.get('model_args', {}).get('fsr_positions'))
+    sha = results['model'].get('sha256')
     out = []
     for key, (file, fsr_only, title) in PLOTS.items():
         entry = (results.get('analysis') or {}).get(key)
         if folder is None or not (folder / file).is_file() or not isinstance(entry, dict) or (fsr_only and not has_fsr):
             continue
-        details = [(k, ', '.join(map(str, v)) if isinstance(v, list) else v) for k, v in entry.items()
-                   if k not in ('accuracy', 'eps_255', 'sha256') and all(
-                       isinstance(x, (str, int, float)) for x in (v if isinstance(v, list) else [v]))]
-        out.append(dict(file=file, title=title, details=details, **dict(zip(('header', 'rows'), _plot_table(entry)))))
+        if entry.get('complete') is False or (entry.get('model') or {}).get('sha256') != sha:
+            continue  # a partial analysis, or one that does not say it was measured on these weights
+        details = [(k, _detail(k, entry[k])) for k in PLOT_DETAILS[key] if entry.get(k) is not None]
+        measured = _measured(entry)
+        if measured:
+            details.append(('measured on', measured))
+        if entry.get('command'):
+            details.append(('command', f"`{entry['command']}`"))
+        header, rows = _plot_table(key, entry)
+        out.append(dict(file=file, title=title, details=details, header=header, rows=rows))
     return out
 
 

@@ -1,6 +1,5 @@
 """Analyses (fsr_hub.analysis) on a tiny FSR network and tools/analyze.py end to end on tiny data."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,11 @@ from PIL import Image
 
 from conftest import tiny_fsr_net
 from fsr_hub import analysis as A
-from fsr_hub.evaluate import evaluate
-from fsr_hub.fsr import fsr_output
+from fsr_hub.evaluate import attack_params, evaluate
+from fsr_hub.fsr import FEATURE_LABELS, fsr_output
 from fsr_hub.models import create
 from fsr_hub.weights import save_weights
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _data(n=6, seed=0):
@@ -66,7 +64,7 @@ def test_feature_swap_uses_verify_evaluation_and_restores_the_model(tmp_path):
     assert Image.open(png).size[0] == 800
 
 
-def test_deadline_cuts_work_and_says_so():
+def test_deadline_cuts_work_and_says_so(tmp_path):
     model = tiny_fsr_net().eval()
     x, y = _data(4)
     deadline = A.Deadline(minutes=1e-9)  # already over when the first unit would start
@@ -74,6 +72,11 @@ def test_deadline_cuts_work_and_says_so():
     assert section['eps_255'] == [] and deadline.stopped
     meta = A.section_meta({'architecture': 'tiny'}, {'n': 4}, 'cpu', deadline)
     assert meta['complete'] is False and meta['schema'] == A.ANALYSIS_SCHEMA
+    grad = A.gradcam_analysis(model, x, y, png=tmp_path / 'g.png', deadline=A.Deadline(minutes=1e-9))
+    assert grad['n'] == 0 and not (tmp_path / 'g.png').exists()
+    late = A.Deadline(minutes=1e-9)
+    bb = A.blackbox_analysis(model, x, y, attacks=('nattack',), deadline=late)
+    assert late.stopped and bb['results'] == {} and set(bb['not_run']) == {'clean', 'nattack'}
 
 
 def test_knn_and_eps_curve_sections(tmp_path):
@@ -118,11 +121,18 @@ def test_blackbox_section_records_parameters():
     pytest.importorskip('torchattack', reason="the 'analysis' extra is not installed")
     target, source = tiny_fsr_net().eval(), tiny_fsr_net(fsr_positions=()).eval()
     x, y = _data(4)
-    out = A.blackbox_analysis(target, x, y, source=source, source_name='tiny', nattack_n=2, max_queries=40, npop=10)
-    assert set(out) == {'ti_fgsm', 'di_fgsm', 'nattack'}
+    section = A.blackbox_analysis(target, x, y, source=source, source_name='tiny', nattack_n=2, max_queries=40,
+                                  npop=10)
+    out = section['results']
+    assert set(out) == {'clean', 'ti_fgsm', 'di_fgsm', 'nattack'} and not section['not_run']
+    assert section['accuracy'] == {a: r['accuracy'] for a, r in out.items()}
+    # the verify suite's entries: its parameters (attack_params), subsets and source fields
+    assert out['ti_fgsm']['params'] == attack_params('ti_fgsm', 8 / 255)
+    assert out['nattack']['params'] == attack_params('nattack', 8 / 255, {'max_queries': 40, 'npop': 10})
     assert out['ti_fgsm']['params']['kern_len'] == 15 and out['di_fgsm']['params']['diversity_prob'] == 0.5
     assert out['nattack']['n'] == 2 and out['nattack']['params']['max_queries'] == 40
-    assert all(out[a]['max_bound_violation'] == 0.0 for a in out) and out['ti_fgsm']['source'] == 'tiny'
+    assert out['nattack']['subset'] == 'first 2' and out['ti_fgsm']['source'] == 'tiny'
+    assert all(out[a]['max_bound_violation'] == 0.0 for a in out if a != 'clean')
     with pytest.raises(A.AnalysisError, match='source'):
         A.blackbox_analysis(target, x, y, attacks=('di_fgsm',))
 
@@ -141,32 +151,65 @@ def test_attach_refuses_other_weights(tmp_path):
         A.attach_sections({'model': {'sha256': 'b' * 64}}, [tmp_path / 'knn.json'])
 
 
-def test_analyze_cli(tmp_path, cifar_root, capsys):
-    sys.path.insert(0, str(REPO / 'tools'))
-    try:
-        import analyze
-    finally:
-        sys.path.pop(0)
-    torch.manual_seed(0)
-    weights = tmp_path / 'fsr.safetensors'
-    save_weights(create('fsr_resnet18', num_classes=10), weights)
-    common = ['--model', 'fsr_resnet18', '--weights', str(weights), '--data', str(cifar_root), '--n', '2',
+def test_analyses_end_to_end_into_the_model_card(tmp_path, cifar_root, capsys):
+    """tools/analyze.py runs each analysis on tiny data, attaches them to a release folder's results.json (PNGs
+    beside it), and the re-rendered card shows each plot with its numbers; a partial analysis is not shown, and an
+    analysis of other weights is refused."""
+    from huggingface_hub import ModelCard
+
+    from fsr_hub.release import PLOTS, ReleaseError, validate_release, write_card
+    from release_builders import build_release, edit_json, load_tool
+
+    analyze = load_tool('analyze')
+    info = build_release(tmp_path, model_args={})  # a full-size fsr_resnet18 release with random weights
+    folder = info.folder
+    common = ['--model', 'fsr_resnet18', '--weights', str(folder / 'model.safetensors'), '--data', str(cifar_root),
               '--device', 'cpu', '--no-progress']
-    out = tmp_path / 'a'
-    assert analyze.main(['feature-swap', *common, '--attacks', 'clean', '--out', str(out / 'feature_swap.json')]) == 0
-    assert analyze.main(['eps-curve', *common, '--eps-list', '0', '--out', str(out / 'eps_curve.json')]) == 0
-    for name in ('feature_swap', 'eps_curve'):
-        doc = json.loads((out / f'{name}.json').read_text())
-        assert doc['analysis'] == name and doc['complete'] and doc['png'] == f'{name}.png'
-        assert (out / f'{name}.png').is_file() and doc['model']['architecture'] == 'fsr_resnet18'
-    curve = str(out / 'eps_curve.json')
-    assert analyze.main(['plot-eps', curve, curve, '--png', str(out / 'p.png')]) == 0
-    results = tmp_path / 'results.json'
-    sha = json.loads((out / 'eps_curve.json').read_text())['model']['sha256']
-    results.write_text(json.dumps({'model': {'sha256': sha}}))
-    assert analyze.main(['attach', str(results), str(out / 'feature_swap.json'), str(out / 'eps_curve.json')]) == 0
-    assert set(json.loads(results.read_text())['analysis']) == {'schema', 'feature_swap', 'eps_curve'}
-    assert analyze.main(['knn', *common[:4], '--sample', '--out', str(out / 'k.json')]) == 2
-    assert analyze.main(['blackbox', *common, '--attacks', 'ti_fgsm', '--out', str(out / 'b.json')]) == 2
+    a = tmp_path / 'a'
+    assert analyze.main(['feature-swap', *common, '--n', '2', '--attacks', 'clean',
+                         '--out', str(a / 'feature_swap.json')]) == 0
+    assert analyze.main(['eps-curve', *common, '--n', '2', '--eps-list', '0', '--out', str(a / 'eps_curve.json')]) == 0
+    assert analyze.main(['knn', *common, '--n', '1', '--n-train', '5', '--ks', '1,5',
+                         '--out', str(a / 'knn.json')]) == 0
+    assert analyze.main(['gradcam', *common, '--n', '1', '--out', str(a / 'gradcam.json')]) == 0  # f_nat: pyautoattack
+    docs = {name: json.loads((a / f'{name}.json').read_text()) for name in PLOTS}
+    for name, doc in docs.items():
+        assert doc['analysis'] == name and doc['complete'] and doc['png'] == f'{name}.png', name
+        assert doc['model']['sha256'] == info.sha256 and (a / doc['png']).is_file()
+    assert docs['gradcam']['data']['natural_model']['weights'] == 'pyautoattack'
+    curve = str(a / 'eps_curve.json')
+    assert analyze.main(['plot-eps', curve, curve, '--png', str(a / 'p.png')]) == 0
+    assert analyze.main(['attach', str(folder / 'results.json'), *(str(a / f'{n}.json') for n in PLOTS)]) == 0
+    assert all((folder / file).is_file() for file, _, _ in PLOTS.values())
+    write_card(folder)
+    validate_release(folder)
+    body = ModelCard.load(folder / 'README.md').text
+    for key, (file, _, title) in PLOTS.items():
+        assert f'### {title}\n\n![{title}]({file})' in body, key
+    assert f"| accuracy (%) | {docs['eps_curve']['accuracy'][0]:.2f} |" in body
+    assert '|  | Clean |' in body and '|  | 1-NN | 5-NN |' in body
+    for feature, row in docs['feature_swap']['accuracy'].items():
+        assert f"| {FEATURE_LABELS[feature]} | {row['clean']:.2f} |" in body
+    for feature, row in docs['knn']['accuracy'].items():
+        assert f"| {FEATURE_LABELS[feature]} | {row['1']:.2f} | {row['5']:.2f} |" in body
+    assert "- columns: x, f_nat, x', f+, f-, f~-" in body and '- gamma: 0.07' in body and '- eps: 8/255' in body
+    assert '- measured on: cifar10 test (n = 1), cpu' in body and '- command: `python tools/analyze.py knn' in body
+    # a partial analysis (the deadline passed before any eps) replaces the complete one: the card drops that plot
+    assert analyze.main(['eps-curve', *common, '--n', '2', '--deadline-minutes', '1e-9', '--out', curve]) == 0
+    assert json.loads(Path(curve).read_text())['complete'] is False
+    assert analyze.main(['attach', str(folder / 'results.json'), curve]) == 0
+    assert 'eps_curve is partial (complete: false): the card does not show it' in capsys.readouterr().out
+    write_card(folder)
+    body = ModelCard.load(folder / 'README.md').text
+    assert 'eps_curve.png' not in body and '![Weighted k-NN' in body
+    # an analysis of other weights is refused by attach, and by the card renderer if put there by hand
+    edit_json(a / 'knn.json', lambda d: d['model'].__setitem__('sha256', '0' * 64))
+    assert analyze.main(['attach', str(folder / 'results.json'), str(a / 'knn.json')]) == 2
+    assert 'was measured on weights 000' in capsys.readouterr().err
+    edit_json(folder / 'results.json', lambda d: d['analysis']['knn']['model'].__setitem__('sha256', '0' * 64))
+    with pytest.raises(ReleaseError, match=r'analysis\.knn was measured on other weights'):
+        write_card(folder)
+    assert analyze.main(['knn', *common[:4], '--sample', '--out', str(a / 'k.json')]) == 2
+    assert analyze.main(['blackbox', *common, '--attacks', 'ti_fgsm', '--out', str(a / 'b.json')]) == 2
     err = capsys.readouterr().err
     assert 'error: knn needs the training images' in err and 'error: TI-FGSM / DI-FGSM need --source' in err

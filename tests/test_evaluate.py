@@ -72,8 +72,9 @@ def test_report_schema_and_consistency(tmp_path):
     assert acc[20] == r['pgd20']['accuracy'] and acc[100] == r['pgd100']['accuracy']
     c = m['checks']
     assert set(c) == {'falls_to_zero_at_64', 'unbounded_zero', 'more_steps_never_raise', 'transfer_ge_whitebox',
-                      'rand_within_1pt'}
+                      'rand_within_1pt', 'blackbox_ge_whitebox'}
     assert c['rand_within_1pt'] is None and isinstance(c['transfer_ge_whitebox'], bool)
+    assert c['blackbox_ge_whitebox'] is None and m['blackbox_vs_whitebox'] == {}  # no black-box attack ran
     assert m['passed'] == all(v for v in c.values() if v is not None)
 
 
@@ -110,7 +111,7 @@ def test_bad_arguments():
         evaluate(tiny_fsr_net(), x, y, attacks=('transfer',), progress=False)
     with pytest.raises(ValueError, match='Unknown attack'):
         parse_attacks('clean,pgd7')
-    assert parse_attacks('all')[-1] == 'transfer'
+    assert {'transfer', 'ti_fgsm', 'di_fgsm', 'nattack'} <= set(parse_attacks('all'))
 
 
 def test_verify_cli(tmp_path, cifar_root, capsys):

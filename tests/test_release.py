@@ -139,12 +139,19 @@ def test_missing_attacks_and_extra_attacks(tmp_path):
 
 
 def _analysis(sha256: str) -> dict:
+    """Sections in the format tools/analyze.py writes (fsr_hub.analysis), trimmed to what the card reads."""
+    meta = {'model': {'architecture': 'fsr_resnet18', 'sha256': sha256}, 'complete': True, 'seconds': 12.5,
+            'data': {'dataset': 'cifar10', 'split': 'test', 'n': 1000}, 'hardware': {'device': 'NVIDIA H100'}}
+    labels = {'robust': 'f+', 'non_robust': 'f-'}
     return {
-        'eps_curve': {'attack': 'pgd20', 'eps_255': [0, 4, 8, 16], 'accuracy': [81.5, 62.25, 50.0, 12.75]},
-        'feature_swap': {'attacks': ['clean', 'pgd20'], 'sha256': sha256,
-                         'accuracy': {'f+': {'clean': 80.5, 'pgd20': 49.25}, 'f-': {'clean': 20.5, 'pgd20': 3.75}}},
-        'knn': {'gamma': 0.07, 'accuracy': {'f+': {'k=5': 45.5, 'k=20': 46.25}, 'f-': {'k=5': 11.5, 'k=20': 10.25}}},
-        'gradcam': {'images': [0, 1, 2, 3], 'attack': 'pgd20'},
+        'eps_curve': {**meta, 'attack': {'attack': 'pgd20', 'steps': 20}, 'n': 1000, 'eps_255': [0, 4, 8, 16],
+                      'accuracy': [81.5, 62.25, 50.0, 12.75]},
+        'feature_swap': {**meta, 'attacks': ['clean', 'pgd20'], 'n': 1000, 'labels': labels,
+                         'accuracy': {'robust': {'clean': 80.5, 'pgd20': 49.25},
+                                      'non_robust': {'clean': 20.5, 'pgd20': 3.75}}},
+        'knn': {**meta, 'gamma': 0.07, 'ks': [5, 20], 'labels': labels,
+                'accuracy': {'robust': {'5': 45.5, '20': 46.25}, 'non_robust': {'5': 11.5, '20': 10.25}}},
+        'gradcam': {**meta, 'n': 4, 'columns': ['x', 'f_nat']},
     }
 
 
@@ -163,8 +170,10 @@ def test_card_embeds_plots_with_their_numbers(rel):
         assert f'### {title}\n\n![{title}]({file})' in body, key
     assert '| eps | 0/255 | 4/255 | 8/255 | 16/255 |' in body
     assert '| accuracy (%) | 81.50 | 62.25 | 50.00 | 12.75 |' in body
-    assert '|  | clean | pgd20 |' in body and '| f+ | 80.50 | 49.25 |' in body and '| f- | 20.50 | 3.75 |' in body
-    assert '| f+ | 45.50 | 46.25 |' in body and '- gamma: 0.07' in body and '- images: 0, 1, 2, 3' in body
+    assert '|  | Clean | PGD-20 |' in body and '| f+ | 80.50 | 49.25 |' in body and '| f- | 20.50 | 3.75 |' in body
+    assert '|  | 5-NN | 20-NN |' in body and '| f+ | 45.50 | 46.25 |' in body
+    assert '- gamma: 0.07' in body and '- columns: x, f_nat' in body and '- attack: attack pgd20, steps 20' in body
+    assert body.count('- measured on: cifar10 test (n = 1000), NVIDIA H100, 12.5 s') == 4
     assert [p['path'] for p in release.upload_plan(info.folder)] == sorted(
         list(release.REQUIRED_FILES) + [f for f, _, _ in PLOTS.values()])
 
@@ -196,6 +205,19 @@ def test_analysis_of_other_weights_is_refused(rel):
         'feature_swap']}))
     with pytest.raises(ReleaseError, match=r'analysis\.feature_swap was measured on other weights \(sha256 0{64}\)'):
         write_card(rel.folder)
+
+
+def test_card_shows_only_complete_analyses_that_name_the_weights(rel):
+    sections = _analysis(rel.sha256)
+    sections['knn']['complete'] = False  # stopped by its deadline
+    del sections['feature_swap']['model']  # says nothing about the weights it was measured on
+    edit_json(rel.folder / 'results.json', lambda d: d.__setitem__('analysis', sections))
+    for key in PLOTS:
+        tiny_png(rel.folder / PLOTS[key][0])
+    write_card(rel.folder)
+    body = _body(rel.folder)
+    assert '![Robust accuracy vs eps](eps_curve.png)' in body and 'gradcam.png' in body
+    assert 'knn.png' not in body and 'feature_swap.png' not in body and '45.50' not in body
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -408,7 +430,8 @@ def test_make_card_cli(tmp_path, capsys):
 
 def test_paper_reference_values():
     ref = paper.paper_reference('fsr_resnet18', 'at_cifar10')
-    assert list(ref.metrics) == list(paper.METRICS)
+    assert list(ref.metrics) == list(paper.METRICS) + list(paper.BLACKBOX_METRICS)
+    assert ref.metrics['nattack'] == 52.65 and ref.sources['ti_fgsm'].startswith('Table 3')
     assert ref.sources['pgd20'] == 'Table 1' and ref.sources['autoattack'].startswith('Table 3')
     assert paper.paper_reference('fsr_vgg16', 'trades_svhn').sources['clean'] == 'Table 2'
     assert 'autoattack' not in paper.paper_reference('fsr_vgg16', 'at_cifar10').metrics
@@ -425,7 +448,8 @@ def test_paper_numbers_match_paper_text():
         ref = paper.paper_reference(f'fsr_{backbone}', f'{method}_cifar10')
         white = '\t'.join(f'{ref.metrics[k]:.2f}' for k in ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble'))
         assert f'{label}\t{white}' in text, label
-        assert re.search(rf"{re.escape(label)}\t[\d.]+\t[\d.]+\t[\d.]+\t{ref.metrics['autoattack']:.2f}", text)
+        table3 = '\t'.join(f'{ref.metrics[k]:.2f}' for k in paper.BLACKBOX_METRICS + ('autoattack',))
+        assert f'{label}\t{table3}\n' in text, label
     for backbone in ('resnet18', 'vgg16'):
         for kind in ('vanilla', 'fsr'):
             c = paper.PAPER_COST[backbone][kind]

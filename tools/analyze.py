@@ -7,19 +7,24 @@ commands:
   gradcam       Fig. 1: Grad-CAM of f_nat (natural model) and of f+, f-, f~- of adversarial examples, one PNG grid
   eps-curve     PGD-20 accuracy for eps in {0, 1, 2, 4, 6, 8, 10, 12, 16}/255, JSON and PNG
   plot-eps      one plot of the eps curves of one or several models (FSR vs vanilla twin) from their JSON files
-  blackbox      Table 3: TI-FGSM and DI-FGSM crafted on a source model, and NAttack (1,000 images, 40,000 queries)
-  attach        put analysis JSON files into a results.json's `analysis` section (what the model card reads)
+  blackbox      Table 3: TI-FGSM and DI-FGSM crafted on a source model, and NAttack (1,000 images, 40,000 queries),
+                through the verify suite (the same numbers as tools/verify.py --blackbox)
+  attach        put analysis JSON files into a results.json's `analysis` section and their PNGs beside it (a
+                release folder: the model card shows each complete analysis of its weights with its figure)
+
+MODEL:WEIGHTS (--natural, --source) is a safetensors file or cifar_resnet18:pyautoattack, pyautoattack's naturally
+trained CIFAR-10 ResNet-18 (the default f_nat of gradcam).
 
 examples:
   python tools/analyze.py eps-curve --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
       --out a/eps_curve.json
   python tools/analyze.py knn --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
       --deadline-minutes 20 --out a/knn.json
-  python tools/analyze.py gradcam --model fsr_resnet18 --weights w.safetensors --sample --n 6 \\
-      --natural cifar_resnet18:nat.safetensors --out a/gradcam.json
+  python tools/analyze.py gradcam --model fsr_resnet18 --weights w.safetensors --sample --n 6 --out a/gradcam.json
   python tools/analyze.py blackbox --model fsr_resnet18 --weights w.safetensors --data /data \\
-      --source cifar_resnet18:nat.safetensors --out a/blackbox.json
-  python tools/analyze.py attach results.json a/*.json
+      --source cifar_resnet18:pyautoattack --out a/blackbox.json
+  python tools/analyze.py attach model_cards/fsr_resnet18.at_cifar10/results.json a/*.json
+  python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10      # re-render the card
 """
 import argparse
 import json
@@ -32,12 +37,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from fsr_hub import analysis as A
-from fsr_hub.blackbox import BLACKBOX_ATTACKS, NATTACK
+from fsr_hub.blackbox import BLACKBOX_ATTACKS, NATTACK, NATTACK_N
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import parse_attacks
 from fsr_hub.fsr import FSR_OUTPUTS
 from fsr_hub.models import create
 from fsr_hub.sample import SampleError, load_sample
+from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model_spec
 from fsr_hub.weights import WeightsError, load_weights, sha256_file
 
 
@@ -102,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser('gradcam', help='Fig. 1: Grad-CAM of f_nat, f+, f-, f~- as one PNG grid')
     _common(s, figure=A.PNG_NAMES['gradcam'])
-    s.add_argument('--natural', default=None, metavar='MODEL:WEIGHTS', help='naturally trained model for f_nat')
+    s.add_argument('--natural', default=PYAUTOATTACK_SPEC, metavar='MODEL:WEIGHTS',
+                   help=f'naturally trained model for f_nat (default {PYAUTOATTACK_SPEC}; "none": no f_nat column)')
     s.add_argument('--scale', type=int, default=4, help='image upscaling in the figure')
     s.add_argument('--position', default=None)
 
@@ -118,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('blackbox', help='Table 3: TI-FGSM, DI-FGSM (from a source model) and NAttack')
     _common(s)
     s.add_argument('--attacks', type=_list(str), default=list(BLACKBOX_ATTACKS), help=f'from {",".join(BLACKBOX_ATTACKS)}')
-    s.add_argument('--source', default=None, metavar='MODEL:WEIGHTS', help='source model of TI-FGSM / DI-FGSM')
-    s.add_argument('--nattack-n', type=int, default=NATTACK['n_images'], help='NAttack images (paper: 1,000)')
+    s.add_argument('--source', default=None, metavar='MODEL:WEIGHTS',
+                   help=f'source model of TI-FGSM / DI-FGSM, e.g. {PYAUTOATTACK_SPEC}')
+    s.add_argument('--nattack-n', type=int, default=NATTACK_N, help=f'NAttack images (default {NATTACK_N}, the paper)')
     s.add_argument('--max-queries', type=int, default=NATTACK['max_queries'], help='NAttack queries per image')
-    s.add_argument('--nattack-batch', type=int, default=50, help='images NAttack attacks together')
 
     s = sub.add_parser('attach', help="put analysis JSON files into a results.json's `analysis` section")
     s.add_argument('results', help='results.json of tools/verify.py (rewritten in place unless --out)')
@@ -138,13 +145,6 @@ def _load_model(name: str, weights: Optional[str], num_classes: int,
     info = {'architecture': name, 'tag': tag, 'weights': weights, 'sha256': sha256_file(weights) if weights else None,
             'random_init': not weights}
     return model.eval(), info
-
-
-def _model_spec(spec: str, what: str) -> Tuple[str, str]:
-    name, sep, weights = spec.partition(':')
-    if not sep or not name or not weights:
-        raise ValueError(f'{what} must be MODEL:WEIGHTS, got {spec!r}.')
-    return name, weights
 
 
 def _test_data(args) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
@@ -170,8 +170,16 @@ def run(args: argparse.Namespace, command: str) -> str:
         return f'-> {path}'
     if args.command == 'attach':
         results = json.loads(Path(args.results).read_text())
-        out = A.write_json(args.out or args.results, A.attach_sections(results, args.files))
-        return f'analysis {", ".join(sorted(k for k in json.loads(out.read_text())["analysis"] if k != "schema"))} -> {out}'
+        merged = A.attach_sections(results, args.files)
+        out = Path(args.out or args.results)
+        copied, missing = A.copy_figures(args.files, out.parent)
+        A.write_json(out, merged)
+        lines = [f'analysis {", ".join(sorted(k for k in merged["analysis"] if k != "schema"))} -> {out}']
+        lines += [f'figure -> {p}' for p in copied]
+        lines += [f'note: {m}' for m in missing]
+        lines += [f'note: {k} is partial (complete: false): the card does not show it' for k, v in
+                  merged['analysis'].items() if isinstance(v, dict) and v.get('complete') is False]
+        return '\n'.join(lines)
     if args.batch_size <= 0:
         raise ValueError('--batch-size must be positive.')
     num_classes = DATASETS[args.dataset][0]
@@ -199,31 +207,36 @@ def run(args: argparse.Namespace, command: str) -> str:
         png = A.plot_knn(section, _png(args, A.PNG_NAMES[name])) if section['features'] else None
     elif args.command == 'gradcam':
         natural = None
-        if args.natural:
-            nat_name, nat_weights = _model_spec(args.natural, '--natural')
-            natural, nat_info = _load_model(nat_name, nat_weights, num_classes)
-            data['natural_model'] = nat_info
+        if args.natural.lower() != 'none':
+            natural, data['natural_model'] = load_model_spec(args.natural, num_classes, '--natural')
         png = _png(args, A.PNG_NAMES[name])
         section = A.gradcam_analysis(model, x, y, natural_model=natural, eps=args.eps, position=args.position,
-                                     device=args.device, png=png, scale=args.scale)
+                                     device=args.device, png=png, scale=args.scale, deadline=deadline)
+        png = png if section['n'] else None
     elif args.command == 'eps-curve':
         section = A.eps_curve(model, x, y, eps_255=args.eps_list, seed=args.seed, num_classes=num_classes,
                               deadline=deadline, progress=not args.no_progress, **common)
         label = f'{args.model}.{args.tag}' if args.tag else args.model
         curves = [(label, section['eps_255'], section['accuracy'])] + [A.read_eps_curve(f) for f in args.compare]
         png = A.plot_eps_curves(curves, _png(args, A.PNG_NAMES[name]),
-                                title=f'Robustness vs. perturbation size (PGD-20, {data["dataset"]} test, n = {len(y)})')
+                                title=f'Robustness vs. perturbation size (PGD-20, {data["dataset"]} test, n = {len(y)})'
+                                ) if section['eps_255'] else None
     elif args.command == 'blackbox':
         source, source_name = None, None
         if any(a in ('ti_fgsm', 'di_fgsm') for a in args.attacks):
             if not args.source:
-                raise ValueError('TI-FGSM / DI-FGSM need --source MODEL:WEIGHTS (the paper: a naturally trained model).')
-            src_name, src_weights = _model_spec(args.source, '--source')
-            source, src_info = _load_model(src_name, src_weights, num_classes)
-            source_name = f'{src_name} ({src_weights}, sha256 {src_info["sha256"][:12]})'
+                raise ValueError('TI-FGSM / DI-FGSM need --source MODEL:WEIGHTS (the paper: a naturally trained model; '
+                                 f'e.g. {PYAUTOATTACK_SPEC}).')
+            source, src = load_model_spec(args.source, num_classes, '--source')
+            source_name = f"{src['architecture']} ({src['weights']}, sha256 {src['sha256'][:12]})"
+            data['source_model'] = src
+        if args.nattack_n <= 0 or args.max_queries <= 0:
+            raise ValueError('--nattack-n and --max-queries must be positive.')
+        overrides = {'max_queries': args.max_queries} if args.max_queries != NATTACK['max_queries'] else {}
         section = A.blackbox_analysis(model, x, y, attacks=args.attacks, source=source, source_name=source_name,
-                                      eps=args.eps, nattack_n=args.nattack_n, nattack_batch=args.nattack_batch,
-                                      seed=args.seed, deadline=deadline, max_queries=args.max_queries, **common)
+                                      eps=args.eps, nattack_n=args.nattack_n, seed=args.seed,
+                                      num_classes=num_classes, deadline=deadline, progress=not args.no_progress,
+                                      **overrides, **common)
     else:  # pragma: no cover - argparse enforces the choices
         raise ValueError(f'unknown command {args.command}')
     doc = {**A.section_meta(info, data, args.device, deadline, command), 'analysis': name, **section,

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Robustness verification of an fsr_hub model: the paper's white-box suite, AutoAttack (standard and rand),
-a transfer attack and gradient-masking checks, written as an ``fsr-hub/verify/v1`` JSON report.
+transfer and black-box attacks and gradient-masking checks, written as an ``fsr-hub/verify/v1`` JSON report.
 
     python tools/verify.py --model fsr_resnet18 --weights best.safetensors --data /tmp/data --out results.json
     python tools/verify.py ... --preset quick --deadline-minutes 3          # fits a lease; partial if time runs out
@@ -9,10 +9,15 @@ a transfer attack and gradient-masking checks, written as an ``fsr-hub/verify/v1
     python tools/verify.py ... --transfer-from cifar_resnet18:runs/vanilla/final.safetensors
     python tools/verify.py --model resnet50 --weights runs/r50_fsr/final.safetensors --train-summary \
         runs/r50_fsr/train_summary.json --data /tmp/data      # any timm CNN + FSR: model_args from the summary
+    python tools/verify.py ... --preset full --blackbox --transfer-from cifar_resnet18:pyautoattack   # + Table 3
 
 Presets (stages run cheapest first): quick = clean, FGSM, PGD-20, C&W, PGD-100 and Ensemble on all images, then
 AutoAttack standard on the first 1,000; full = those on all images, the masking checks (first 1,000), AutoAttack
 rand (first 1,000), AutoAttack standard on all images, and the transfer attack when --transfer-from is given.
+--blackbox adds the paper's Table 3 black-box attacks (opt-in, also nameable in --attacks): TI-FGSM and DI-FGSM
+crafted on the --transfer-from source, and NAttack (at most 40,000 queries per image) on the first --nattack-n
+images (1,000, the paper's protocol); NAttack saves its progress like AutoAttack. The source
+cifar_resnet18:pyautoattack is pyautoattack's naturally trained CIFAR-10 ResNet-18 (examples/model_test.pt).
 With --out the report is rewritten (atomically) after every stage, so a run stopped by the deadline, a signal or
 a crash leaves a valid partial report whose "not_run" says what did not run and why; AutoAttack's progress is
 saved in it batch by batch and --resume continues from there. Attacks run in strict float32 (TF32 off).
@@ -32,12 +37,14 @@ import torch
 
 from fsr_hub.cli import add_fsr_arguments, agreed_model_args, fsr_model_args, number
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
+from fsr_hub.blackbox import NATTACK_N
 from fsr_hub.evaluate import (
     ATTACKS, PRESETS, build_report, evaluate, model_info, parse_attacks, preset, training_section,
 )
 from fsr_hub.models import create
 from fsr_hub.releases import release_name
 from fsr_hub.schemas import VERIFY_SCHEMA
+from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model_spec
 from fsr_hub.weights import WeightsError, load_weights, resolve_pretrained_file, sha256_file
 
 
@@ -56,16 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help='quick: the white-box suite on all images, then AutoAttack on the first 1,000; '
                         'full (the default): everything, masking checks included')
     p.add_argument('--attacks', default=None,
-                   help=f'instead of a preset: comma list from {",".join(ATTACKS)} or "all" (all images each)')
+                   help=f'instead of a preset: comma list from {",".join(ATTACKS)} or "all" (all images each; '
+                        'nattack: the first --nattack-n)')
     p.add_argument('--deadline-minutes', type=number, default=None,
                    help='wall-clock limit: stages that do not fit are skipped and listed under not_run')
     p.add_argument('--resume', default=None, metavar='REPORT',
                    help='continue this partial report of the same weights and data (it may be --out itself)')
     p.add_argument('--eps', type=number, default=8 / 255, help='L-inf radius (default 8/255)')
     p.add_argument('--transfer-from', default=None, metavar='MODEL:WEIGHTS',
-                   help='source model of the transfer attack (adds "transfer" to the attacks)')
+                   help='source model of the transfer attacks (transfer, ti_fgsm, di_fgsm): a safetensors file or '
+                        f'{PYAUTOATTACK_SPEC}; adds "transfer" to the attacks unless --attacks names ti_fgsm or '
+                        'di_fgsm')
     p.add_argument('--transfer-train-summary', default=None, metavar='SUMMARY',
                    help="train_summary.json of the transfer source's weights: its model_args build the source")
+    p.add_argument('--blackbox', action='store_true',
+                   help='add TI-FGSM and DI-FGSM (need --transfer-from) and NAttack to the preset')
+    p.add_argument('--nattack-n', type=int, default=NATTACK_N,
+                   help=f'NAttack runs on the first N images (default {NATTACK_N}, the paper\'s protocol)')
     p.add_argument('--no-masking-checks', action='store_true', help='skip the gradient-masking checks')
     p.add_argument('--masking-n', type=int, default=1000, help='images used by the eps / unbounded sweeps')
     p.add_argument('--seed', type=int, default=0)
@@ -145,8 +159,13 @@ def _raise_interrupt(signum, frame):
 def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any]:
     if args.preset and args.attacks:
         raise ValueError('give --preset or --attacks, not both.')
-    if args.batch_size <= 0 or (args.n is not None and args.n <= 0) or args.masking_n <= 0:
-        raise ValueError('--batch-size, --n and --masking-n must be positive.')
+    if args.batch_size <= 0 or (args.n is not None and args.n <= 0) or args.masking_n <= 0 or args.nattack_n <= 0:
+        raise ValueError('--batch-size, --n, --masking-n and --nattack-n must be positive.')
+    if args.blackbox and args.attacks:
+        raise ValueError('--blackbox adds to a preset: with --attacks, name ti_fgsm, di_fgsm, nattack there.')
+    if args.blackbox and not args.transfer_from:
+        raise ValueError('--blackbox needs --transfer-from MODEL:WEIGHTS, the source of TI-FGSM and DI-FGSM '
+                         f'(e.g. {PYAUTOATTACK_SPEC}).')
     if args.deadline_minutes is not None and args.deadline_minutes <= 0:
         raise ValueError('--deadline-minutes must be positive.')
     if args.attacks:
@@ -154,9 +173,10 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
         preset_name = 'custom'
     else:
         preset_name = args.preset or 'full'
-        attacks, subsets, masking = preset(preset_name, transfer=bool(args.transfer_from))
+        attacks, subsets, masking = preset(preset_name, transfer=bool(args.transfer_from), blackbox=args.blackbox)
         masking = masking and not args.no_masking_checks
     attacks = list(attacks)
+    subsets['nattack'] = args.nattack_n
     num_classes = DATASETS[args.dataset][0]
     summary = _read_summary(args.train_summary, args.model) if args.train_summary else None
     model_args = agreed_model_args(fsr_model_args(args), _recorded_args(summary), str(args.train_summary))
@@ -179,19 +199,16 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
     if args.transfer_train_summary and not args.transfer_from:
         raise ValueError('--transfer-train-summary describes the source of --transfer-from; give both.')
     if args.transfer_from:
-        src_name, sep, src_weights = args.transfer_from.partition(':')
-        if not sep or not src_weights:
-            raise ValueError(f'--transfer-from must be MODEL:WEIGHTS, got {args.transfer_from!r}.')
+        src_name, _, src_weights = args.transfer_from.partition(':')
         src_args: Dict[str, Any] = {}
         if args.transfer_train_summary:
             src_summary = _read_summary(args.transfer_train_summary, src_name)
             training_section(src_summary, _sha256_of(src_weights))  # the summary of exactly these weights
             src_args = agreed_model_args({}, _recorded_args(src_summary), args.transfer_train_summary)
-        transfer_model = create(src_name, num_classes=num_classes, **src_args)
-        load_weights(transfer_model, src_weights)
+        transfer_model, src = load_model_spec(args.transfer_from, num_classes, '--transfer-from', src_args)
         described = f' {json.dumps(src_args, sort_keys=True)}' if src_args else ''
-        transfer_source = f'{src_name}{described} ({src_weights}), PGD-20 step eps/10'
-        if 'transfer' not in attacks:
+        transfer_source = f"{src['architecture']}{described} ({src['weights']}, sha256 {src['sha256'][:12]})"
+        if not any(a in attacks for a in ('transfer', 'ti_fgsm', 'di_fgsm')):
             attacks.append('transfer')
     images, labels = load_dataset(args.dataset, args.data, train=False)
     total = len(labels)
@@ -241,7 +258,7 @@ def main(argv=None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
     try:
         report = run(args, command, t_start)
-    except (DatasetError, WeightsError, ValueError, RuntimeError, OSError) as e:
+    except (DatasetError, WeightsError, ValueError, RuntimeError, OSError, ImportError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

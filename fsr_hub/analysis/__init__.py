@@ -6,7 +6,7 @@ Each analysis returns a JSON-ready dict; ``tools/analyze.py`` runs one per comma
 transfer attacks need the ``analysis`` extra (``pip install 'fsr-hub[analysis]'``: grad-cam, matplotlib,
 torchattack); the feature swap, k-NN, eps curve and NAttack need nothing beyond the package.
 """
-from .blackbox import blackbox_analysis, nattack_attack, transfer_attack
+from .blackbox import blackbox_analysis
 from .common import ANALYSIS_SCHEMA, PNG_NAMES, AnalysisError, Deadline, require, section_meta, write_json
 from .curves import EPS_CURVE_255, eps_curve
 from .features import (
@@ -14,13 +14,14 @@ from .features import (
 )
 from .gradcam import GRADCAM_FEATURES, gradcam_analysis, gradcam_figure, gradcam_maps
 from .plots import plot_eps_curves, plot_feature_swap, plot_knn, read_eps_curve
-from .report import ANALYSES, attach_sections, png_name
+from .report import ANALYSES, attach_sections, copy_figures, png_name
 
 __all__ = [
     'ANALYSES', 'ANALYSIS_SCHEMA', 'AnalysisError', 'Deadline', 'EPS_CURVE_255', 'GRADCAM_FEATURES', 'KNN_GAMMA',
     'KNN_GAMMA_SOURCE',
-    'KNN_KS', 'PNG_NAMES', 'TABLE5A_ATTACKS', 'attach_sections', 'blackbox_analysis', 'eps_curve', 'feature_swap',
-    'fsr_features', 'gradcam_analysis', 'gradcam_figure', 'gradcam_maps', 'knn_analysis', 'nattack_attack',
+    'KNN_KS', 'PNG_NAMES', 'TABLE5A_ATTACKS', 'attach_sections', 'blackbox_analysis', 'copy_figures', 'eps_curve',
+    'feature_swap',
+    'fsr_features', 'gradcam_analysis', 'gradcam_figure', 'gradcam_maps', 'knn_analysis',
     'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'png_name', 'read_eps_curve', 'require', 'section_meta',
-    'transfer_attack', 'weighted_knn', 'write_json',
+    'weighted_knn', 'write_json',
 ]

@@ -20,7 +20,7 @@ from ..attacks import pgd
 from ..fsr import FEATURE_LABELS, fsr_output
 from ..inputs import check_pixels
 from ..models import CIFAR10_CLASSES
-from .common import AnalysisError, fsr_position, fsr_tap, prepare, require, save_figure
+from .common import AnalysisError, Deadline, fsr_position, fsr_tap, prepare, require, save_figure
 
 __all__ = ['GRADCAM_FEATURES', 'gradcam_maps', 'gradcam_analysis', 'gradcam_figure']
 
@@ -46,37 +46,52 @@ def gradcam_analysis(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, natural_model: Optional[nn.Module] = None,
         eps: float = 8 / 255, position: Optional[str] = None, device: Any = 'cpu',
         png: Optional[Union[str, Path]] = None, scale: int = 4, class_names: Sequence[str] = CIFAR10_CLASSES,
+        deadline: Optional[Deadline] = None,
 ) -> Dict[str, Any]:
     """Fig. 1 for the images ``x``: PGD-20 examples x' against ``model`` (step eps/10, no random start), Grad-CAM
     of the true class on f+, f-, f~- of x' and, when ``natural_model`` is given, on its feature of x at the same
-    stage. Writes the grid to ``png`` (if given); returns the report section (which images, predictions)."""
+    stage. One image is one deadline unit (the figure has the rows done). Writes the grid to ``png`` (if given and
+    an image was done); returns the report section (which images, predictions)."""
     check_pixels(x, 'Grad-CAM images')
     if len(y) == 0:
         raise AnalysisError('Grad-CAM needs at least one image.')
     pos = fsr_position(model, position)
+    deadline = deadline or Deadline()
     model = prepare(model, device)
-    x, y = x.to(device), y.to(device)
-    x_adv = pgd(model, x, y, eps, eps / 10, 20)
-    with torch.no_grad():
-        pred_nat, pred_adv = model(x).argmax(1), model(x_adv).argmax(1)
-    maps: Dict[str, np.ndarray] = {}
+    layer = None
     if natural_model is not None:
         natural_model = prepare(natural_model, device)
         layer = getattr(natural_model, pos, None)
         if not isinstance(layer, nn.Module):
             raise AnalysisError(f'the natural model has no stage {pos!r} to read f_nat from.')
-        maps['natural'] = gradcam_maps(natural_model, layer, x, y)
     tap = fsr_tap(model, pos)
-    for out in GRADCAM_FEATURES:
-        with fsr_output(model, out, positions=[pos]):
-            maps[out] = gradcam_maps(model, tap, x_adv, y)
-    if png is not None:
-        gradcam_figure(x.cpu(), x_adv.cpu(), y.cpu(), maps, png, scale=scale, class_names=class_names)
+    keys = (['natural'] if layer is not None else []) + list(GRADCAM_FEATURES)
+    rows: Dict[str, List[np.ndarray]] = {k: [] for k in keys}
+    advs, preds_nat, preds_adv = [], [], []
+    for i in range(len(y)):
+        if not deadline.allows_next():
+            break
+        with deadline.unit():
+            xi, yi = x[i:i + 1].to(device), y[i:i + 1].to(device)
+            xi_adv = pgd(model, xi, yi, eps, eps / 10, 20)
+            with torch.no_grad():
+                preds_nat.append(int(model(xi).argmax(1)))
+                preds_adv.append(int(model(xi_adv).argmax(1)))
+            if layer is not None:
+                rows['natural'].append(gradcam_maps(natural_model, layer, xi, yi))
+            for out in GRADCAM_FEATURES:
+                with fsr_output(model, out, positions=[pos]):
+                    rows[out].append(gradcam_maps(model, tap, xi_adv, yi))
+            advs.append(xi_adv.cpu())
+    n = len(advs)
+    if png is not None and n:
+        maps = {k: np.concatenate(v) for k, v in rows.items()}
+        gradcam_figure(x[:n].cpu(), torch.cat(advs), y[:n].cpu(), maps, png, scale=scale, class_names=class_names)
     return {
-        'position': pos, 'n': len(y), 'eps': eps, 'target': 'ground-truth class',
+        'position': pos, 'n': n, 'eps': eps, 'target': 'ground-truth class',
         'attack': {'attack': 'pgd20', 'eps': eps, 'alpha': eps / 10, 'steps': 20, 'random_start': False},
         'columns': ['x', 'f_nat'] * (natural_model is not None) + ["x'"] + [FEATURE_LABELS[o] for o in GRADCAM_FEATURES],
-        'labels': y.tolist(), 'pred_natural': pred_nat.tolist(), 'pred_adversarial': pred_adv.tolist(),
+        'labels': y[:n].tolist(), 'pred_natural': preds_nat, 'pred_adversarial': preds_adv,
         'method': 'Grad-CAM (grad-cam package, pytorch_grad_cam.GradCAM)', 'upscale': scale,
     }
 

@@ -1,13 +1,18 @@
 """The ``analysis`` section of a release's ``results.json``: one entry per analysis, each the JSON that
-``tools/analyze.py`` wrote for that model (numbers, parameters, model, data, hardware, timing, PNG name)."""
+``tools/analyze.py`` wrote for that model (numbers, parameters, model, data, hardware, timing, PNG name,
+``complete``), and its figure beside results.json under :data:`PNG_NAMES`. The model card
+(:mod:`fsr_hub.release`) shows an analysis only when it is complete, was measured on the released weights
+(``model.sha256``) and its figure is there."""
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 from ..schemas import ANALYSIS_SCHEMA
 from .common import AnalysisError, PNG_NAMES
 
-__all__ = ['ANALYSES', 'attach_sections']
+__all__ = ['ANALYSES', 'attach_sections', 'copy_figures', 'png_name']
 
 #: analysis names: the keys of ``results['analysis']``
 ANALYSES = ('eps_curve', 'feature_swap', 'knn', 'gradcam', 'blackbox')
@@ -40,6 +45,28 @@ def attach_sections(results: Mapping[str, Any], section_files: Sequence[Union[st
         analysis[name] = doc
     out['analysis'] = analysis
     return out
+
+
+def copy_figures(section_files: Sequence[Union[str, Path]], folder: Union[str, Path]) -> Tuple[List[Path], List[str]]:
+    """Copy the figure of each analysis file (the ``png`` it names, beside it) into ``folder`` under its release
+    name (:func:`png_name`). Returns the figures copied and a note for each figure that was not found."""
+    folder = Path(folder)
+    copied, missing = [], []
+    for path in section_files:
+        doc = _read(path)
+        if not doc.get('png') or doc.get('analysis') not in PNG_NAMES:
+            continue
+        src, dst = Path(path).parent / doc['png'], folder / png_name(doc['analysis'])
+        if not src.is_file():
+            missing.append(f'{path} names the figure {doc["png"]}, which is not beside it: the card shows '
+                           f'{doc["analysis"]} once {dst} exists')
+            continue
+        if src.resolve() != dst.resolve():
+            tmp = dst.with_name(dst.name + '.tmp')
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            copied.append(dst)
+    return copied, missing
 
 
 def png_name(name: str) -> str:
