@@ -84,19 +84,8 @@ def cost_table(
             raise ValueError(f'Unknown FSR model {name!r}; choose from {sorted(VANILLA_TWINS)}.')
         vanilla_model = create(VANILLA_TWINS[name])
         fsr_model = create(name)
-        vanilla, fsr = count_cost(vanilla_model), count_cost(fsr_model)
-        row = {
-            'model': name,
-            'vanilla': VANILLA_TWINS[name],
-            'params': vanilla['params'],
-            'params_fsr': fsr['params'],
-            'gflops_fvcore': vanilla['gflops_fvcore'],
-            'gflops_fvcore_fsr': fsr['gflops_fvcore'],
-            'gflops_paper_convention': 2 * vanilla['gflops_fvcore'],
-            'gflops_paper_convention_fsr': 2 * fsr['gflops_fvcore'],
-            'paper_table7': table7(name),
-            'uncounted_ops_fsr': fsr['uncounted_ops'],
-        }
+        row = {'model': name, 'vanilla': VANILLA_TWINS[name],
+               **_compare(count_cost(vanilla_model), count_cost(fsr_model)), 'paper_table7': table7(name)}
         if latency:
             row['latency'] = _latency(vanilla_model, fsr_model, batch_size, iters, device)
         rows.append(row)
@@ -123,25 +112,28 @@ def fsr_cost(
     if not positions:
         raise ValueError(f'{name} with {model_args} has no FSR module: give fsr_positions (feature_info modules).')
     before_model = create(name, **{**model_args, 'fsr_positions': ()})
-    before, after = count_cost(before_model, input_size), count_cost(after_model, input_size)
     row = {
         'model': name,
         'label': f"{name} + FSR after {', '.join(positions)}",
         'vanilla': name,
         'model_args': json.loads(json.dumps(model_args)),  # as JSON keeps them
         'input_size': [int(v) for v in input_size],
-        'params': before['params'],
-        'params_fsr': after['params'],
-        'gflops_fvcore': before['gflops_fvcore'],
-        'gflops_fvcore_fsr': after['gflops_fvcore'],
-        'gflops_paper_convention': 2 * before['gflops_fvcore'],
-        'gflops_paper_convention_fsr': 2 * after['gflops_fvcore'],
+        **_compare(count_cost(before_model, input_size), count_cost(after_model, input_size)),
         'paper_table7': None,
-        'uncounted_ops_fsr': after['uncounted_ops'],
     }
     if latency:
         row['latency'] = _latency(before_model, after_model, batch_size, iters, device, input_size)
     return row
+
+
+def _compare(vanilla: Dict, fsr: Dict) -> Dict[str, Any]:
+    # params and FLOPs (both conventions) without and with FSR, as a cost row holds them
+    return {
+        'params': vanilla['params'], 'params_fsr': fsr['params'],
+        'gflops_fvcore': vanilla['gflops_fvcore'], 'gflops_fvcore_fsr': fsr['gflops_fvcore'],
+        'gflops_paper_convention': 2 * vanilla['gflops_fvcore'], 'gflops_paper_convention_fsr': 2 * fsr['gflops_fvcore'],
+        'uncounted_ops_fsr': fsr['uncounted_ops'],
+    }
 
 
 def _latency(vanilla: nn.Module, fsr: nn.Module, batch_size: int, iters: int, device: str,
