@@ -110,11 +110,12 @@ def _table(measured: Mapping[str, float], card: Optional[Mapping[str, Any]], ref
 def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
     import torch
 
+    from .card import describe_attack
     from .evaluate import evaluate
     from .inputs import check_pixels
     from .models import create
     from .paper import METRIC_NAMES, paper_reference
-    from .release import ReleaseError, describe_attack, validate_release
+    from .release import ReleaseError, validate_release
     from .releases import hub_id, release_name
     from .sample import SampleError, load_sample
     from .weights import WeightsError, load_weights

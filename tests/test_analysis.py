@@ -157,7 +157,8 @@ def test_analyses_end_to_end_into_the_model_card(tmp_path, cifar_root, capsys):
     analysis of other weights is refused."""
     from huggingface_hub import ModelCard
 
-    from fsr_hub.release import PLOTS, ReleaseError, validate_release, write_card
+    from fsr_hub.card import PLOTS
+    from fsr_hub.release import ReleaseError, validate_release, write_card
     from release_builders import build_release, edit_json, load_tool
 
     analyze = load_tool('analyze')

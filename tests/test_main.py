@@ -104,7 +104,7 @@ def test_local_weights_and_clean_footer(tmp_path, capsys):
 # records the exit status, the output and which of the modules __main__ loads lazily are loaded.
 FRESH = r'''
 import contextlib, io, json, runpy, sys
-LAZY = ('fsr_hub.evaluate', 'fsr_hub.attacks', 'fsr_hub.release', 'fsr_hub.cost', 'fsr_hub.sample')
+LAZY = ('fsr_hub.evaluate', 'fsr_hub.attacks', 'fsr_hub.release', 'fsr_hub.card', 'fsr_hub.cost', 'fsr_hub.sample')
 runs = []
 for released, argv in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()

@@ -14,7 +14,8 @@ from huggingface_hub import ModelCard
 
 from fsr_hub import paper, release
 from fsr_hub.models import create
-from fsr_hub.release import PLOTS, ReleaseError, assemble_release, validate_release, write_card
+from fsr_hub.card import PLOTS
+from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card
 from fsr_hub.releases import DEFAULT_ORG
 from fsr_hub.sample import SAMPLE_PATH, SampleError, load_sample, read_sample, write_sample
 from fsr_hub.weights import read_weights, save_weights, sha256_file
