@@ -145,7 +145,7 @@ def plan_lines(plan: LeasePlan) -> List[str]:
     t2 = b_end - plan.release
     rows = [
         (0, a0, 'machine start-up and transfer of call a (assumed)'),
-        (a0, a1, f'call a: install wheels, unpack train_1..3, pytest -m cuda (<= {plan.tests:.0f} s), '
+        (a0, a1, f'call a: install wheels, unpack train_1..3, pytest -m "cuda and not slow" (<= {plan.tests:.0f} s), '
                  f'benchmark ({plan.benchmark:.0f} s), choose the training path'),
         (a1, b0, 'a returns; call b is sent and starts'),
         (b0, b0 + plan.unpack, 'call b: unpack train_4..5 + test, md5 of all 7 files'),
