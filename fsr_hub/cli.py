@@ -3,9 +3,9 @@ set of FSR flags (``--fsr-*``) for every tool that builds a model by name."""
 import argparse
 import json
 from fractions import Fraction
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ['number', 'int_tuple', 'positions', 'add_fsr_arguments', 'fsr_model_args', 'agreed_model_args']
+__all__ = ['number', 'int_tuple', 'comma_list', 'positions', 'add_fsr_arguments', 'fsr_model_args', 'fsr_flags', 'agreed_model_args']
 
 #: ``--fsr-*`` flag destinations, which are also the ``fsr_hub.models.create`` keyword arguments they set
 FSR_FLAGS = ('fsr_positions', 'fsr_tau', 'fsr_hidden', 'fsr_separation', 'fsr_recalibration')
@@ -25,6 +25,16 @@ def int_tuple(text: str) -> Tuple[int, ...]:
         return tuple(int(v) for v in text.split(',') if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+
+
+def comma_list(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    """An argument type for a comma list of ``kind`` values: ``comma_list(int)('5,20')`` -> [5, 20]."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(',') if v.strip()]
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f'not a comma list of {kind.__name__}: {text!r}') from None
+    return parse
 
 
 def positions(text: str) -> list:
@@ -59,6 +69,27 @@ def fsr_model_args(args: Union[argparse.Namespace, Mapping[str, Any]]) -> Dict[s
     """The ``create`` keyword arguments of the ``--fsr-*`` flags that were given (an empty dict: none)."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     return {k: values[k] for k in FSR_FLAGS if values.get(k) is not None}
+
+
+def fsr_flags(model_args: Mapping[str, Any]) -> List[str]:
+    """The ``--fsr-*`` flags that give ``model_args`` back through :func:`fsr_model_args` (e.g. a release's
+    config.json ``model_args`` handed to ``tools/verify.py``); a key that no flag sets is a ValueError."""
+    other = sorted(set(model_args) - set(FSR_FLAGS))
+    if other:
+        raise ValueError(f'model_args {other} have no --fsr-* flag (flags exist for {", ".join(FSR_FLAGS)}).')
+    flags: List[str] = []
+    for key in FSR_FLAGS:  # the flags' own order, so equal model_args give equal commands
+        if key not in model_args:
+            continue
+        value, flag = model_args[key], '--' + key.replace('_', '-')
+        if isinstance(value, bool):
+            flags.append(flag if value else f'--no-{flag[2:]}')
+        elif key == 'fsr_positions':
+            names = [value] if isinstance(value, (str, int)) else value
+            flags.append(f'{flag}={",".join(str(v) for v in names)}')  # '=': '-1' is not read as an option
+        else:
+            flags.append(f'{flag}={value!r}')
+    return flags
 
 
 def _plain(value: Any) -> Any:

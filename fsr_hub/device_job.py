@@ -41,9 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .cli import fsr_flags
+from .releases import release_name
+
 __all__ = [
     'JobError', 'LeasePlan', 'JobSettings', 'CIFAR10_MD5', 'WHEELS', 'CALL_LIMIT_MIB', 'PART_BYTES',
-    'prepare', 'prepare_verify', 'job_a', 'job_b', 'job_verify', 'join', 'rehearse', 'repack_wheel',
+    'prepare', 'prepare_verify', 'job_a', 'job_b', 'job_verify_source', 'job_verify', 'join', 'rehearse', 'repack_wheel',
     'tree_files', 'split_file', 'train_seconds', 'plan_lines', 'make_synthetic_source',
 ]
 
@@ -57,7 +60,7 @@ OUT_MAX_FILES, OUT_MAX_FILE, OUT_MAX_TOTAL = 8, 16 * MIB, 64 * MIB
 WEIGHTS = 'model.safetensors'
 
 DATA = Path('.data')
-CARRY_A, CARRY_B, CARRY_V = DATA / 'a', DATA / 'b', DATA / 'v'
+CARRY_A, CARRY_B, CARRY_V, CARRY_VS = DATA / 'a', DATA / 'b', DATA / 'v', DATA / 'vs'
 SITE, CIFAR, JOB, RUN, VOUT = DATA / 'site', DATA / 'cifar', DATA / 'job', DATA / 'run', DATA / 'vout'
 FILES_A = ('train_1.webp', 'train_2.webp', 'train_3.webp', 'meta.json.gz', 'unpack.py')
 FILES_B = ('train_4.webp', 'train_5.webp', 'test.webp')
@@ -171,6 +174,11 @@ class JobSettings:
     benchmark_args: List[str] = field(default_factory=list)
     md5: Dict[str, str] = field(default_factory=lambda: dict(CIFAR10_MD5))
     plan: LeasePlan = field(default_factory=LeasePlan)
+
+    @property
+    def name(self) -> str:
+        """The release: ``model.tag``."""
+        return release_name(self.model, self.tag)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -322,15 +330,45 @@ def prepare(root: PathLike, source: PathLike, settings: Optional[JobSettings] = 
                 '--lease-left-s S to its command, S = lease.budget_left_s of call a\'s reply, so that b plans from '
                 'the real device time left (without it b assumes the machine started 2 minutes before a)',
                 f'afterwards: python tools/device_job.py join <files_at of b> --out '
-                f'model_cards/{settings.model}.{settings.tag}']}
+                f'model_cards/{settings.name}']}
+
+
+def _stage_source(folder: Path, spec: str) -> Dict[str, str]:
+    """Put the transfer source ``MODEL:WEIGHTS`` into ``folder`` (``.data/vs``, carried by a call of its own:
+    with the test set and the release's weights it would pass the limit): a safetensors file as it is, weights
+    named in :data:`fsr_hub.sources.NAMED_WEIGHTS` converted here to ``<name>.safetensors`` in float32 (the
+    device's wheels lack them). Returns the job settings of the source: its spec on the machine and sha256."""
+    from .sources import NAMED_WEIGHTS, load_model_spec
+    from .weights import WeightsError, save_weights
+
+    name, _, weights = spec.partition(':')
+    try:
+        model, info = load_model_spec(spec, what='--transfer-from')  # builds and loads it: a bad spec fails here
+    except (ValueError, WeightsError) as e:
+        raise JobError(str(e)) from None
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    file = f'{weights}.safetensors' if weights in NAMED_WEIGHTS else Path(weights).name
+    if weights in NAMED_WEIGHTS:
+        sha = save_weights(model.state_dict(), folder / file)
+    else:
+        shutil.copyfile(weights, folder / file)
+        sha = info['sha256']
+    (folder / 'source.json').write_text(json.dumps({'file': file, 'sha256': sha, 'origin': spec}, indent=2) + '\n')
+    return {'transfer_from': f'{name}:{(CARRY_VS / file).as_posix()}', 'transfer_sha256': sha,
+            'transfer_origin': spec}
 
 
 def prepare_verify(root: PathLike, source: PathLike, release: PathLike, deadline_minutes: float = 8.5,
                    md5: Optional[Mapping[str, str]] = None, limit_mib: float = CALL_LIMIT_MIB,
-                   tool_start: float = LeasePlan.tool_start, min_verify: float = LeasePlan.min_verify
-                   ) -> Dict[str, Any]:
+                   tool_start: float = LeasePlan.tool_start, min_verify: float = LeasePlan.min_verify,
+                   transfer_from: Optional[str] = None) -> Dict[str, Any]:
     """Fill ``.data/v`` with a release folder's weights, config and results, the test set and the wheels; return
-    the one device call of a full verification (continued from the release's results.json when partial)."""
+    the device call of a full verification (continued from the release's results.json when partial).
+
+    ``transfer_from`` (``MODEL:WEIGHTS``) adds the transfer attack: the source goes to ``.data/vs``, carried by a
+    first call (``verify-source``) that the verify call must follow at once, while the machine keeps it."""
     root, source, release = Path(root), Path(source), Path(release)
     for f in (WEIGHTS, 'config.json', 'results.json'):
         if not (release / f).is_file():
@@ -340,12 +378,21 @@ def prepare_verify(root: PathLike, source: PathLike, release: PathLike, deadline
     _wheels(root / CARRY_V / 'wheels')
     settings = {'md5': dict(md5 or CIFAR10_MD5), 'deadline_minutes': deadline_minutes, 'tool_start': tool_start,
                 'min_verify': min_verify}
+    carries, calls = {'verify': root / CARRY_V}, [_call('verify', 'verify', [CARRY_V], 600)]
+    if transfer_from:
+        settings.update(_stage_source(root / CARRY_VS, transfer_from))
+        carries = {'verify-source': root / CARRY_VS, **carries}
+        calls.insert(0, _call('verify-source', 'verify-source', [CARRY_VS], 120))
     (root / CARRY_V / 'job.json').write_text(json.dumps(settings, indent=2) + '\n')
-    sizes, move_out = _check_sizes(root, {'verify': root / CARRY_V}, limit_mib)
-    return {'calls': [_call('verify', 'verify', [CARRY_V], 600)], 'sizes_mib': sizes, 'limit_mib': limit_mib,
-            'move_out': move_out, 'notes': _move_out_note(move_out) + [f'afterwards: copy results.json from the files into {release}/ and run '
-                      f'python tools/make_card.py --folder {release}; if the report is partial (complete: false), '
-                      f'prepare-verify again in the next lent session to continue']}
+    sizes, move_out = _check_sizes(root, carries, limit_mib)
+    notes = _move_out_note(move_out)
+    if transfer_from:
+        notes.append('make the verify call right after verify-source returns (the machine keeps .data/vs only while '
+                     'warm, 30 s); without it the verify call runs the suite without the transfer attack')
+    return {'calls': calls, 'sizes_mib': sizes, 'limit_mib': limit_mib, 'move_out': move_out,
+            'notes': notes + [f'afterwards: copy results.json from the files into {release}/ and run '
+                              f'python tools/make_card.py --folder {release}; if the report is partial (complete: '
+                              f'false), prepare-verify again in the next lent session to continue']}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -438,8 +485,8 @@ def _stop(proc: subprocess.Popen, interrupt_first: bool) -> None:
             continue
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def _digest(path: Path, algorithm: str = 'md5') -> str:
+    h = hashlib.new(algorithm)
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
             h.update(chunk)
@@ -454,7 +501,7 @@ def _unpack(root: Path, unpacker: Path, src: Path, names: Sequence[str], md5: Ma
     bad = []
     for name in names:
         path = root / CIFAR / 'cifar-10-batches-py' / name
-        got = _md5(path) if path.is_file() else 'missing'
+        got = _digest(path) if path.is_file() else 'missing'
         if got != md5.get(name):
             bad.append(f'{name} ({got}, expected {md5.get(name)})')
     if bad:
@@ -596,7 +643,7 @@ def job_a(root: PathLike, benchmark_seconds: Optional[float] = None,
     settings = JobSettings.from_dict(_read_json(root / CARRY_A / 'job.json', 'the job settings of prepare'))
     state: Dict[str, Any] = {'a_start': start, 'step': 'eager', 'why': 'default'}
     _write_state(root, 'a.json', state)  # b plans from this start time even if a fails later
-    log(f'call a on {root}; model {settings.model}.{settings.tag}')
+    log(f'call a on {root}; model {settings.name}')
     log.phase('install wheels', lambda: _install_wheels(root, root / CARRY_A / 'wheels', log))
     log.phase('unpack train_1..3', lambda: _unpack(root, root / CARRY_A / 'unpack.py', root / CARRY_A, BATCHES_A,
                                                     settings.md5, log))
@@ -662,7 +709,7 @@ def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[
     if not (root / SITE).is_dir():
         raise JobError(f'{root / SITE} is missing: call a did not finish on this machine; run a, then b at once.')
     plan, a_start = settings.plan, float(a['a_start'])
-    log(f'call b: {settings.model}.{settings.tag}, path {a.get("step")} ({a.get("why")}); '
+    log(f'call b: {settings.name}, path {a.get("step")} ({a.get("why")}); '
         f'{b_start - a_start:.0f} s after a started; b must end within {plan.b_end(a_start, b_start, lease_left) - b_start:.0f} s')
     state: Dict[str, Any] = {'b_start': b_start, 'a': a, 'lease_left_s': lease_left}
     try:
@@ -712,14 +759,14 @@ def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[
         rc = log.phase('release folder', lambda: _run(
             [sys.executable, 'tools/make_card.py', str(RUN / 'results.json'), '--out', str(RUN / 'cards'),
              '--overwrite'], root, log))
-        folder = cards / f'{settings.model}.{settings.tag}'
+        folder = cards / settings.name
         if rc or not (folder / 'README.md').is_file():
             raise JobError(f'make_card failed (exit {rc}); weights, summary and results.json are staged.')
         for name in ('config.json', 'results.json', 'README.md'):
             stager.stage(folder / name, name)
         stager.stage(folder / WEIGHTS, WEIGHTS)
         stager.check_limits()
-        state['released'] = f'{settings.model}.{settings.tag}'
+        state['released'] = settings.name
     finally:
         state['phases'] = log.phases
         state['b_seconds'] = round(time.time() - b_start, 2)
@@ -730,6 +777,30 @@ def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[
 
 # ---------------------------------------------------------------------------------------------------------------
 # verify (a later lease)
+
+
+def _carried_source(root: Path, settings: Mapping[str, Any]) -> Optional[Path]:
+    """The transfer source that verify-source landed on this machine, if prepare-verify named one and it is there
+    with its sha256; None otherwise."""
+    spec = settings.get('transfer_from')
+    path = root / str(spec).partition(':')[2] if spec else None
+    if path is None or not path.is_file() or _digest(path, 'sha256') != settings.get('transfer_sha256'):
+        return None
+    return path
+
+
+def job_verify_source(root: PathLike) -> Dict[str, Any]:
+    """The call before verify when a transfer source is carried: it lands ``.data/vs`` on the machine and checks
+    the file against the sha256 that prepare-verify recorded."""
+    root = Path(root)
+    meta = _read_json(root / CARRY_VS / 'source.json', 'the transfer source record of prepare-verify --transfer-from')
+    path = root / CARRY_VS / str(meta.get('file'))
+    state = {'source': str(path.relative_to(root)), 'origin': meta.get('origin'),
+             'sha256': _digest(path, 'sha256') if path.is_file() else 'missing'}
+    if state['sha256'] != meta.get('sha256'):
+        raise JobError(f'{path}: sha256 {state["sha256"]}, but prepare-verify recorded {meta.get("sha256")}.')
+    _write_state(root, 'verify-source.json', state)
+    return state
 
 
 def job_verify(root: PathLike, deadline_minutes: Optional[float] = None, started: Optional[float] = None,
@@ -755,6 +826,15 @@ def job_verify(root: PathLike, deadline_minutes: Optional[float] = None, started
     report = root / VOUT / 'results.json'
     report.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(v / 'results.json', report)
+    model_flags = fsr_flags({k: v for k, v in (config.get('model_args') or {}).items() if k != 'num_classes'})
+    transfer: List[str] = []
+    if settings.get('transfer_from'):
+        if _carried_source(root, settings) is None:
+            log(f'the transfer source {settings["transfer_from"]} is not on this machine with its sha256 (did '
+                f'verify-source run just before, on the same warm machine?): the suite runs without the transfer '
+                f'attack')
+        else:
+            transfer = ['--transfer-from', settings['transfer_from']]
     left = 60 * minutes - (time.time() - start)
     min_verify = float(settings.get('min_verify', LeasePlan.min_verify))
     if left < min_verify:
@@ -765,14 +845,14 @@ def job_verify(root: PathLike, deadline_minutes: Optional[float] = None, started
         rc = log.phase(f'verify --preset full ({left / 60:.2f} min)', lambda: _run(
             [sys.executable, 'tools/verify.py', '--model', arch, '--tag', tag, '--weights', str(CARRY_V / WEIGHTS),
              '--data', str(CIFAR), '--preset', 'full', '--deadline-minutes', f'{(left - tool_start) / 60:.3f}',
-             '--resume', str(VOUT / 'results.json'), '--out', str(VOUT / 'results.json'), '--no-progress'], root,
-            log, timeout=left + 30, interrupt_first=True))
+             '--resume', str(VOUT / 'results.json'), '--out', str(VOUT / 'results.json'), '--no-progress',
+             *model_flags, *transfer], root, log, timeout=left + 30, interrupt_first=True))
     finally:
         stager.stop()
     result = _read_json(report, 'the verify report')
     log(f'verify exit {rc}; complete: {result.get("complete")}; not run: {result.get("not_run")}')
     state = {'rc': rc, 'complete': result.get('complete'), 'not_run': result.get('not_run'), 'phases': log.phases,
-             'seconds': round(time.time() - start, 2)}
+             'seconds': round(time.time() - start, 2), 'transfer_from': transfer[1] if transfer else None}
     _write_state(root, 'verify.json', state)
     if rc not in (0, 124, 130):  # 124 / 130: stopped at the time limit; the partial report is staged
         raise JobError(f'tools/verify.py failed (exit {rc}); the report staged is the last one it wrote.')
@@ -942,7 +1022,7 @@ def make_synthetic_source(folder: PathLike, per_batch: int = 100, seed: int = 0)
     (folder / 'unpack.py').write_text(_SYNTHETIC_UNPACK)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, str(folder / 'unpack.py'), tmp], check=True, capture_output=True)
-        md5 = {n: _md5(Path(tmp) / 'cifar-10-batches-py' / n) for n in BATCHES_ALL}
+        md5 = {n: _digest(Path(tmp) / 'cifar-10-batches-py' / n) for n in BATCHES_ALL}
     (folder / 'md5.json').write_text(json.dumps(md5, indent=2) + '\n')
     return md5
 
@@ -963,11 +1043,13 @@ def _sandbox(repo: Path, machine: Path) -> None:
 
 
 def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 1.0, verify_minutes: float = 0.5,
-             per_batch: int = 50, echo: Callable[[str], None] = print) -> Dict[str, Any]:
+             per_batch: int = 50, echo: Callable[[str], None] = print,
+             transfer_from: Optional[str] = None) -> Dict[str, Any]:
     """prepare, a and b end to end on the CPU, then a verify call on the release: a synthetic source, a copy of
     the checkout as the machine, the exact commands prepare prints (run with bash, a fake $OUT each), join and
     validation of the release, and the updated results.json re-rendered into a valid release. Call b gets
-    ``budget_minutes`` as its command limit (the lease does not bind), the verify call ``verify_minutes``."""
+    ``budget_minutes`` as its command limit (the lease does not bind), the verify call ``verify_minutes``;
+    ``transfer_from`` gives the verify call a transfer source (and so the verify-source call before it)."""
     from .release import validate_release, write_card
 
     repo, work = Path(repo), Path(work)
@@ -1020,14 +1102,16 @@ def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 1.0, verify
     prepared = timed('prepare', lambda: prepare(machine, work / 'source', settings))
     for call in prepared['calls']:
         device_call(call)
-    name = f'{settings.model}.{settings.tag}'
+    name = settings.name
     release = work / 'release' / name
     joined = timed('join + validate', lambda: join(work / 'out_b', release))
     verified: Optional[Dict[str, Any]] = None
     if verify_minutes:
         pv = timed('prepare-verify', lambda: prepare_verify(machine, work / 'source', release, verify_minutes, md5,
-                                                            tool_start=plan.tool_start, min_verify=plan.min_verify))
-        device_call(pv['calls'][0])
+                                                            tool_start=plan.tool_start, min_verify=plan.min_verify,
+                                                            transfer_from=transfer_from))
+        for call in pv['calls']:
+            device_call(call)
         shutil.copyfile(work / 'out_verify' / 'results.json', release / 'results.json')
         write_card(release)
         validate_release(release)
@@ -1040,7 +1124,8 @@ def rehearse(repo: PathLike, work: PathLike, budget_minutes: float = 1.0, verify
               'train_budget_s': states['b'].get('train_budget_s'), 'staged': states['b']['staged'],
               'verify': None if verified is None else {'complete': verified.get('complete'),
                                                        'results': sorted(verified['results']),
-                                                       'not_run': verified.get('not_run')}}
+                                                       'not_run': verified.get('not_run'),
+                                                       'transfer_from': states['verify'].get('transfer_from')}}
     echo('The lease plan (device, 15 min):')
     for line in report['plan']:
         echo('  ' + line)

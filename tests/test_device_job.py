@@ -9,12 +9,15 @@ from base64 import urlsafe_b64encode
 from pathlib import Path
 
 import pytest
+import torch
 
 from fsr_hub.data import load_dataset
 from fsr_hub.device_job import (
-    CIFAR10_MD5, JobError, JobSettings, LeasePlan, join, job_b, make_synthetic_source, plan_lines, prepare,
-    prepare_verify, rehearse, repack_wheel, split_file, train_seconds,
+    CIFAR10_MD5, JobError, JobSettings, LeasePlan, join, job_b, job_verify_source, make_synthetic_source,
+    plan_lines, prepare, prepare_verify, rehearse, repack_wheel, split_file, train_seconds,
 )
+from fsr_hub.sources import PYAUTOATTACK_SPEC, natural_resnet18
+from fsr_hub.weights import read_weights
 from tools.device_job import main as device_job_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +132,41 @@ def test_prepare_builds_carry_folders_and_checks_sizes(tmp_path):
         prepare_verify(root, tmp_path / 'src', root / 'model_cards' / 'm.t')
 
 
+def test_prepare_verify_carries_a_transfer_source_in_a_call_of_its_own(tmp_path):
+    make_synthetic_source(tmp_path / 'src', per_batch=20)
+    root = _git_tree(tmp_path / 'repo', {'fsr_hub/x.py': b'x = 1\n'})
+    release = tmp_path / 'rel'
+    release.mkdir()
+    for f in ('model.safetensors', 'config.json', 'results.json'):
+        (release / f).write_text('{}')
+    plain = prepare_verify(root, tmp_path / 'src', release)
+    assert [c['name'] for c in plain['calls']] == ['verify'] and 'transfer_from' not in json.loads(
+        (root / '.data' / 'v' / 'job.json').read_text())
+    result = prepare_verify(root, tmp_path / 'src', release, transfer_from=PYAUTOATTACK_SPEC)
+    source, verify = result['calls']
+    assert source['name'] == 'verify-source' and source['carry'] == ['.data/vs'] and verify['carry'] == ['.data/v']
+    assert source['command'].endswith('tools/device_job.py verify-source') and 'make the verify call right after' in (
+        ' '.join(result['notes']))
+    settings = json.loads((root / '.data' / 'v' / 'job.json').read_text())
+    assert settings['transfer_from'] == 'cifar_resnet18:.data/vs/pyautoattack.safetensors'
+    assert settings['transfer_origin'] == PYAUTOATTACK_SPEC
+    # pyautoattack's checkpoint converted here (the device's wheel lacks it), in float32, exactly its weights
+    state = read_weights(root / '.data' / 'vs' / 'pyautoattack.safetensors')
+    expected = natural_resnet18().state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    assert result['sizes_mib']['verify-source'] < 60 and result['sizes_mib']['verify'] < 60
+    assert job_verify_source(root)['sha256'] == settings['transfer_sha256']
+    with open(root / '.data' / 'vs' / 'pyautoattack.safetensors', 'r+b') as f:
+        f.seek(-1, 2)
+        f.write(b'\x01')
+    with pytest.raises(JobError, match='but prepare-verify recorded'):
+        job_verify_source(root)
+    with pytest.raises(JobError, match='must be MODEL:WEIGHTS'):
+        prepare_verify(root, tmp_path / 'src', release, transfer_from='cifar_resnet18')
+    with pytest.raises(JobError, match='not found'):
+        prepare_verify(root, tmp_path / 'src', release, transfer_from='cifar_resnet18:/nonexistent.safetensors')
+
+
 def test_split_parts_and_join_check_the_sha256(tmp_path):
     data = bytes(range(256)) * 5  # 1,280 bytes -> parts of 500, 500, 280
     src = tmp_path / 'w.bin'
@@ -160,17 +198,10 @@ def test_call_b_needs_call_a_on_the_same_machine(tmp_path, monkeypatch):
     assert device_job_main(['--root', str(root), 'b']) == 2
 
 
-def _has_h2_contract() -> bool:
-    from tools.train import build_parser
-    return all(flag in build_parser().format_help() for flag in ('--time-budget', '--step'))
-
-
 @pytest.mark.slow
 def test_rehearsal_of_a_lease_on_the_cpu(tmp_path, capsys):
-    if not _has_h2_contract():
-        pytest.skip("needs tools/train.py --time-budget/--step and tools/benchmark.py --seconds/--json (issue 10 "
-                    "items 1-2, H2's branch)")
-    report = rehearse(REPO, tmp_path / 'work', budget_minutes=0.8, verify_minutes=0.4)
+    report = rehearse(REPO, tmp_path / 'work', budget_minutes=0.8, verify_minutes=0.4,
+                      transfer_from=PYAUTOATTACK_SPEC)
     out = capsys.readouterr().out
     phases = {(r['call'], r['phase'].split(' (')[0]) for r in report['phases']}
     assert {('a', 'install wheels'), ('a', 'cuda tests'), ('a', 'benchmark'), ('b', 'train'), ('b', 'verify'),
@@ -179,4 +210,7 @@ def test_rehearsal_of_a_lease_on_the_cpu(tmp_path, capsys):
     assert report['join']['release'] == 'fsr_resnet18.at_cifar10' and report['join']['checked_against'] == 'config.json'
     assert {'config.json', 'results.json', 'README.md', 'model.safetensors.part-00'} <= set(report['staged'])
     assert len(report['staged']) <= 8 and report['verify']['results']
+    # the transfer source came with its own call and reached verify (run, or listed as not run at the deadline)
+    assert report['verify']['transfer_from'] == 'cifar_resnet18:.data/vs/pyautoattack.safetensors'
+    assert 'transfer' in report['verify']['results'] or 'transfer' in report['verify']['not_run']
     assert 'The lease plan (device, 15 min):' in out and 'measured per phase' in out and 'cpu' in out

@@ -1,6 +1,7 @@
 """A timm CNN with FSR through the whole pipeline: tools/train.py --fsr-*, tools/verify.py (model_args from the
 train summary), tools/cost_report.py --model, and a release folder (config.json, card, validation, loading).
 timm's ``test_resnet`` (374k parameters) stands in for ResNet-50: the same timm ResNet code."""
+import argparse
 import json
 import shutil
 
@@ -9,14 +10,14 @@ import torch
 from huggingface_hub import ModelCard
 
 from fsr_hub import FSRWrapper
-from fsr_hub.cli import agreed_model_args, positions
+from fsr_hub.cli import add_fsr_arguments, agreed_model_args, fsr_flags, fsr_model_args, positions
 from fsr_hub.cost import fsr_cost
 from fsr_hub.engine import TrainConfig, train
 from fsr_hub.models import create
 from fsr_hub.objectives import AdversarialObjective, ObjectiveConfig
 from fsr_hub.release import validate_release, write_card
 from fsr_hub.step import TrainStep, build_optimizer
-from fsr_hub.weights import load_weights, sha256_file
+from fsr_hub.weights import load_weights
 from tools import verify
 from tools.cost_report import main as cost_main
 from tools.train import main as train_main
@@ -81,6 +82,17 @@ def test_train_config_model_args_are_checked():
                                                                                             'fsr_tau': 0.2}
     with pytest.raises(ValueError, match=r"flags \{'fsr_tau': 0.1\} differ from the model_args of s"):
         agreed_model_args({'fsr_tau': 0.1}, {'fsr_hidden': 8}, 's')
+
+
+@pytest.mark.parametrize('model_args', [
+    {}, {'fsr_positions': []}, {'fsr_positions': [-1, 'layer4']}, {'fsr_tau': 1 / 3, 'fsr_hidden': 8},
+    {'fsr_positions': ['layer3'], 'fsr_separation': False, 'fsr_recalibration': True}])
+def test_fsr_flags_give_the_model_args_back(model_args):
+    parser = argparse.ArgumentParser()
+    add_fsr_arguments(parser)
+    assert fsr_model_args(parser.parse_args(fsr_flags(model_args))) == model_args
+    with pytest.raises(ValueError, match=r"model_args \['drop_rate'\] have no --fsr-\* flag"):
+        fsr_flags({'drop_rate': 0.1, **model_args})
 
 
 def _verify(trained, *extra):
@@ -150,6 +162,12 @@ def test_release_folder_of_a_timm_cnn_with_fsr(trained, tmp_path, capsys):
             f"fsr_hidden=8, fsr_separation=True, fsr_recalibration=True)") in body
     assert 'timm.create_model(' not in body and 'torch.hub.load' not in body
     assert 'after `layer3, layer4`, added by `fsr_hub.add_fsr`' in body
+
+    # the device job's verify call rebuilds it from config.json's model_args, given to verify as --fsr-* flags
+    flags = fsr_flags({k: v for k, v in config['model_args'].items() if k != 'num_classes'})
+    assert _verify(trained, *flags, '--out', str(tmp_path / 'again.json')) == 0
+    assert json.loads((tmp_path / 'again.json').read_text())['model']['model_args'] == {
+        k: v for k, v in config['model_args'].items() if k != 'num_classes'}
 
     # a data config of another size and normalisation: the card says so, and validation follows the re-render
     edit_json(folder / 'config.json', lambda d: d['pretrained_cfg'].update(input_size=[3, 64, 64], mean=[0.5] * 3))

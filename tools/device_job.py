@@ -5,8 +5,9 @@ Here (the checkout the device tool sends, on the CPU):
     python tools/device_job.py prepare [--source ../shared/data/cifar10] [--model fsr_resnet18 --tag at_cifar10]
         fills the ignored carry folders .data/a and .data/b (data, md5 list, job settings, wheels), checks each
         call's tree + carry < 60 MiB, and prints the two device calls (command, carry, timeout_s) as JSON
-    python tools/device_job.py prepare-verify model_cards/fsr_resnet18.at_cifar10
-        the one call of a full verification (weights + test set), continued from the release's results.json
+    python tools/device_job.py prepare-verify model_cards/fsr_resnet18.at_cifar10 [--transfer-from MODEL:WEIGHTS]
+        the one call of a full verification (weights + test set), continued from the release's results.json;
+        a transfer source (e.g. cifar_resnet18:pyautoattack) needs a call of its own first (verify-source)
     python tools/device_job.py join FILES_DIR --out model_cards/fsr_resnet18.at_cifar10
         reassembles the staged weight parts, checks the sha256, validates the release folder
     python tools/device_job.py rehearse
@@ -16,6 +17,7 @@ On the device (the commands prepare prints; $OUT is set by the tool):
     python tools/device_job.py a          # wheels, first half of the data, pytest -m cuda, benchmark (< 2 min)
     python tools/device_job.py b [--lease-left-s S]   # rest of the data, md5, budgeted training, quick verify,
                                                        # release; S = lease.budget_left_s of call a's reply
+    python tools/device_job.py verify-source   # lands the transfer source, if prepare-verify was given one
     python tools/device_job.py verify     # the full suite under a deadline, results.json staged as it grows
 
 Released weights in model_cards/ travel with the tree: move them out of the checkout during the calls.
@@ -33,7 +35,8 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from fsr_hub.device_job import (  # noqa: E402
-    CALL_LIMIT_MIB, JobError, JobSettings, job_a, job_b, job_verify, join, prepare, prepare_verify, rehearse,
+    CALL_LIMIT_MIB, JobError, JobSettings, job_a, job_b, job_verify, job_verify_source, join, prepare,
+    prepare_verify, rehearse,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +50,7 @@ def _split_args(text: str) -> list:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--root', default=str(ROOT), help='the checkout (default: the one holding this script)')
-    sub = p.add_subparsers(dest='cmd', required=True, metavar='{prepare,prepare-verify,a,b,verify,join,rehearse}')
+    sub = p.add_subparsers(dest='cmd', required=True, metavar='{prepare,prepare-verify,a,b,verify-source,verify,join,rehearse}')
     pr = sub.add_parser('prepare', help='fill the carry folders and print the two device calls')
     pr.add_argument('--source', default=str(DEFAULT_SOURCE), help='CIFAR-10 mosaic folder (default ../shared/...)')
     pr.add_argument('--md5', default=None, help='JSON file of md5 sums of the unpacked batches (default: the '
@@ -63,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument('--md5', default=None)
     pv.add_argument('--deadline-minutes', type=float, default=8.5)
     pv.add_argument('--limit-mib', type=float, default=CALL_LIMIT_MIB)
+    pv.add_argument('--transfer-from', default=None, metavar='MODEL:WEIGHTS',
+                    help='source of the transfer attack: a safetensors file or cifar_resnet18:pyautoattack (carried '
+                         'by a verify-source call of its own, made right before verify)')
     pa = sub.add_parser('a', help='first device call')
     pa.add_argument('--benchmark-seconds', type=float, default=None)
     pb = sub.add_parser('b', help='second device call, right after a')
     pb.add_argument('--lease-left-s', type=float, default=None,
                     help="device seconds left when call a returned (its reply's lease.budget_left_s): b plans its "
                          "end from it; without it, from a's start and an assumed 2-minute machine start-up")
+    sub.add_parser('verify-source', help='device call before verify: lands and checks the transfer source')
     vv = sub.add_parser('verify', help='device call of a full verification')
     vv.add_argument('--deadline-minutes', type=float, default=None)
     pj = sub.add_parser('join', help='reassemble staged weight parts and check the sha256')
@@ -79,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument('--budget-minutes', type=float, default=1.0, help='what call b gets (as its command limit)')
     ph.add_argument('--verify-minutes', type=float, default=0.5, help='what the verify call gets (0: no verify call)')
     ph.add_argument('--json', default=None, help='also write the rehearsal record here')
+    ph.add_argument('--transfer-from', default=None, metavar='MODEL:WEIGHTS',
+                    help='a transfer source for the verify call (e.g. cifar_resnet18:pyautoattack)')
     return p
 
 
@@ -103,18 +112,21 @@ def main(argv=None) -> int:
             result = prepare(root, args.source, settings, args.limit_mib)
         elif args.cmd == 'prepare-verify':
             result = prepare_verify(root, args.source, args.release, args.deadline_minutes, _md5(args.md5),
-                                    args.limit_mib)
+                                    args.limit_mib, transfer_from=args.transfer_from)
         elif args.cmd == 'a':
             result = job_a(root, args.benchmark_seconds, started=STARTED)
         elif args.cmd == 'b':
             result = job_b(root, started=STARTED, lease_left=args.lease_left_s)
+        elif args.cmd == 'verify-source':
+            result = job_verify_source(root)
         elif args.cmd == 'verify':
             result = job_verify(root, args.deadline_minutes, started=STARTED)
         elif args.cmd == 'join':
             result = join(args.src, args.out)
         else:
             with tempfile.TemporaryDirectory(prefix='fsr-rehearse-') as tmp:
-                result = rehearse(root, Path(args.work or tmp), args.budget_minutes, args.verify_minutes)
+                result = rehearse(root, Path(args.work or tmp), args.budget_minutes, args.verify_minutes,
+                                  transfer_from=args.transfer_from)
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=2) + '\n')
             return 0
