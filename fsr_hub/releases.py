@@ -26,9 +26,9 @@ PLANNED: Tuple[str, ...] = (
 )
 
 
-def release_name(architecture: str, tag: str) -> str:
-    """``('fsr_resnet18', 'at_cifar10')`` -> ``'fsr_resnet18.at_cifar10'``."""
-    return f'{architecture}.{tag}'
+def release_name(architecture: str, tag: Optional[str]) -> str:
+    """``('fsr_resnet18', 'at_cifar10')`` -> ``'fsr_resnet18.at_cifar10'``; no tag -> the architecture."""
+    return f'{architecture}.{tag}' if tag else architecture
 
 
 def split_name(name: str) -> Tuple[str, Optional[str]]:

@@ -15,6 +15,8 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from .releases import release_name
+
 __all__ = [
     'WeightsError', 'WEIGHTS_NAME', 'sha256_file', 'save_weights', 'read_weights', 'check_fit', 'load_weights',
     'resolve_pretrained_file', 'registry_sha256', 'expected_sha256', 'check_pretrained_file',
@@ -151,8 +153,7 @@ def load_weights(
 
 
 def _cfg_name(cfg: Mapping[str, Any]) -> str:
-    name = cfg.get('architecture') or 'model'
-    return f"{name}.{cfg['tag']}" if cfg.get('tag') else name
+    return release_name(cfg.get('architecture') or 'model', cfg.get('tag'))
 
 
 def resolve_pretrained_file(cfg: Mapping[str, Any], cache_dir: Optional[PathLike] = None) -> Path:
@@ -185,7 +186,7 @@ def _registry_cfg(architecture: Optional[str], tag: Optional[str]) -> Any:
     if not architecture or not tag:
         return None
     try:
-        return timm.models.get_pretrained_cfg(f'{architecture}.{tag}')
+        return timm.models.get_pretrained_cfg(release_name(architecture, tag))
     except (RuntimeError, KeyError, ValueError):
         return None
 

@@ -12,8 +12,6 @@ from conftest import tiny_fsr_net
 from fsr_hub import analysis as A
 from fsr_hub.evaluate import attack_params, evaluate
 from fsr_hub.fsr import FEATURE_LABELS, fsr_output
-from fsr_hub.models import create
-from fsr_hub.weights import save_weights
 
 
 
@@ -214,3 +212,13 @@ def test_analyses_end_to_end_into_the_model_card(tmp_path, cifar_root, capsys):
     assert analyze.main(['blackbox', *common, '--attacks', 'ti_fgsm', '--out', str(a / 'b.json')]) == 2
     err = capsys.readouterr().err
     assert 'error: knn needs the training images' in err and 'error: TI-FGSM / DI-FGSM need --source' in err
+
+
+def test_curve_labels_name_the_release_and_random_weights(tmp_path):
+    assert A.model_label({'architecture': 'fsr_resnet18', 'tag': 'at_cifar10'}) == 'fsr_resnet18.at_cifar10'
+    assert A.model_label({'architecture': 'cifar_resnet18', 'tag': None, 'random_init': True}) == (
+        'cifar_resnet18 (random init)')
+    doc = {'analysis': 'eps_curve', 'eps_255': [0, 8], 'accuracy': [10.0, 0.0],
+           'model': {'architecture': 'fsr_resnet18', 'tag': None, 'random_init': True}}
+    (tmp_path / 'c.json').write_text(json.dumps(doc))
+    assert A.read_eps_curve(tmp_path / 'c.json') == ('fsr_resnet18 (random init)', [0, 8], [10.0, 0.0])

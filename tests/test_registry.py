@@ -33,6 +33,19 @@ def test_timm_lists_exactly_the_released_weights():
             assert cfg.hf_hub_id is None and cfg.sha256 is None and cfg.file is None and cfg.tag is None
 
 
+@pytest.mark.parametrize('name', sorted(RELEASED) or [pytest.param(None, marks=pytest.mark.skip(
+    reason='nothing released yet'))])
+def test_a_released_name_has_its_release_folder(name):
+    """A pin in RELEASED goes with model_cards/<name>/: config.json pinning the same sha256, results.json, the card;
+    the weights themselves may be moved out of the checkout (during device calls), so only their pin is read."""
+    folder = REPO_ROOT / 'model_cards' / name
+    assert all((folder / f).is_file() for f in ('config.json', 'results.json', 'README.md')), folder
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['pretrained_cfg']['sha256'] == RELEASED[name] == json.loads(
+        (folder / 'results.json').read_text())['model']['sha256']
+    assert config['hub_id'] == hub_id(name)
+
+
 def test_hub_org_is_not_read_from_the_environment():
     assert DEFAULT_ORG == 'fsr-hub' and hub_id('fsr_resnet18.at_cifar10') == 'fsr-hub/fsr_resnet18.at_cifar10'
     assert hub_id('fsr_resnet18.at_cifar10', org='me') == 'me/fsr_resnet18.at_cifar10'

@@ -30,7 +30,6 @@ import argparse
 import json
 import shlex
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -38,6 +37,7 @@ import torch
 
 from fsr_hub import analysis as A
 from fsr_hub.blackbox import BLACKBOX_ATTACKS, NATTACK, NATTACK_N
+from fsr_hub.cli import comma_list, number
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import parse_attacks
 from fsr_hub.fsr import FSR_OUTPUTS
@@ -45,22 +45,6 @@ from fsr_hub.models import create
 from fsr_hub.sample import SampleError, load_sample
 from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model_spec
 from fsr_hub.weights import WeightsError, load_weights, sha256_file
-
-
-def _number(text: str) -> float:
-    try:
-        return float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
-
-
-def _list(kind):
-    def parse(text: str):
-        try:
-            return [kind(v) for v in text.split(',') if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'not a comma list of {kind.__name__}: {text!r}') from None
-    return parse
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True, figure: Optional[str] = None) -> None:
@@ -75,7 +59,7 @@ def _common(p: argparse.ArgumentParser, data: bool = True, figure: Optional[str]
         where.add_argument('--sample', action='store_true', help="the package's 200-image CIFAR-10 test sample")
         p.add_argument('--dataset', default='cifar10', choices=sorted(DATASETS))
         p.add_argument('--n', type=int, default=None, help='first N test images (default: all)')
-    p.add_argument('--eps', type=_number, default=8 / 255, help='L-inf radius (default 8/255)')
+    p.add_argument('--eps', type=number, default=8 / 255, help='L-inf radius (default 8/255)')
     p.add_argument('--batch-size', type=int, default=500)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--seed', type=int, default=0)
@@ -94,16 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('feature-swap', help='Table 5a: robustness with f~ replaced by f+, f-, f~-')
     _common(s, figure=A.PNG_NAMES['feature_swap'])
     s.add_argument('--attacks', default=','.join(A.TABLE5A_ATTACKS), help='verify attack names (default: Table 5a)')
-    s.add_argument('--features', type=_list(str), default=list(FSR_OUTPUTS), help=f'from {",".join(FSR_OUTPUTS)}')
+    s.add_argument('--features', type=comma_list(str), default=list(FSR_OUTPUTS), help=f'from {",".join(FSR_OUTPUTS)}')
     s.add_argument('--position', default=None, help='FSR position (default: the last)')
 
     s = sub.add_parser('knn', help='Table 5b: weighted k-NN accuracy of each FSR feature')
     _common(s, figure=A.PNG_NAMES['knn'])
     s.add_argument('--n-train', type=int, default=None, help='first N training images as neighbours (default: all)')
-    s.add_argument('--ks', type=_list(int), default=list(A.KNN_KS))
+    s.add_argument('--ks', type=comma_list(int), default=list(A.KNN_KS))
     s.add_argument('--gamma', type=float, default=A.KNN_GAMMA, help=f'temperature (default {A.KNN_GAMMA}, Wu et al. 2018)')
     s.add_argument('--pool', choices=('avg', 'flatten'), default='avg')
-    s.add_argument('--features', type=_list(str), default=list(FSR_OUTPUTS))
+    s.add_argument('--features', type=comma_list(str), default=list(FSR_OUTPUTS))
     s.add_argument('--position', default=None)
 
     s = sub.add_parser('gradcam', help='Fig. 1: Grad-CAM of f_nat, f+, f-, f~- as one PNG grid')
@@ -115,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser('eps-curve', help='PGD-20 accuracy against eps, JSON and PNG')
     _common(s, figure=A.PNG_NAMES['eps_curve'])
-    s.add_argument('--eps-list', type=_list(float), default=list(A.EPS_CURVE_255), help='eps values in 1/255 units')
+    s.add_argument('--eps-list', type=comma_list(float), default=list(A.EPS_CURVE_255), help='eps values in 1/255 units')
     s.add_argument('--compare', nargs='*', default=[], metavar='JSON', help='other models\' eps-curve JSON on the plot')
 
     s = sub.add_parser('plot-eps', help='plot eps curves of one or several models from their JSON files')
@@ -124,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser('blackbox', help='Table 3: TI-FGSM, DI-FGSM (from a source model) and NAttack')
     _common(s)
-    s.add_argument('--attacks', type=_list(str), default=list(BLACKBOX_ATTACKS), help=f'from {",".join(BLACKBOX_ATTACKS)}')
+    s.add_argument('--attacks', type=comma_list(str), default=list(BLACKBOX_ATTACKS), help=f'from {",".join(BLACKBOX_ATTACKS)}')
     s.add_argument('--source', default=None, metavar='MODEL:WEIGHTS',
                    help=f'source model of TI-FGSM / DI-FGSM, e.g. {PYAUTOATTACK_SPEC}')
     s.add_argument('--nattack-n', type=int, default=NATTACK_N, help=f'NAttack images (default {NATTACK_N}, the paper)')
@@ -216,10 +200,10 @@ def run(args: argparse.Namespace, command: str) -> str:
     elif args.command == 'eps-curve':
         section = A.eps_curve(model, x, y, eps_255=args.eps_list, seed=args.seed, num_classes=num_classes,
                               deadline=deadline, progress=not args.no_progress, **common)
-        label = f'{args.model}.{args.tag}' if args.tag else args.model
-        curves = [(label, section['eps_255'], section['accuracy'])] + [A.read_eps_curve(f) for f in args.compare]
+        curves = [(A.model_label(info), section['eps_255'], section['accuracy'])] + [A.read_eps_curve(f) for f in args.compare]
         png = A.plot_eps_curves(curves, _png(args, A.PNG_NAMES[name]),
-                                title=f'Robustness vs. perturbation size (PGD-20, {data["dataset"]} test, n = {len(y)})'
+                                title=f'Robustness vs. perturbation size (PGD-20, {data.get("source") or data["dataset"] + " test"}, '
+                                      f'n = {len(y)})'
                                 ) if section['eps_255'] else None
     elif args.command == 'blackbox':
         source, source_name = None, None

@@ -13,7 +13,7 @@ from .features import (
     KNN_GAMMA, KNN_GAMMA_SOURCE, KNN_KS, TABLE5A_ATTACKS, feature_swap, fsr_features, knn_analysis, weighted_knn,
 )
 from .gradcam import GRADCAM_FEATURES, gradcam_analysis, gradcam_figure, gradcam_maps
-from .plots import plot_eps_curves, plot_feature_swap, plot_knn, read_eps_curve
+from .plots import model_label, plot_eps_curves, plot_feature_swap, plot_knn, read_eps_curve
 from .report import ANALYSES, attach_sections, copy_figures, png_name
 
 __all__ = [
@@ -21,7 +21,7 @@ __all__ = [
     'KNN_GAMMA_SOURCE',
     'KNN_KS', 'PNG_NAMES', 'TABLE5A_ATTACKS', 'attach_sections', 'blackbox_analysis', 'copy_figures', 'eps_curve',
     'feature_swap',
-    'fsr_features', 'gradcam_analysis', 'gradcam_figure', 'gradcam_maps', 'knn_analysis',
+    'fsr_features', 'gradcam_analysis', 'gradcam_figure', 'gradcam_maps', 'knn_analysis', 'model_label',
     'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'png_name', 'read_eps_curve', 'require', 'section_meta',
     'weighted_knn', 'write_json',
 ]

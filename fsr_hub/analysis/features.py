@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attacks import pgd
-from ..evaluate import evaluate
+from ..evaluate import attack_params, evaluate
 from ..fsr import FEATURE_LABELS, FSR_OUTPUTS, fsr_output
 from ..inputs import check_pixels
 from .common import AnalysisError, Deadline, batched, capture_tap, fsr_position, fsr_tap, prepare
@@ -140,7 +140,9 @@ def knn_analysis(
     pos = fsr_position(model, position)
     deadline = deadline or Deadline()
     model = prepare(model, device)
-    x_adv = batched(lambda xb, yb: pgd(model, xb, yb, eps, eps / 10, 20), test_x, batch_size, device, test_y)
+    p = attack_params('pgd20', eps)
+    x_adv = batched(lambda xb, yb: pgd(model, xb, yb, p['eps'], p['alpha'], p['steps'], p['random_start']), test_x,
+                    batch_size, device, test_y)
     adversarial: Dict[str, Dict[str, float]] = {}
     natural: Dict[str, Dict[str, float]] = {}
     for out in outputs:
@@ -156,8 +158,7 @@ def knn_analysis(
         'position': pos, 'ks': list(ks), 'gamma': gamma, 'gamma_source': KNN_GAMMA_SOURCE, 'pool': pool,
         'similarity': 'cosine', 'weights': 'exp(cos / gamma)', 'bank': 'same feature of the natural training images',
         'n_train': len(train_y), 'n_test': len(test_y), 'eps': eps,
-        'query_attack': {'attack': 'pgd20', 'eps': eps, 'alpha': eps / 10, 'steps': 20, 'random_start': False,
-                         'against': 'the unmodified model (output f~)'},
+        'query_attack': {'attack': 'pgd20', **p, 'against': 'the unmodified model (output f~)'},
         'features': list(adversarial), 'labels': {o: FEATURE_LABELS[o] for o in adversarial},
         'accuracy': adversarial, 'accuracy_natural_queries': natural,
     }

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..attacks import pgd
+from ..evaluate import attack_params
 from ..fsr import FEATURE_LABELS, fsr_output
 from ..inputs import check_pixels
 from ..models import CIFAR10_CLASSES
@@ -67,13 +68,14 @@ def gradcam_analysis(
     tap = fsr_tap(model, pos)
     keys = (['natural'] if layer is not None else []) + list(GRADCAM_FEATURES)
     rows: Dict[str, List[np.ndarray]] = {k: [] for k in keys}
+    p = attack_params('pgd20', eps)
     advs, preds_nat, preds_adv = [], [], []
     for i in range(len(y)):
         if not deadline.allows_next():
             break
         with deadline.unit():
             xi, yi = x[i:i + 1].to(device), y[i:i + 1].to(device)
-            xi_adv = pgd(model, xi, yi, eps, eps / 10, 20)
+            xi_adv = pgd(model, xi, yi, p['eps'], p['alpha'], p['steps'], p['random_start'])
             with torch.no_grad():
                 preds_nat.append(int(model(xi).argmax(1)))
                 preds_adv.append(int(model(xi_adv).argmax(1)))
@@ -89,7 +91,7 @@ def gradcam_analysis(
         gradcam_figure(x[:n].cpu(), torch.cat(advs), y[:n].cpu(), maps, png, scale=scale, class_names=class_names)
     return {
         'position': pos, 'n': n, 'eps': eps, 'target': 'ground-truth class',
-        'attack': {'attack': 'pgd20', 'eps': eps, 'alpha': eps / 10, 'steps': 20, 'random_start': False},
+        'attack': {'attack': 'pgd20', **p},
         'columns': ['x', 'f_nat'] * (natural_model is not None) + ["x'"] + [FEATURE_LABELS[o] for o in GRADCAM_FEATURES],
         'labels': y[:n].tolist(), 'pred_natural': preds_nat, 'pred_adversarial': preds_adv,
         'method': 'Grad-CAM (grad-cam package, pytorch_grad_cam.GradCAM)', 'upscale': scale,

@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 from ..fsr import FEATURE_LABELS
+from ..releases import release_name
 from .common import AnalysisError, require, save_figure
 
-__all__ = ['read_eps_curve', 'plot_eps_curves', 'plot_feature_swap', 'plot_knn']
+__all__ = ['model_label', 'read_eps_curve', 'plot_eps_curves', 'plot_feature_swap', 'plot_knn']
 
 _WIDTH_IN, _DPI = 8.0, 100
 _METRIC_NAMES = {'clean': 'Natural', 'fgsm': 'FGSM', 'pgd20': 'PGD-20', 'pgd100': 'PGD-100', 'cw': 'C&W',
@@ -22,10 +23,10 @@ def _figure(height_in: float):
     return Figure(figsize=(_WIDTH_IN, height_in), dpi=_DPI)
 
 
-def _model_label(doc: Mapping[str, Any]) -> str:
-    model = doc.get('model') or {}
-    arch = model.get('architecture') or 'model'
-    return f"{arch}.{model['tag']}" if model.get('tag') else arch
+def model_label(model: Mapping[str, Any]) -> str:
+    """A curve's label from a report's ``model`` section: ``arch.tag``, and "(random init)" for random weights."""
+    label = release_name(model.get('architecture') or 'model', model.get('tag'))
+    return label + (' (random init)' if model.get('random_init') else '')
 
 
 def read_eps_curve(path: Union[str, Path]) -> Tuple[str, List[float], List[float]]:
@@ -42,7 +43,7 @@ def read_eps_curve(path: Union[str, Path]) -> Tuple[str, List[float], List[float
         section = (doc.get('analysis') or {}).get('eps_curve') if isinstance(doc.get('analysis'), dict) else None
     if not isinstance(section, dict) or not section.get('eps_255'):
         raise AnalysisError(f'{path} has no eps_curve (run `tools/analyze.py eps-curve` first).')
-    label = _model_label(section if 'model' in section else doc)
+    label = model_label((section if 'model' in section else doc).get('model') or {})
     return label, list(section['eps_255']), list(section['accuracy'])
 
 
@@ -87,7 +88,7 @@ def _grouped_bars(groups: Sequence[str], series: Dict[str, Sequence[float]], xla
     ax.tick_params(axis='y', labelsize=11)
     ax.grid(True, axis='y', alpha=0.3)
     ax.set_title(title, fontsize=12)
-    ax.legend(fontsize=10, ncols=min(n, 4), loc='upper left')
+    ax.legend(fontsize=10, loc='upper left', bbox_to_anchor=(1.01, 1.0))  # beside the axes: bars reach 100 %
     fig.tight_layout()
     return save_figure(fig, path)
 
