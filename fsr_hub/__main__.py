@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument('--release', help='a local release folder (model_cards/<arch>.<tag>); validated first')
     p.add_argument('--attack', default='pgd20', choices=ATTACKS, help='attack besides clean (default pgd20)')
     p.add_argument('--n', type=int, default=DEFAULT_N, help=f'sample images, 1..200 (default {DEFAULT_N})')
-    p.add_argument('--batch-size', type=int, default=50)
+    p.add_argument('--batch-size', type=int, default=50, help='images per attack batch (default 50)')
     p.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     return p
@@ -50,6 +50,8 @@ def _resolve(name: str, released: Mapping[str, str], need_status: bool) -> Tuple
     from .releases import PLANNED, release_name, split_name
 
     arch, tag = split_name(name)
+    if tag == '':
+        raise _Fail(f'--model {name}: nothing after the dot; give <architecture>.<tag> or the architecture alone.')
     if arch not in ALL_MODELS:
         raise _Fail(f'--model {name}: unknown architecture {arch!r}; choose from {", ".join(ALL_MODELS)}.')
     def tags_of(names):
@@ -108,10 +110,9 @@ def _table(measured: Mapping[str, float], card: Optional[Mapping[str, Any]], ref
 
 
 def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
-    import torch
-
     from .card import describe_attack
     from .evaluate import evaluate
+    from .hardware import resolve_device
     from .inputs import check_pixels
     from .models import create
     from .paper import METRIC_NAMES, paper_reference
@@ -123,11 +124,9 @@ def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
     if args.batch_size < 1:
         raise _Fail(f'--batch-size must be positive, got {args.batch_size}')
     try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise _Fail(f'--device {args.device}: {e}') from e
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise _Fail(f'--device {args.device} requested but CUDA is not available')
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise _Fail(f'--device: {e}') from e
     try:
         x, y = load_sample(args.n)
         check_pixels(x, 'the shipped CIFAR-10 sample')

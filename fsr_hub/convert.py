@@ -101,8 +101,10 @@ def load_official_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         raise ConversionError(f'Checkpoint not found: {path}')
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ConversionError(f'{path} cannot be loaded with torch.load(weights_only=True): {e}') from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        # KeyError: torch's legacy loader reads a text file's first byte as an unknown pickle opcode
+        raise ConversionError(f'{path} is not a PyTorch checkpoint that torch.load(weights_only=True) reads: '
+                              f'{type(e).__name__}: {str(e)[:200]}') from None
     for key in ('state_dict', 'model', 'net'):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .attacks import pgd
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
-from .hardware import hardware_name, strict_float32, synchronize
+from .hardware import hardware_name, resolve_device, strict_float32, synchronize
 from .models import create
 from .objectives import OBJECTIVES, AdversarialObjective, ObjectiveConfig
 from .schedule import (
@@ -128,11 +128,14 @@ class TrainConfig:
             raise ValueError(f'time_budget must be a positive number of minutes, got {self.time_budget}.')
         if self.milestones is not None and any(int(m) < 1 for m in self.milestones):
             raise ValueError(f'milestones must be epoch counts >= 1, got {self.milestones}.')
-        if self.holdout < 0 or self.steps < 0 or self.eps < 0:
-            raise ValueError('holdout, steps and eps must be >= 0.')
+        for name in ('holdout', 'steps', 'eps'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
+        if self.max_train_images is not None and self.max_train_images <= 0:
+            raise ValueError(f'max_train_images must be positive, got {self.max_train_images}.')
         model_args = _model_args(self.model_args)
         svhn = self.dataset == 'svhn'
-        device = torch.device(self.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+        device = resolve_device(self.device)
         cuda = device.type == 'cuda'
         world = _dist_info()[1]
         step = self.step or default_step_mode(device, world)
@@ -348,6 +351,13 @@ def _setup(config: TrainConfig, model: Optional[nn.Module], data, command: Optio
         drop_last=True, seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
     if len(loader) == 0:
         raise ValueError(f'{len(train_y)} training images give no full batch of {cfg.batch_size}.')
+    if rank == 0:  # after the set-up checks, before any training: an output folder that cannot be written fails now, not after an epoch
+        if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+            raise ValueError(f'out {cfg.out} is a file, not a folder.')
+        try:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f'out {cfg.out}: cannot create the output folder ({e.strerror or e}).') from None
     hold_loader = DeviceLoader(
         hold_x, hold_y, cfg.eval_batch_size, device=device, rank=rank, world_size=world,
         channels_last=cfg.channels_last) if cfg.holdout else None

@@ -103,6 +103,8 @@ class FSR(nn.Module):
             raise ValueError('FSR needs at least one of separation / recalibration; use no FSR position instead.')
         if tau <= 0:
             raise ValueError(f'FSR tau must be > 0, got {tau}.')
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f'FSR hidden (the width of its nets) must be a positive integer, got {hidden!r}.')
         self.channels = channels
         self.tau = tau
         self.separation = three_conv_net(channels, hidden) if separation else None

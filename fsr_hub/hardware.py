@@ -2,11 +2,28 @@
 import os
 import platform
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
-__all__ = ['hardware_name', 'synchronize', 'strict_float32']
+__all__ = ['resolve_device', 'hardware_name', 'synchronize', 'strict_float32']
+
+
+def resolve_device(name: Optional[str] = None) -> torch.device:
+    """``'cpu'``, ``'cuda'``, ``'cuda:1'``... as a torch.device (None: CUDA when available, else the CPU); a
+    malformed name or a CUDA device this machine lacks is a ValueError that says so."""
+    if name is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f'device {name!r}: {e}') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'device {name!r}: CUDA is not available on this machine (use cpu).')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f'device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s).')
+    return device
 
 
 def hardware_name(device: torch.device) -> str:

@@ -236,7 +236,7 @@ def assemble_release(out_dir: PathLike, weights: PathLike, results: Mapping[str,
     model = _create(arch, {**classes, **model_args}, str(weights), weights, sha)
     folder = Path(out_dir) / release_name(arch, tag)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise ReleaseError(f'{folder} exists and is not empty (use overwrite).')
+        raise ReleaseError(f'{folder} exists and is not empty (pass overwrite=True; tools/make_card.py: --overwrite).')
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, folder / WEIGHTS_NAME)
     config = build_config(model, arch, tag, sha, model_args, org, input_size=INPUT_SIZE.get(dataset))

@@ -121,9 +121,10 @@ def test_bad_checkpoint_files(tmp_path, capsys):
     with pytest.raises(ConversionError, match='not found'):
         load_official_checkpoint(tmp_path / 'none.pth')
     junk = tmp_path / 'junk.pth'
-    junk.write_bytes(b'not a checkpoint')
-    with pytest.raises(ConversionError, match='junk.pth cannot be loaded with torch.load'):
-        load_official_checkpoint(junk)
+    for data in (b'not a checkpoint', b'hello world\n', b''):  # 'h' (104): an unknown pickle opcode, a KeyError
+        junk.write_bytes(data)
+        with pytest.raises(ConversionError, match='junk.pth is not a PyTorch checkpoint that torch.load'):
+            load_official_checkpoint(junk)
     tool = load_tool('convert_official')
     assert tool.main([str(junk), '--arch', 'fsr_vgg16', '--out', str(tmp_path / 'o.safetensors')]) == 2
     assert 'junk.pth' in capsys.readouterr().err

@@ -186,7 +186,7 @@ def test_released_name_not_in_the_offline_cache(fresh):
     (['--batch-size', '0'], '--batch-size must be positive'),
     (['--release', '/nonexistent/fsr_resnet18.at_cifar10'], 'release folder not found'),
     (['--weights', '/nonexistent.safetensors'], 'Weight file not found: /nonexistent.safetensors'),
-    (['--device', 'nodevice'], '--device nodevice'),
+    (['--device', 'nodevice'], "--device: device 'nodevice'"),
 ])
 def test_bad_arguments_one_line(argv, message, capsys):
     assert main(argv) == 2

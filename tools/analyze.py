@@ -153,7 +153,10 @@ def run(args: argparse.Namespace, command: str) -> str:
         path = A.plot_eps_curves([A.read_eps_curve(f) for f in args.files], args.png)
         return f'-> {path}'
     if args.command == 'attach':
-        results = json.loads(Path(args.results).read_text())
+        try:
+            results = json.loads(Path(args.results).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f'{args.results}: not a readable results.json of tools/verify.py ({e}).') from None
         merged = A.attach_sections(results, args.files)
         out = Path(args.out or args.results)
         copied, missing = A.copy_figures(args.files, out.parent)

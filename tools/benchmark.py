@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from fsr_hub.benchmark import benchmark_eval, benchmark_train_step
-from fsr_hub.hardware import hardware_name
+from fsr_hub.hardware import hardware_name, resolve_device
 from fsr_hub.models import VANILLA_TWINS, create
 from fsr_hub.step import STEP_MODES
 
@@ -77,10 +77,8 @@ def main(argv=None) -> int:
     t_start = time.monotonic()
     args = build_parser().parse_args(argv)
     try:
-        dev = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+        dev = resolve_device(args.device)
         cuda = dev.type == 'cuda'
-        if cuda and not torch.cuda.is_available():
-            raise ValueError('--device cuda but no CUDA device is available.')
         paths = args.paths or (['eager', 'cuda-graph'] if cuda else ['eager'])
         if 'cuda-graph' in paths and not cuda:
             raise ValueError('the cuda-graph path needs a CUDA device.')

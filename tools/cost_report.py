@@ -9,11 +9,11 @@ for fsr_hub's architectures, or before / after FSR for any timm CNN.
 import argparse
 import json
 import sys
-
-import torch
+from pathlib import Path
 
 from fsr_hub.cli import add_fsr_arguments, fsr_model_args, int_tuple
 from fsr_hub.cost import cost_table, format_markdown, fsr_cost
+from fsr_hub.hardware import resolve_device
 from fsr_hub.models import FSR_MODELS
 
 
@@ -35,8 +35,14 @@ def main(argv=None) -> int:
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--json', default=None, help='also write the rows to this JSON file')
     args = p.parse_args(argv)
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        p.error(f'--device {args.device} requested but CUDA is not available')
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        p.error(f'--device: {e}')
+    if args.batch_size < 1 or args.iters < 1:
+        p.error(f'--batch-size and --iters must be positive, got {args.batch_size} and {args.iters}')
+    if args.json and not Path(args.json).parent.is_dir():
+        p.error(f'--json {args.json}: the folder {Path(args.json).parent} does not exist')
     model_args = fsr_model_args(args)
     if args.model is None and (model_args or args.input_size != (3, 32, 32)):
         p.error('--fsr-* and --input-size go with --model (Table 7 rows are the paper\'s 32x32 models)')
@@ -57,8 +63,11 @@ def main(argv=None) -> int:
     print()
     print(json.dumps(rows, indent=1))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(rows, f, indent=1)
+        try:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        except OSError as e:
+            print(f'error: --json {args.json}: {e.strerror or e}', file=sys.stderr)
+            return 2
     return 0
 
 

@@ -7,7 +7,7 @@ transfer and black-box attacks and gradient-masking checks, written as an ``fsr-
     python tools/verify.py ... --preset full --resume results.json --out results.json   # continue a partial run
     python tools/verify.py --model fsr_resnet18 --pretrained --tag at_cifar10 --data /tmp/data --attacks clean,pgd20
     python tools/verify.py ... --transfer-from cifar_resnet18:runs/vanilla/final.safetensors
-    python tools/verify.py --model resnet50 --weights runs/r50_fsr/final.safetensors --train-summary \
+    python tools/verify.py --model resnet50 --weights runs/r50_fsr/final.safetensors --train-summary \\
         runs/r50_fsr/train_summary.json --data /tmp/data      # any timm CNN + FSR: model_args from the summary
     python tools/verify.py ... --preset full --blackbox --transfer-from cifar_resnet18:pyautoattack   # + Table 3
 
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'full (the default): everything, masking checks included')
     p.add_argument('--attacks', default=None,
                    help=f'instead of a preset: comma list from {",".join(ATTACKS)} or "all" (all images each; '
-                        'nattack: the first --nattack-n)')
+                        'nattack: the first --nattack-n); the masking checks still run unless --no-masking-checks')
     p.add_argument('--deadline-minutes', type=number, default=None,
                    help='wall-clock limit: stages that do not fit are skipped and listed under not_run')
     p.add_argument('--resume', default=None, metavar='REPORT',
@@ -107,8 +107,9 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
 
 def _read_previous(path: str, sha256: str, data: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
     p = Path(path)
-    if not p.is_file():
-        return None  # nothing to continue yet: a first run may name its own --out
+    if not p.is_file():  # nothing to continue yet: a first run may name its own --out
+        print(f'note: --resume {path}: no report there yet, so this is a fresh run.', file=sys.stderr)
+        return None
     try:
         prev = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -168,6 +169,8 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
                          f'(e.g. {PYAUTOATTACK_SPEC}).')
     if args.deadline_minutes is not None and args.deadline_minutes <= 0:
         raise ValueError('--deadline-minutes must be positive.')
+    if not 0 < args.eps <= 1:
+        raise ValueError(f'--eps must lie in (0, 1] (pixels are in [0, 1]; e.g. 8/255), got {args.eps}.')
     if args.attacks:
         attacks, subsets, masking = parse_attacks(args.attacks), {}, not args.no_masking_checks
         preset_name = 'custom'
@@ -212,6 +215,8 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
             attacks.append('transfer')
     images, labels = load_dataset(args.dataset, args.data, train=False)
     total = len(labels)
+    if args.n is not None and args.n > total:
+        raise ValueError(f'--n {args.n}: the {args.dataset} test set has {total} images.')
     if args.n is not None:
         images, labels = images[:args.n], labels[:args.n]
     data = {'dataset': args.dataset, 'split': 'test', 'n': len(labels),
