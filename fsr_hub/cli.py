@@ -5,7 +5,8 @@ import json
 from fractions import Fraction
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ['number', 'int_tuple', 'comma_list', 'positions', 'add_fsr_arguments', 'fsr_model_args', 'fsr_flags', 'agreed_model_args']
+__all__ = ['number', 'int_tuple', 'comma_list', 'positions', 'add_fsr_arguments', 'fsr_model_args', 'fsr_flags',
+           'agreed_model_args']
 
 #: ``--fsr-*`` flag destinations, which are also the ``fsr_hub.models.create`` keyword arguments they set
 FSR_FLAGS = ('fsr_positions', 'fsr_tau', 'fsr_hidden', 'fsr_separation', 'fsr_recalibration')

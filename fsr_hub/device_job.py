@@ -46,8 +46,8 @@ from .releases import release_name
 
 __all__ = [
     'JobError', 'LeasePlan', 'JobSettings', 'CIFAR10_MD5', 'WHEELS', 'CALL_LIMIT_MIB', 'PART_BYTES',
-    'prepare', 'prepare_verify', 'job_a', 'job_b', 'job_verify_source', 'job_verify', 'join', 'rehearse', 'repack_wheel',
-    'tree_files', 'split_file', 'train_seconds', 'plan_lines', 'make_synthetic_source',
+    'prepare', 'prepare_verify', 'job_a', 'job_b', 'job_verify_source', 'job_verify', 'join', 'rehearse',
+    'repack_wheel', 'tree_files', 'split_file', 'train_seconds', 'plan_lines', 'make_synthetic_source',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -779,14 +779,11 @@ def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[
 # verify (a later lease)
 
 
-def _carried_source(root: Path, settings: Mapping[str, Any]) -> Optional[Path]:
-    """The transfer source that verify-source landed on this machine, if prepare-verify named one and it is there
-    with its sha256; None otherwise."""
-    spec = settings.get('transfer_from')
-    path = root / str(spec).partition(':')[2] if spec else None
-    if path is None or not path.is_file() or _digest(path, 'sha256') != settings.get('transfer_sha256'):
-        return None
-    return path
+def _source_landed(root: Path, settings: Mapping[str, Any]) -> bool:
+    """Whether the transfer source prepare-verify named is on this machine (verify-source landed it), with its
+    sha256."""
+    path = root / str(settings['transfer_from']).partition(':')[2]
+    return path.is_file() and _digest(path, 'sha256') == settings.get('transfer_sha256')
 
 
 def job_verify_source(root: PathLike) -> Dict[str, Any]:
@@ -829,7 +826,7 @@ def job_verify(root: PathLike, deadline_minutes: Optional[float] = None, started
     model_flags = fsr_flags({k: v for k, v in (config.get('model_args') or {}).items() if k != 'num_classes'})
     transfer: List[str] = []
     if settings.get('transfer_from'):
-        if _carried_source(root, settings) is None:
+        if not _source_landed(root, settings):
             log(f'the transfer source {settings["transfer_from"]} is not on this machine with its sha256 (did '
                 f'verify-source run just before, on the same warm machine?): the suite runs without the transfer '
                 f'attack')

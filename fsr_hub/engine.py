@@ -351,7 +351,9 @@ def _setup(config: TrainConfig, model: Optional[nn.Module], data, command: Optio
         drop_last=True, seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
     if len(loader) == 0:
         raise ValueError(f'{len(train_y)} training images give no full batch of {cfg.batch_size}.')
-    if rank == 0:  # after the set-up checks, before any training: an output folder that cannot be written fails now, not after an epoch
+    # after the set-up checks, before any training: an output folder that cannot be written fails now, not after an
+    # epoch
+    if rank == 0:
         if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
             raise ValueError(f'out {cfg.out} is a file, not a folder.')
         try:
