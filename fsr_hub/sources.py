@@ -23,7 +23,7 @@ from .models import create
 from .weights import WeightsError, check_fit, load_weights, sha256_file
 
 __all__ = ['PYAUTOATTACK', 'PYAUTOATTACK_SPEC', 'NAMED_WEIGHTS', 'pyautoattack_checkpoint', 'natural_resnet18',
-           'load_model_spec']
+           'load_model', 'load_model_spec']
 
 PYAUTOATTACK = 'pyautoattack'
 #: the spec of pyautoattack's naturally trained ResNet-18 (``--transfer-from`` / ``--natural``)
@@ -61,6 +61,16 @@ def natural_resnet18() -> nn.Module:
     return model.eval()
 
 
+def load_model(name: str, weights: Optional[str], num_classes: int = 10,
+               model_args: Optional[Mapping[str, Any]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``name`` built with ``model_args`` and ``weights`` (a safetensors file, loaded strictly; None: random
+    initialisation), in eval mode, with its description for reports: architecture, weights, sha256."""
+    model = create(name, num_classes=num_classes, **dict(model_args or {}))
+    if weights:
+        load_weights(model, weights)
+    return model.eval(), {'architecture': name, 'weights': weights, 'sha256': sha256_file(weights) if weights else None}
+
+
 def load_model_spec(spec: str, num_classes: int = 10, what: str = 'model',
                     model_args: Optional[Mapping[str, Any]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """``MODEL:WEIGHTS`` -> (the model in eval mode, its description for reports: architecture, weights, sha256).
@@ -80,6 +90,4 @@ def load_model_spec(spec: str, num_classes: int = 10, what: str = 'model',
         model = natural_resnet18()
         sha = _pyautoattack_state()[1]
         return model, {'architecture': arch, 'weights': weights, 'sha256': sha, 'description': description}
-    model = create(name, num_classes=num_classes, **dict(model_args or {}))
-    load_weights(model, weights)
-    return model.eval(), {'architecture': name, 'weights': weights, 'sha256': sha256_file(weights)}
+    return load_model(name, weights, num_classes, model_args)

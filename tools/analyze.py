@@ -41,10 +41,9 @@ from fsr_hub.cli import comma_list, number
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import parse_attacks
 from fsr_hub.fsr import FSR_OUTPUTS
-from fsr_hub.models import create
 from fsr_hub.sample import SampleError, load_sample
-from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model_spec
-from fsr_hub.weights import WeightsError, load_weights, sha256_file
+from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model, load_model_spec
+from fsr_hub.weights import WeightsError
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True, figure: Optional[str] = None) -> None:
@@ -123,12 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_model(name: str, weights: Optional[str], num_classes: int,
                 tag: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    model = create(name, num_classes=num_classes)
-    if weights:
-        load_weights(model, weights)
-    info = {'architecture': name, 'tag': tag, 'weights': weights, 'sha256': sha256_file(weights) if weights else None,
-            'random_init': not weights}
-    return model.eval(), info
+    model, info = load_model(name, weights, num_classes)
+    return model, {**info, 'tag': tag, 'random_init': not weights}
 
 
 def _test_data(args) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
@@ -203,10 +198,11 @@ def run(args: argparse.Namespace, command: str) -> str:
     elif args.command == 'eps-curve':
         section = A.eps_curve(model, x, y, eps_255=args.eps_list, seed=args.seed, num_classes=num_classes,
                               deadline=deadline, progress=not args.no_progress, **common)
-        curves = [(A.model_label(info), section['eps_255'], section['accuracy'])] + [A.read_eps_curve(f) for f in args.compare]
+        curves = [(A.model_label(info), section['eps_255'], section['accuracy'])]
+        curves += [A.read_eps_curve(f) for f in args.compare]
+        test_images = data.get('source') or f'{data["dataset"]} test'
         png = A.plot_eps_curves(curves, _png(args, A.PNG_NAMES[name]),
-                                title=f'Robustness vs. perturbation size (PGD-20, {data.get("source") or data["dataset"] + " test"}, '
-                                      f'n = {len(y)})'
+                                title=f'Robustness vs. perturbation size (PGD-20, {test_images}, n = {len(y)})'
                                 ) if section['eps_255'] else None
     elif args.command == 'blackbox':
         source, source_name = None, None
