@@ -43,15 +43,18 @@ def load_checkpoint(path: os.PathLike, map_location: Any = 'cpu') -> Dict[str, A
     return state
 
 
-def write_json(obj: Any, path: os.PathLike) -> None:
-    """Write ``obj`` as indented JSON through a synced temporary file and an atomic rename."""
+def write_json(path: os.PathLike, data: Any, allow_nan: bool = True) -> Path:
+    """Write ``data`` as indented JSON (folder created) through a synced temporary file and an atomic rename:
+    readers see the old file or the new one, never half of one. ``allow_nan=False``: strict JSON (NaN refused)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     with open(tmp, 'w') as f:
-        f.write(json.dumps(obj, indent=2))
+        f.write(json.dumps(data, indent=2, allow_nan=allow_nan) + '\n')
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return path
 
 
 def rng_state() -> Dict[str, Any]:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .checkpoint import write_json
 from .cli import fsr_flags
 from .releases import release_name
 
@@ -614,11 +615,7 @@ def _install_wheels(root: Path, wheels: Path, log: _Log) -> None:
 
 
 def _write_state(root: Path, name: str, state: Mapping[str, Any]) -> None:
-    path = root / JOB / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(state, indent=2) + '\n')
-    os.replace(tmp, path)
+    write_json(root / JOB / name, state)
 
 
 def _read_json(path: Path, what: str) -> Dict[str, Any]:

@@ -580,7 +580,7 @@ def _checkpoint(run: _Run, metrics: Dict[str, Any], is_best: bool) -> None:
                                         metadata=_weights_metadata(run, metrics['epoch']))
         save_checkpoint(_state(run), run.out / 'last.pt')
         run.costs['checkpoint'] = time.perf_counter() - t
-        write_json(_summary(run, final_sha=None), run.out / 'train_summary.json')
+        write_json(run.out / 'train_summary.json', _summary(run, final_sha=None))
     if run.world > 1:
         dist.barrier()
 
@@ -593,7 +593,7 @@ def _finish(run: _Run) -> Dict[str, Any]:
         final_sha = save_weights(run.model, run.out / 'final.safetensors', dtype=_weights_dtype(run),
                                  metadata=_weights_metadata(run, epoch))
         summary = _summary(run, final_sha)
-        write_json(summary, run.out / 'train_summary.json')
+        write_json(run.out / 'train_summary.json', summary)
     if run.world > 1:
         dist.barrier()
     return summary

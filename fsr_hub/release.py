@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from . import paper
 from .card import CardError, render_card
+from .checkpoint import write_json
 from .data import DATASETS, INPUT_SIZE
 from .models import ALL_MODELS, FSRWrapper, create
 from .releases import RELEASED, hub_id as make_hub_id, release_name
@@ -82,8 +83,11 @@ def _read_json(path: Path) -> Dict[str, Any]:
 
 def _write(path: Path, data: Union[str, Mapping[str, Any]]) -> None:
     """Write text, or a JSON object, atomically (never a half-written file)."""
+    if not isinstance(data, str):
+        write_json(path, data)
+        return
     tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(data if isinstance(data, str) else json.dumps(data, indent=2) + '\n')
+    tmp.write_text(data)
     os.replace(tmp, path)
 
 

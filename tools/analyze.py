@@ -37,6 +37,7 @@ import torch
 
 from fsr_hub import analysis as A
 from fsr_hub.blackbox import BLACKBOX_ATTACKS, NATTACK, NATTACK_N
+from fsr_hub.checkpoint import write_json
 from fsr_hub.cli import comma_list, number
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import parse_attacks
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace, command: str) -> str:
         merged = A.attach_sections(results, args.files)
         out = Path(args.out or args.results)
         copied, missing = A.copy_figures(args.files, out.parent)
-        A.write_json(out, merged)
+        write_json(out, merged)
         lines = [f'analysis {", ".join(sorted(k for k in merged["analysis"] if k != "schema"))} -> {out}']
         lines += [f'figure -> {p}' for p in copied]
         lines += [f'note: {m}' for m in missing]
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace, command: str) -> str:
         raise ValueError(f'unknown command {args.command}')
     doc = {**A.section_meta(info, data, args.device, deadline, command), 'analysis': name, **section,
            'png': png.name if png else None}
-    A.write_json(args.out, doc)
+    write_json(args.out, doc)
     state = '' if doc['complete'] else ' (stopped at the deadline: partial)'
     return f'{name}{state} -> {args.out}' + (f', {png}' if png else '')
 

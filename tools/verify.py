@@ -24,7 +24,6 @@ saved in it batch by batch and --resume continues from there. Attacks run in str
 """
 import argparse
 import json
-import os
 import shlex
 import signal
 import sys
@@ -35,6 +34,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from fsr_hub.checkpoint import write_json
 from fsr_hub.cli import add_fsr_arguments, agreed_model_args, fsr_model_args, number
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.blackbox import NATTACK_N
@@ -92,17 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_fsr_arguments(p)
     p.add_argument('--no-progress', action='store_true')
     return p
-
-
-def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'w') as f:
-        f.write(json.dumps(data, indent=2, allow_nan=False) + '\n')
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_previous(path: str, sha256: str, data: Dict[str, Any], eps: float) -> Optional[Dict[str, Any]]:
@@ -235,7 +224,7 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
 
     def on_update(evaluation: Dict[str, Any]) -> None:
         if out is not None:
-            write_json_atomic(out, report_of(evaluation))
+            write_json(out, report_of(evaluation), allow_nan=False)
 
     deadline = None
     if args.deadline_minutes is not None:
@@ -250,7 +239,7 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
         on_update=on_update)
     report = report_of(evaluation)
     if out is not None:
-        write_json_atomic(out, report)
+        write_json(out, report, allow_nan=False)
     return report
 
 

@@ -7,7 +7,7 @@ transfer attacks need the ``analysis`` extra (``pip install 'fsr-hub[analysis]'`
 torchattack); the feature swap, k-NN, eps curve and NAttack need nothing beyond the package.
 """
 from .blackbox import blackbox_analysis
-from .common import ANALYSIS_SCHEMA, PNG_NAMES, AnalysisError, Deadline, require, section_meta, write_json
+from .common import ANALYSIS_SCHEMA, PNG_NAMES, AnalysisError, Deadline, require, section_meta
 from .curves import EPS_CURVE_255, eps_curve
 from .features import (
     KNN_GAMMA, KNN_GAMMA_SOURCE, KNN_KS, TABLE5A_ATTACKS, feature_swap, fsr_features, knn_analysis, weighted_knn,
@@ -23,5 +23,5 @@ __all__ = [
     'feature_swap',
     'fsr_features', 'gradcam_analysis', 'gradcam_figure', 'gradcam_maps', 'knn_analysis', 'model_label',
     'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'png_name', 'read_eps_curve', 'require', 'section_meta',
-    'weighted_knn', 'write_json',
+    'weighted_knn',
 ]

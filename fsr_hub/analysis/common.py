@@ -1,7 +1,6 @@
 """What every analysis shares: the optional-dependency check, the deadline, feature hooks, atomic JSON output and
 the sections' metadata."""
 import importlib
-import json
 import os
 import time
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from ..schemas import ANALYSIS_SCHEMA
 
 __all__ = [
     'AnalysisError', 'Deadline', 'require', 'prepare', 'batched', 'fsr_position', 'fsr_tap', 'capture_tap', 'save_figure',
-    'write_json', 'section_meta',
+    'section_meta',
     'ANALYSIS_SCHEMA', 'PNG_NAMES',
 ]
 
@@ -150,11 +149,4 @@ def save_figure(fig: Any, path: Union[str, os.PathLike]) -> Path:
     return path
 
 
-def write_json(path: Union[str, os.PathLike], data: Mapping[str, Any]) -> Path:
-    """Write JSON atomically (temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(data, indent=2) + '\n')
-    os.replace(tmp, path)
-    return path
+
