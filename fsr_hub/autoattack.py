@@ -27,11 +27,31 @@ import torch.nn as nn
 from .attacks import linf_violation
 
 __all__ = [
-    'AA_VERSIONS', 'AAState', 'AAResult', 'build_autoattack', 'autoattack_config', 'run_autoattack',
-    'run_autoattack_resumable', 'pack_flags', 'unpack_flags', 'sub_attack_cost',
+    'AA_VERSIONS', 'ORIGINAL', 'AAState', 'AAResult', 'build_autoattack', 'autoattack_config', 'departures',
+    'run_autoattack', 'run_autoattack_resumable', 'pack_flags', 'unpack_flags', 'sub_attack_cost',
 ]
 
 AA_VERSIONS = ('standard', 'rand')
+_APGD = {'n_iter': 100, 'n_restarts': 1, 'eot_iter': 1, 'rho': 0.75}
+#: the original AutoAttack's sub-attacks and parameters of each version (Croce & Hein 2020, fra31/auto-attack),
+#: in the form :func:`autoattack_config` records them; a result is "standard" only if it ran exactly these
+ORIGINAL: Dict[str, Dict[str, Any]] = {
+    'standard': {
+        'attacks': ['apgd-ce', 'apgd-t', 'fab-t', 'square'],
+        'sub_attacks': {
+            'apgd-ce': {**_APGD, 'loss': 'ce'},
+            'apgd-t': {**_APGD, 'n_target_classes': 9, 'loss': 'dlr-targeted'},
+            'fab-t': {'n_iter': 100, 'n_restarts': 1, 'n_target_classes': 9, 'alpha_max': 0.1, 'eta': 1.05,
+                      'beta': 0.9},
+            'square': {'n_queries': 5000, 'n_restarts': 1, 'p_init': 0.8, 'resc_schedule': False, 'loss': 'margin'},
+        },
+    },
+    'rand': {
+        'attacks': ['apgd-ce', 'apgd-dlr'],
+        'sub_attacks': {'apgd-ce': {**_APGD, 'eot_iter': 20, 'loss': 'ce'},
+                        'apgd-dlr': {**_APGD, 'eot_iter': 20, 'loss': 'dlr'}},
+    },
+}
 _SUBS = ('apgd', 'apgd_targeted', 'fab', 'square')
 
 
@@ -111,6 +131,22 @@ def autoattack_config(aa: Any) -> Dict[str, Any]:
     }
 
 
+def departures(config: Any, version: str, eps: float) -> List[str]:
+    """How a recorded AutoAttack configuration (:func:`autoattack_config`) departs from the original ``version``
+    at ``eps`` (L-inf); ``[]``: it is exactly the original. A missing or malformed record is a departure."""
+    if not isinstance(config, dict) or not isinstance(config.get('sub_attacks'), dict):
+        return ['sub-attacks and their parameters not recorded']
+    want = ORIGINAL[version]
+    out = [f'{k} {config.get(k)!r} (original: {v!r})' for k, v in
+           (('version', version), ('norm', 'Linf'), ('eps', eps), ('attacks', want['attacks']))
+           if config.get(k) != v]
+    for sub, params in want['sub_attacks'].items():
+        have = config['sub_attacks'].get(sub)
+        if have != params:
+            out.append(f'{sub} {have!r} (original: {params!r})')
+    return out
+
+
 def sub_attack_cost(config: Dict[str, Any]) -> Dict[str, float]:
     """Rough cost of each sub-attack per attacked point, in gradient evaluations (forward + input-gradient
     backward; a forward alone counted as 0.4): used only to decide whether a batch fits a deadline."""
@@ -132,7 +168,8 @@ class AAState:
     ``robust``: points not yet broken (initially the clean-correct ones). ``current``: the sub-attack in progress,
     ``current_points``: the robust points when it started (its batches are slices of their index order),
     ``batches_done``: how many of its batches are finished. ``robust_after``: robust count after each finished
-    sub-attack. Identity fields (version, n, eps, seed, batch_size, attacks) must match to continue.
+    sub-attack. Identity fields (version, n, eps, seed, batch_size, attacks, sub_attacks: each one's parameters)
+    must match to continue.
     """
     version: str
     n: int
@@ -149,6 +186,7 @@ class AAState:
     robust_after: Dict[str, int] = field(default_factory=dict)
     max_bound_violation: float = 0.0
     seconds: float = 0.0
+    sub_attacks: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -189,9 +227,12 @@ class AAResult:
 
 def _check_state(state: AAState, cfg: Dict[str, Any], n: int, eps: float, seed: int, batch_size: int) -> None:
     want = {'version': cfg['version'], 'n': n, 'eps': eps, 'seed': seed, 'batch_size': batch_size,
-            'attacks': cfg['attacks']}
+            'attacks': cfg['attacks'], 'sub_attacks': cfg['sub_attacks']}
     have = {k: getattr(state, k) for k in want}
-    diff = [f'{k} {have[k]!r} (now {want[k]!r})' for k in want if have[k] != want[k]]
+    diff = [f'{k} {have[k]!r} (now {want[k]!r})' for k in want if k != 'sub_attacks' and have[k] != want[k]]
+    if have['sub_attacks'] != want['sub_attacks']:
+        diff.append('sub-attack parameters ' + ('not recorded' if have['sub_attacks'] is None else
+                                                f'{have["sub_attacks"]} (now {want["sub_attacks"]})'))
     if diff:
         raise ValueError(f'the saved AutoAttack progress belongs to another run: {", ".join(diff)}.')
 
@@ -230,7 +271,7 @@ def run_autoattack_resumable(
             robust = torch.cat([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
                                 for i in range(0, n, batch_size)])
         st = AAState(version=version, n=n, eps=eps, seed=seed, batch_size=batch_size, attacks=order,
-                     robust=pack_flags(robust), clean=pack_flags(robust))
+                     robust=pack_flags(robust), clean=pack_flags(robust), sub_attacks=cfg['sub_attacks'])
     sec_per_unit: Optional[float] = None
     last: Dict[str, float] = {}  # sub-attack -> seconds per point of its last batch
     for sub in order:

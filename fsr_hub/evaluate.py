@@ -29,7 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .attacks import cw_inf, fgsm, linf_violation, pgd, pgd_trajectory
-from .autoattack import AAState, pack_flags, run_autoattack_resumable, unpack_flags
+from .autoattack import AAState, departures, pack_flags, run_autoattack_resumable, unpack_flags
 from .blackbox import BLACKBOX_ATTACKS, BLACKBOX_PARAMS, NATTACK_N, di_fgsm, require_torchattack, run_nattack, ti_fgsm
 from .hardware import hardware_name, strict_float32, synchronize
 from .inputs import check_pixels
@@ -48,6 +48,8 @@ DEFAULT_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack', 'auto
 ENSEMBLE_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw')
 #: attacks crafted on a source model (``transfer_model``, ``--transfer-from``) and evaluated on the model
 SOURCE_ATTACKS = ('transfer', 'ti_fgsm', 'di_fgsm')
+#: report key -> AutoAttack version
+AA_NAMES = {'autoattack': 'standard', 'autoattack_rand': 'rand'}
 MASKING = 'masking_checks'
 #: the order stages run in: cheapest first (the masking checks work on a subset and cost ~2 PGD-100s of it; NAttack
 #: on its 1,000 images costs less than AutoAttack on 10,000, more than AutoAttack rand on 1,000)
@@ -59,6 +61,9 @@ DEFAULT_SUBSETS: Dict[str, int] = {'nattack': NATTACK_N}
 PRESETS: Dict[str, Tuple[Tuple[str, ...], Dict[str, int], bool]] = {
     'quick': (('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack'), {'autoattack': 1000}, False),
     'full': (DEFAULT_ATTACKS, {'autoattack_rand': 1000}, True),
+    # a CPU run: clean on all images, the rest on first-n subsets; AutoAttack resumes across runs (--resume)
+    'cpu': (('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack'),
+            {'fgsm': 2000, 'pgd20': 2000, 'cw': 2000, 'pgd100': 1000, 'autoattack': 1000}, True),
 }
 STEPS_SWEEP = (1, 5, 10, 20, 50, 100)
 EPS_SWEEP_255 = (8, 16, 32, 64)
@@ -337,6 +342,8 @@ class _Run:
             params = attack_params(name, self.eps, self.overrides.get(name))
             if params and entry.get('params') != params:
                 continue  # measured with other parameters: run again
+            if name in AA_NAMES and departures(entry.get('params'), AA_NAMES[name], self.eps):
+                continue  # not the original AutoAttack (or not recorded as such): run again
             if name in SOURCE_ATTACKS and entry.get('source') != self._source():
                 continue  # crafted on another source model
             self.results[name] = dict(entry)
@@ -364,16 +371,18 @@ class _Run:
     def snapshot(self) -> Dict[str, Any]:
         results = dict(self.results)
         not_run = dict(self.not_run)
-        # the Ensemble is reported only over every suite attack asked for (never a smaller, weaker one)
+        # the Ensemble is reported only over every suite attack asked for (never a smaller, weaker one), on the
+        # first images all of them ran on (each ran on a first-n subset)
         ens = [a for a in ENSEMBLE_ATTACKS if a in self.stages]
-        missing = [a for a in ens if a not in self.flags or len(self.flags[a]) != len(self.y)]
+        missing = [a for a in ens if a not in self.flags]
         if len(ens) >= 2 and missing:
-            not_run['ensemble'] = f'needs {", ".join(missing)} on all {len(self.y)} images'
+            not_run['ensemble'] = f'needs {", ".join(missing)}'
         elif len(ens) >= 2:
-            correct = torch.stack([self.flags[a] for a in ens]).all(dim=0)
-            results['ensemble'] = {'accuracy': _pct(correct), 'per_class': _per_class(correct, self.y.cpu(),
+            k = min(len(self.flags[a]) for a in ens)
+            correct = torch.stack([self.flags[a][:k] for a in ens]).all(dim=0)
+            results['ensemble'] = {'accuracy': _pct(correct), 'per_class': _per_class(correct, self.y[:k].cpu(),
                                                                                       self.num_classes),
-                                   'attacks': ens, 'n': len(self.y), 'subset': _subset(len(self.y), len(self.y))}
+                                   'attacks': ens, 'n': k, 'subset': _subset(k, len(self.y))}
         checks, versus = _cross_checks(self.flags)
         if self.masking is not None:
             masking = dict(self.masking)
@@ -488,7 +497,7 @@ class _Run:
         # resumable: start when one batch fits (progress is saved batch by batch), not only when all of it does
         if state is None and self._skip_if_late(name, self._aa_units(name) * min(self.batch_size, n)):
             return
-        version = 'standard' if name == 'autoattack' else 'rand'
+        version = AA_NAMES[name]
 
         def save(st: AAState) -> None:
             self.aa_progress[name] = st.to_dict()

@@ -12,7 +12,9 @@ import timm
 import torch
 
 import fsr_hub  # noqa: F401
-from fsr_hub.autoattack import pack_flags, run_autoattack_resumable, unpack_flags
+from fsr_hub.autoattack import (
+    AA_VERSIONS, autoattack_config, build_autoattack, departures, pack_flags, run_autoattack_resumable, unpack_flags,
+)
 from fsr_hub.evaluate import (
     PENDING, SCHEMA, STAGE_ORDER, build_report, evaluate, model_info, parse_attacks, preset,
 )
@@ -189,6 +191,9 @@ def test_presets_run_cheapest_first():
     order = [s for s in STAGE_ORDER if s in attacks or s == 'masking_checks']
     assert order.index('pgd100') > order.index('cw') > order.index('pgd20') > order.index('fgsm')
     assert order[-2:] == ['autoattack_rand', 'autoattack']
+    attacks, subsets, masking = preset('cpu')
+    assert masking and 'autoattack' in attacks and subsets['pgd100'] == subsets['autoattack'] == 1000
+    assert all(subsets[a] >= 2000 for a in ('fgsm', 'pgd20', 'cw')) and 'clean' not in subsets
 
 
 def test_evaluate_checks_pixel_values():
@@ -210,7 +215,7 @@ def test_resume_keeps_finished_stages_and_a_deadline_lists_the_rest():
     assert set(ev['not_run']) == {'pgd20', 'pgd100', 'masking_checks', 'ensemble'}
     assert all(ev['not_run'][s].startswith('deadline:') for s in ('pgd20', 'pgd100', 'masking_checks'))
     # never an Ensemble over fewer attacks than were asked for
-    assert ev['not_run']['ensemble'] == 'needs pgd20, pgd100 on all 4 images'
+    assert ev['not_run']['ensemble'] == 'needs pgd20, pgd100'
     assert updates and updates[-1]['not_run'] == ev['not_run']
     # without a deadline the same call finishes what is missing and recomputes the ensemble over all of it
     ev = evaluate(model, x, y, attacks=('clean', 'fgsm', 'pgd20', 'pgd100'), batch_size=4, masking_n=2,
@@ -269,6 +274,40 @@ def test_autoattack_stopped_and_resumed_equals_one_run():
     assert unpack_flags(pack_flags(whole.robust), 12).equal(whole.robust)
     with pytest.raises(ValueError, match='another run'):
         run_autoattack_resumable(model, x, y, eps, batch_size=3, overrides=small, state=state)
+    # progress of other sub-attack parameters, or saved without them, is refused too
+    with pytest.raises(ValueError, match='sub-attack parameters'):
+        run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides={**small, 'square': {'n_queries': 30}},
+                                 state=state)
+    with pytest.raises(ValueError, match='sub-attack parameters not recorded'):
+        run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small, state={**state, 'sub_attacks': None})
+    # the recorded configuration says how it departs from the original AutoAttack
+    assert departures(whole.config, 'standard', eps) and 'square' in ' '.join(departures(whole.config, 'standard', eps))
+
+
+@pytest.mark.parametrize('version', AA_VERSIONS)
+def test_unmodified_autoattack_is_the_original(version):
+    eps = 8 / 255
+    config = autoattack_config(build_autoattack(torch.nn.Identity(), eps, version))
+    assert departures(config, version, eps) == []
+    assert departures(config, version, 4 / 255) == [f'eps {eps!r} (original: {4 / 255!r})']
+    assert departures({'version': version}, version, eps) == ['sub-attacks and their parameters not recorded']
+
+
+def test_a_resumed_autoattack_result_is_kept_only_if_it_was_the_original():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    x, y = _data(4, seed=1)
+    cfg = autoattack_config(build_autoattack(model, 8 / 255))
+    entry = {'accuracy': 0.0, 'n': 4, 'subset': 'all 4', 'params': cfg}
+    previous = {'results': {'autoattack': entry}, 'per_example': {'autoattack': pack_flags(torch.zeros(4, dtype=bool))}}
+    ev = evaluate(model, x, y, attacks=('autoattack',), batch_size=4, masking_checks=False, progress=False,
+                  previous=previous, deadline_minutes=1e-9)
+    assert ev['resumed'] == ['autoattack'] and ev['results']['autoattack'] == entry
+    modified = json.loads(json.dumps(previous))
+    modified['results']['autoattack']['params']['sub_attacks']['square']['n_queries'] = 100
+    ev = evaluate(model, x, y, attacks=('autoattack',), batch_size=4, masking_checks=False, progress=False,
+                  previous=modified, deadline_minutes=1e-9)
+    assert ev['resumed'] == [] and 'autoattack' in ev['not_run']
 
 
 def test_killed_verify_run_leaves_a_valid_partial_report(tmp_path, cifar_root):
@@ -297,5 +336,16 @@ def test_killed_verify_run_leaves_a_valid_partial_report(tmp_path, cifar_root):
     report = json.loads(out.read_text())
     assert report['schema'] == SCHEMA and report['complete'] is False
     assert set(report['results']) == {'clean', 'fgsm'}
-    assert report['not_run'] == {'pgd100': PENDING, 'ensemble': 'needs pgd100 on all 2 images'}
+    assert report['not_run'] == {'pgd100': PENDING, 'ensemble': 'needs pgd100'}
     assert report['hardware']['tf32'] is False and report['preset'] == 'custom'
+
+
+def test_ensemble_covers_the_first_images_every_attack_ran_on():
+    model, (x, y) = tiny_fsr_net(), _data(6)
+    ev = evaluate(model, x, y, attacks=('clean', 'fgsm', 'pgd20'), subsets={'fgsm': 4, 'pgd20': 3}, batch_size=6,
+                  masking_checks=False, progress=False)
+    r = ev['results']
+    flags = {a: unpack_flags(ev['per_example'][a], r[a]['n']) for a in ('clean', 'fgsm', 'pgd20')}
+    assert r['ensemble']['n'] == 3 and r['ensemble']['subset'] == 'first 3'
+    expected = flags['clean'][:3] & flags['fgsm'][:3] & flags['pgd20']
+    assert r['ensemble']['accuracy'] == round(100.0 * expected.float().mean().item(), 2)
