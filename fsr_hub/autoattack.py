@@ -27,11 +27,13 @@ import torch.nn as nn
 from .attacks import linf_violation
 
 __all__ = [
-    'AA_VERSIONS', 'ORIGINAL', 'AAState', 'AAResult', 'build_autoattack', 'autoattack_config', 'departures',
+    'AA_VERSIONS', 'AA_KEYS', 'ORIGINAL', 'AAState', 'AAResult', 'build_autoattack', 'autoattack_config', 'departures',
     'run_autoattack', 'run_autoattack_resumable', 'pack_flags', 'unpack_flags', 'sub_attack_cost',
 ]
 
 AA_VERSIONS = ('standard', 'rand')
+#: verify-report key -> the AutoAttack version it holds
+AA_KEYS = {'autoattack': 'standard', 'autoattack_rand': 'rand'}
 _APGD = {'n_iter': 100, 'n_restarts': 1, 'eot_iter': 1, 'rho': 0.75}
 #: the original AutoAttack's sub-attacks and parameters of each version (Croce & Hein 2020, fra31/auto-attack),
 #: in the form :func:`autoattack_config` records them; a result is "standard" only if it ran exactly these

@@ -16,7 +16,8 @@ from .models import ALL_MODELS
 from .releases import release_name
 from .weights import WEIGHTS_NAME
 
-__all__ = ['TEMPLATE_PATH', 'PLOTS', 'PLOT_DETAILS', 'CardError', 'describe_attack', 'render_card']
+__all__ = ['TEMPLATE_PATH', 'PLOTS', 'PLOT_DETAILS', 'CardError', 'ci95', 'describe_attack', 'describe_recipe',
+           'metric_sample', 'render_card', 'robustbench_record']
 
 TEMPLATE_PATH = Path(__file__).parent / 'templates' / 'model_card.md'
 #: results.json ``analysis`` key -> (PNG file, FSR models only, title). The entry is the section
@@ -47,7 +48,32 @@ class CardError(RuntimeError):
     """A release folder's files cannot be rendered into a card (one-line message naming the file)."""
 
 
-def describe_attack(key: str, entry: Mapping[str, Any]) -> str:
+def ci95(accuracy: float, n: int) -> float:
+    """Half-width (points) of the normal-approximation 95 % interval of an accuracy (%) measured on n images."""
+    p = accuracy / 100
+    return round(196 * (p * (1 - p) / n) ** 0.5, 2)
+
+
+def metric_sample(entry: Mapping[str, Any], data: Mapping[str, Any]) -> Tuple[Optional[int], bool]:
+    """(images a metric was measured on, whether they are the whole split): the entry's own ``n`` / ``subset``
+    (each attack may run on the first n of the report's images), else the report's ``data``."""
+    n = entry.get('n', data.get('n'))
+    subset = entry.get('subset')
+    whole = data.get('subset') == 'all' and (n == data.get('n')) and (subset is None or str(subset).startswith('all'))
+    return (n if isinstance(n, int) else None), whole
+
+
+def _autoattack_protocol(key: str, entry: Mapping[str, Any], eps: Any) -> str:
+    from .autoattack import AA_KEYS, departures
+
+    version = AA_KEYS[key]
+    off = departures(entry.get('params'), version, eps) if isinstance(eps, (int, float)) else ['eps not recorded']
+    subs = ', '.join((entry.get('params') or {}).get('attacks') or []) or 'sub-attacks not recorded'
+    what = f'{version} version ({subs})' if not off else f'NOT the original {version} version: {"; ".join(off)}'
+    return f"{what}; {entry.get('implementation', 'implementation not recorded')}"
+
+
+def describe_attack(key: str, entry: Mapping[str, Any], eps: Any = None) -> str:
     """Short protocol of one verify-report attack entry, e.g. ``'20 steps, step eps/10, no random start'``, with
     the source of a transfer attack and the subset when the attack ran on the first n images only."""
     p = entry.get('params') or {}
@@ -56,7 +82,7 @@ def describe_attack(key: str, entry: Mapping[str, Any]) -> str:
         return f"per example: correct under all of {', '.join(attacks)}" if attacks else ''
     bits = []
     if key.startswith('autoattack'):
-        bits.append(str(entry.get('implementation', '')))
+        bits.append(_autoattack_protocol(key, entry, p.get('eps', eps)))
     elif key == 'nattack':
         q = p.get('max_queries')
         bits.append(f"at most {q:,} queries per image" if isinstance(q, int) else 'queries not recorded')
@@ -84,6 +110,48 @@ def describe_attack(key: str, entry: Mapping[str, Any]) -> str:
     return text
 
 
+_TRAIN_ATTACKS = {'fgsm-rs': 'FGSM-RS', 'n-fgsm': 'N-FGSM'}
+
+
+def _frac255(v: Any) -> str:
+    return f'{v * 255:.3g}/255' if isinstance(v, (int, float)) and not isinstance(v, bool) else '?'
+
+
+def describe_recipe(config: Mapping[str, Any]) -> str:
+    """One line of a trainer config (``train_summary.json``'s ``config``): the training attack, objective and FSR
+    loss weights, epochs, optimiser and lr schedule, batch and precision."""
+    steps, start = config.get('steps'), config.get('random_start')
+    attack = config.get('attack')
+    name = _TRAIN_ATTACKS.get(attack) or ('FGSM-RS' if steps == 1 and start and attack in (None, 'pgd')
+                                          else f'PGD-{steps}')
+    start_text = 'from a uniform random start' if start else 'from the clean image'
+    if attack == 'n-fgsm':
+        start_text = 'from noise U(-2 eps, 2 eps), not projected to the eps-ball'
+    bits = [f"{name} ({steps} step{'s' if steps != 1 else ''} of {_frac255(config.get('alpha'))} {start_text}, "
+            f"eps {_frac255(config.get('eps'))})"]
+    objective = str(config.get('objective', 'at'))
+    fsr = (f" + FSR losses (lambda_sep {config.get('lambda_sep')}, lambda_rec {config.get('lambda_rec')})"
+           if config.get('fsr_loss') else ' without the FSR losses')
+    bits.append(f"{objective.upper()} objective{fsr}")
+    schedule = config.get('schedule', 'piecewise')
+    if schedule == 'piecewise':
+        lr = (f"lr {config.get('lr')} x{config.get('lr_gamma')} after epochs "
+              f"{' and '.join(str(m) for m in config.get('milestones') or []) or 'none'}")
+    else:
+        lr = f"{schedule} lr peaking at {config.get('lr')}"
+    bits.append(f"{config.get('epochs')} epochs, SGD momentum {config.get('momentum')}, weight decay "
+                f"{config.get('weight_decay')}, {lr}, batch {config.get('batch_size')}")
+    bits.append('bf16 autocast' if config.get('amp') else 'float32')
+    return '; '.join(bits)
+
+
+def _verify_seconds(results: Mapping[str, Any]) -> Optional[float]:
+    """Attack time summed over the report's stages (a resumed report's stages ran in several runs)."""
+    entries = list((results.get('results') or {}).values()) + [results.get('masking_checks') or {}]
+    secs = [e['seconds'] for e in entries if isinstance(e, dict) and isinstance(e.get('seconds'), (int, float))]
+    return sum(secs) if secs else None
+
+
 def _fmt(v: Any, nd: int = 2) -> str:
     return f'{v:.{nd}f}' if isinstance(v, (int, float)) and not isinstance(v, bool) else 'not measured'
 
@@ -93,13 +161,24 @@ def _eps_255(eps: Any) -> str:
 
 
 def _metric_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    measured = results['results']
+    measured, data = results['results'], results['data']
     ref = results.get('paper_reference') or {}
     pm, ps = ref.get('metrics') or {}, ref.get('sources') or {}
     keys = list(paper.METRICS) + [k for k in _EXTRA_METRICS if k in measured]
-    return [dict(key=k, name=paper.METRIC_NAMES.get(k) or _EXTRA_METRICS[k],
-                 ours=(measured.get(k) or {}).get('accuracy'), paper=pm.get(k), source=ps.get(k, '-'),
-                 protocol=describe_attack(k, measured[k]) if k in measured else '') for k in keys]
+    rows = []
+    for k in keys:
+        entry = measured.get(k) or {}
+        n, whole = metric_sample(entry, data)
+        ours = entry.get('accuracy')
+        rows.append(dict(key=k, name=paper.METRIC_NAMES.get(k) or _EXTRA_METRICS[k], ours=ours, n=n, whole=whole,
+                         ci=ci95(ours, n) if ours is not None and n else None, paper=pm.get(k), source=ps.get(k, '-'),
+                         protocol=describe_attack(k, entry, results.get('eps')) if k in measured else ''))
+    return rows
+
+
+def _split_of(row: Mapping[str, Any], split: str) -> str:
+    """The dataset split a metric was measured on, as the hub writes slices: ``test``, or ``test[:1000]``."""
+    return split if row['whole'] else f"{split}[:{row['n'] if row['n'] is not None else '?'}]"
 
 
 def _card_data(results: Mapping[str, Any], config: Mapping[str, Any], name: str):
@@ -107,12 +186,20 @@ def _card_data(results: Mapping[str, Any], config: Mapping[str, Any], name: str)
 
     data = results['data']
     dataset = data.get('dataset', 'cifar10')
+    split = data.get('split', 'test')
     eps = _eps_255(results.get('eps'))
+
+    def metric_name(row: Mapping[str, Any]) -> str:
+        what = 'clean accuracy' if row['key'] == 'clean' else f"robust accuracy, {row['name']}, Linf {eps}"
+        if row['key'] == 'autoattack' and row['protocol'].startswith('standard'):
+            what = f'robust accuracy, AutoAttack (standard), Linf {eps}'
+        return what + ('' if row['whole'] else f", first {row['n']} {split} images (n = {row['n']})")
+
     evals = [EvalResult(
         task_type='image-classification', task_name='Image Classification', dataset_type=dataset,
-        dataset_name=_DATASET_NAMES.get(dataset, dataset), dataset_split=data.get('split', 'test'),
+        dataset_name=_DATASET_NAMES.get(dataset, dataset), dataset_split=_split_of(row, split),
         metric_type='accuracy', metric_value=row['ours'], metric_config=row['key'], verified=False,
-        metric_name='clean accuracy' if row['key'] == 'clean' else f"robust accuracy, {row['name']}, Linf {eps}",
+        metric_name=metric_name(row),
     ) for row in _metric_rows(results) if row['ours'] is not None]
     # the hub's "use this model" snippet for timm works only for fsr_hub's own architectures (registered with timm)
     library = 'timm' if config.get('architecture') in ALL_MODELS else None
@@ -194,6 +281,56 @@ def _weights_dtype(folder: Optional[Path]) -> str:
         raise CardError(f'{folder / WEIGHTS_NAME} is not a readable safetensors file ({e}).') from e
 
 
+_ARCH_NAMES = {'fsr_resnet18': 'ResNet-18 + FSR', 'cifar_resnet18': 'ResNet-18', 'fsr_vgg16': 'VGG16-BN + FSR',
+               'cifar_vgg16': 'VGG16-BN', 'fsr_wrn34_10': 'WideResNet-34-10 + FSR', 'cifar_wrn34_10': 'WideResNet-34-10'}
+
+
+def robustbench_record(results: Mapping[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The release as a RobustBench ``model_info`` record (its fields, accuracies as percent strings; empty where
+    not measured on the whole test set as RobustBench requires, the footnote saying what was measured)."""
+    data, measured = results['data'], results['results']
+    notes = []
+
+    def whole_set(key: str, name: str) -> str:
+        entry = measured.get(key)
+        if not isinstance(entry, dict):
+            notes.append(f'{name}: not measured yet.')
+            return ''
+        n, whole = metric_sample(entry, data)
+        if whole:
+            return f"{entry['accuracy']:.2f}"
+        notes.append(f"{name} {entry['accuracy']:.2f} % on the first {n} test images only "
+                     f"(± {ci95(entry['accuracy'], n):.2f}, 95 %); RobustBench evaluates all of them.")
+        return ''
+
+    clean = whole_set('clean', 'Clean accuracy')
+    aa = whole_set('autoattack', 'AutoAttack (standard)')
+    if isinstance(measured.get('autoattack'), dict):
+        protocol = _autoattack_protocol('autoattack', measured['autoattack'], results.get('eps'))
+        if not protocol.startswith('standard'):
+            aa = ''
+            notes.append(f'The AutoAttack run was {protocol}.')
+    ref = results.get('paper_reference') or {}
+    if ref.get('other_recipe'):
+        notes.append(f"Trained with fsr-hub's own recipe, not the paper's: {ref['other_recipe']}.")
+    arch = config['architecture']
+    return {
+        'link': f"https://huggingface.co/{config['hub_id']}",
+        'name': 'Feature Separation and Recalibration for Adversarial Robustness',
+        'authors': 'Woo Jae Kim, Yoonki Cho, Junsik Jung, Sung-Eui Yoon',
+        'additional_data': False,
+        'number_forward_passes': 1,
+        'dataset': data.get('dataset', 'cifar10'),
+        'venue': 'CVPR 2023',
+        'architecture': _ARCH_NAMES.get(arch, arch),
+        'eps': _eps_255(results.get('eps')),
+        'clean_acc': clean,
+        'reported': '',
+        'autoattack_acc': aa,
+        'footnote': ' '.join(notes),
+    }
+
+
 def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: Optional[Path] = None) -> str:
     """The model card (README.md) of a release: huggingface_hub's ModelCard from :data:`TEMPLATE_PATH`.
 
@@ -223,6 +360,9 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
         masking=results.get('masking_checks'), plots=_plots(results, config, folder),
         cost=results.get('cost') or {}, hardware=results.get('hardware') or {}, timing=results.get('timing') or {},
         training=training, training_hardware=thw.get('device', thw) if isinstance(thw, dict) else thw,
+        recipe=describe_recipe(training['config']) if isinstance(training, dict) and isinstance(
+            training.get('config'), dict) and {'steps', 'eps'} <= set(training['config']) else None,
+        verify_seconds=_verify_seconds(results),
         training_yaml=yaml.safe_dump(training['config'], sort_keys=True).rstrip()
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
         weights_dtype=_weights_dtype(folder), sha256=results['model'].get('sha256'), fmt=_fmt)

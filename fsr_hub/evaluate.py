@@ -29,7 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .attacks import cw_inf, fgsm, linf_violation, pgd, pgd_trajectory
-from .autoattack import AAState, departures, pack_flags, run_autoattack_resumable, unpack_flags
+from .autoattack import AA_KEYS, AAState, departures, pack_flags, run_autoattack_resumable, unpack_flags
 from .blackbox import BLACKBOX_ATTACKS, BLACKBOX_PARAMS, NATTACK_N, di_fgsm, require_torchattack, run_nattack, ti_fgsm
 from .hardware import hardware_name, strict_float32, synchronize
 from .inputs import check_pixels
@@ -48,8 +48,6 @@ DEFAULT_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack', 'auto
 ENSEMBLE_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw')
 #: attacks crafted on a source model (``transfer_model``, ``--transfer-from``) and evaluated on the model
 SOURCE_ATTACKS = ('transfer', 'ti_fgsm', 'di_fgsm')
-#: report key -> AutoAttack version
-AA_NAMES = {'autoattack': 'standard', 'autoattack_rand': 'rand'}
 MASKING = 'masking_checks'
 #: the order stages run in: cheapest first (the masking checks work on a subset and cost ~2 PGD-100s of it; NAttack
 #: on its 1,000 images costs less than AutoAttack on 10,000, more than AutoAttack rand on 1,000)
@@ -342,7 +340,7 @@ class _Run:
             params = attack_params(name, self.eps, self.overrides.get(name))
             if params and entry.get('params') != params:
                 continue  # measured with other parameters: run again
-            if name in AA_NAMES and departures(entry.get('params'), AA_NAMES[name], self.eps):
+            if name in AA_KEYS and departures(entry.get('params'), AA_KEYS[name], self.eps):
                 continue  # not the original AutoAttack (or not recorded as such): run again
             if name in SOURCE_ATTACKS and entry.get('source') != self._source():
                 continue  # crafted on another source model
@@ -497,7 +495,7 @@ class _Run:
         # resumable: start when one batch fits (progress is saved batch by batch), not only when all of it does
         if state is None and self._skip_if_late(name, self._aa_units(name) * min(self.batch_size, n)):
             return
-        version = AA_NAMES[name]
+        version = AA_KEYS[name]
 
         def save(st: AAState) -> None:
             self.aa_progress[name] = st.to_dict()
@@ -754,20 +752,25 @@ def build_report(
     return report
 
 
-def training_section(summary: Dict[str, Any], weights_sha256: str) -> Dict[str, Any]:
+def training_section(summary: Dict[str, Any], weights_sha256: str,
+                     cast: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     """The report's ``training`` key from the trainer's ``train_summary.json`` (schema ``fsr-hub/train/v1``).
 
-    The summary must be the run that produced the evaluated file: its final or best weights have that sha256.
+    The summary must be the run that produced the evaluated file: its final or best weights have that sha256, or,
+    with ``cast`` (``{'sha256': trainer's file, 'dtype': 'float16'}``: the evaluated file is that file cast, see
+    :func:`fsr_hub.weights.cast_dtype`), the cast file's.
     """
     if summary.get('schema') != TRAIN_SCHEMA:
         raise ValueError(f"train summary has schema {summary.get('schema')!r}, expected {TRAIN_SCHEMA!r}.")
     files = summary.get('weights', {})
-    selected = [k for k in ('final', 'best') if isinstance(files.get(k), dict) and files[k].get('sha256') == weights_sha256]
+    trained = cast['sha256'] if cast else weights_sha256
+    selected = [k for k in ('final', 'best') if isinstance(files.get(k), dict) and files[k].get('sha256') == trained]
     if not selected:
         raise ValueError(f'the train summary belongs to another run: neither its final nor its best weights have '
-                         f'sha256 {weights_sha256} (re-save the released file with the trainer, or verify that file).')
+                         f'sha256 {trained} (re-save the released file with the trainer, or verify that file).')
     epoch_seconds = summary.get('epoch_seconds') or []
-    return {
+    extra = {'cast': {'from': selected[0], 'from_sha256': trained, 'dtype': cast['dtype']}} if cast else {}
+    return {**extra, 
         'config': summary.get('config'),
         'command': summary.get('command'),
         'epochs': len(epoch_seconds),

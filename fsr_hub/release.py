@@ -28,7 +28,8 @@ import timm
 import torch.nn as nn
 
 from . import paper
-from .card import CardError, render_card
+from .autoattack import AA_KEYS, departures
+from .card import CardError, render_card, robustbench_record
 from .checkpoint import write_json
 from .data import DATASETS, INPUT_SIZE
 from .models import ALL_MODELS, FSRWrapper, create
@@ -42,8 +43,8 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
-CONFIG_NAME, CARD_NAME, RESULTS_NAME = 'config.json', 'README.md', 'results.json'
-REQUIRED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME)
+CONFIG_NAME, CARD_NAME, RESULTS_NAME, ROBUSTBENCH_NAME = 'config.json', 'README.md', 'results.json', 'robustbench.json'
+REQUIRED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME, ROBUSTBENCH_NAME)
 # pretrained_cfg keys that describe where weights come from; timm fills them in when it loads from the hub.
 _SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
 # pretrained_cfg keys about other input sizes than the one verified (a timm backbone's ImageNet settings)
@@ -182,6 +183,13 @@ def _check_results(results: Mapping[str, Any], where: str) -> None:
         acc = entry.get('accuracy') if isinstance(entry, dict) else None
         if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= acc <= 100:
             raise ReleaseError(f'{where}: results.{metric}.accuracy must be a percentage in [0, 100], got {acc!r}.')
+    eps = results.get('eps')
+    for metric, version in AA_KEYS.items():
+        entry = results['results'].get(metric)
+        off = departures(entry.get('params'), version, eps) if isinstance(entry, dict) else []
+        if off:
+            raise ReleaseError(f'{where}: results.{metric} is not the original AutoAttack {version} version '
+                               f'({"; ".join(off)}): measure it again with tools/verify.py.')
     for key, entry in (results.get('analysis') or {}).items():
         sha = (entry.get('model') or {}).get('sha256') if isinstance(entry, dict) else None
         if sha not in (None, results['model']['sha256']):
@@ -271,6 +279,7 @@ def write_card(folder: PathLike, org: Optional[str] = None) -> Path:
         _write(folder / RESULTS_NAME, results)
     path = folder / CARD_NAME
     _write(path, _render(results, config, folder))
+    _write(folder / ROBUSTBENCH_NAME, robustbench_record(results, config))
     return path
 
 
@@ -325,6 +334,9 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
                            f'{model.num_classes}.')
     if check_card and (folder / CARD_NAME).read_text() != _render(results, config, folder):
         raise ReleaseError(f'{folder / CARD_NAME} differs from the card rendered from results.json and config.json; '
+                           f're-render it with: python tools/make_card.py --folder {folder}')
+    if check_card and _read_json(folder / ROBUSTBENCH_NAME) != robustbench_record(results, config):
+        raise ReleaseError(f'{folder / ROBUSTBENCH_NAME} differs from the record results.json and config.json give; '
                            f're-render it with: python tools/make_card.py --folder {folder}')
     return ReleaseInfo(folder=folder, name=own, architecture=arch, tag=tag, sha256=sha, hub_id=repo, config=config,
                        results=results, model_args=dict(model_args), model=model)

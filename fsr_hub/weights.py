@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save
 from .releases import release_name
 
 __all__ = [
-    'WeightsError', 'WEIGHTS_NAME', 'sha256_file', 'save_weights', 'read_weights', 'check_fit', 'load_weights',
+    'WeightsError', 'WEIGHTS_NAME', 'sha256_file', 'save_weights', 'read_weights', 'cast_dtype', 'check_fit',
+    'load_weights',
     'resolve_pretrained_file', 'registry_sha256', 'expected_sha256', 'check_pretrained_file',
 ]
 
@@ -100,6 +101,23 @@ def read_weights(path: PathLike, expected_sha256: Optional[str] = None) -> Dict[
         return load_file(str(path), device='cpu')
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f'{path} is not a readable safetensors file ({e}).') from e
+
+
+def cast_dtype(path: PathLike, source: PathLike) -> str:
+    """The floating dtype ``path`` stores ``source``'s tensors in, exactly cast (e.g. 'float16' for a release saved
+    with ``save_weights(..., dtype=torch.float16)`` from a float32 checkpoint); WeightsError unless every tensor of
+    ``path`` is the same-named tensor of ``source`` cast to one dtype."""
+    state, src = read_weights(path), read_weights(source)
+    if set(state) != set(src):
+        raise WeightsError(f'{path} and {source} hold different tensors: {path} is not a cast of {source}.')
+    dtypes = {str(v.dtype).replace('torch.', '') for v in state.values() if v.is_floating_point()}
+    if len(dtypes) != 1:
+        raise WeightsError(f'{path} stores its floating tensors in {sorted(dtypes) or "no floating"} dtypes, '
+                           f'expected one.')
+    bad = next((k for k, v in state.items() if not torch.equal(v, src[k].to(v.dtype))), None)
+    if bad is not None:
+        raise WeightsError(f'{path}: tensor {bad} is not {source}\'s cast to {state[bad].dtype}.')
+    return dtypes.pop()
 
 
 def check_fit(

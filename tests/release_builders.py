@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
+from fsr_hub.autoattack import AA_KEYS, ORIGINAL
 from fsr_hub.models import create
 from fsr_hub.release import REQUIRED_FILES, assemble_release
 from fsr_hub.releases import hub_id
@@ -54,8 +55,11 @@ def make_results(sha256: str, weights: str, architecture: str = 'fsr_resnet18', 
             entry['params'] = params[a]
         if a == 'ensemble':
             entry['attacks'] = [x for x in ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw') if x in attacks]
-        if a.startswith('autoattack'):
-            entry['implementation'] = 'pyautoattack 0.2.0, standard version'
+        if a in AA_KEYS:
+            version = AA_KEYS[a]
+            entry['implementation'] = 'pyautoattack 0.2.0 (original fra31/auto-attack code)'
+            entry['params'] = {'implementation': entry['implementation'], 'version': version, 'norm': 'Linf',
+                               'eps': eps, 'seed': 0, **ORIGINAL[version]}
         results[a] = entry
     return {
         'schema': VERIFY_SCHEMA,
@@ -74,7 +78,10 @@ def make_results(sha256: str, weights: str, architecture: str = 'fsr_resnet18', 
         },
         'timing': {'total_seconds': round(rng.uniform(10, 99), 1)},
         'command': f'python tools/verify.py {weights} --n 200 --attacks {" ".join(attacks)}',
-        'training': {'config': {'lr': 0.1, 'epochs': 100, 'method': 'at', 'lambda_sep': 1.0},
+        'training': {'config': {'objective': 'at', 'fsr_loss': True, 'lambda_sep': 1.0, 'lambda_rec': 1.0,
+                                'eps': eps, 'alpha': eps / 4, 'steps': 10, 'random_start': True, 'epochs': 100,
+                                'batch_size': 128, 'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4,
+                                'milestones': [75, 90], 'lr_gamma': 0.1, 'amp': False},
                      'command': 'python tools/train.py --method at --epochs 100', 'epochs': 100,
                      'wall_clock_seconds': round(rng.uniform(1000, 9999), 1), 'hardware': {'device': 'NVIDIA H100'}},
     }

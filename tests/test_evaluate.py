@@ -161,6 +161,32 @@ def test_verify_cli_records_the_training_run(tmp_path, cifar_root, capsys):
     assert 'belongs to another run' in capsys.readouterr().err
 
 
+def test_verify_cli_records_a_cast_of_the_trained_file(tmp_path, cifar_root, capsys):
+    model = timm.create_model('cifar_resnet18', num_classes=10)
+    trained, released = tmp_path / 'best.safetensors', tmp_path / 'model.safetensors'
+    summary = {'schema': 'fsr-hub/train/v1', 'command': 'python tools/train.py', 'epoch_seconds': [1.0],
+               'weights': {'best': {'file': 'best.safetensors', 'sha256': save_weights(model, trained)}}}
+    save_weights(model, released, dtype=torch.float16)
+    path = tmp_path / 'train_summary.json'
+    path.write_text(json.dumps(summary))
+    args = ['--model', 'cifar_resnet18', '--data', str(cifar_root), '--n', '2', '--attacks', 'clean',
+            '--no-masking-checks', '--device', 'cpu', '--no-progress', '--train-summary', str(path)]
+    out = tmp_path / 'report.json'
+    assert verify.main(args + ['--weights', str(released), '--cast-from', str(trained), '--out', str(out)]) == 0
+    training = json.loads(out.read_text())['training']
+    assert training['weights'] == 'best'
+    assert training['cast'] == {'from': 'best', 'from_sha256': summary['weights']['best']['sha256'], 'dtype': 'float16'}
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)  # other weights, cast: not the trainer's file any more
+    save_weights(model, released, dtype=torch.float16)
+    capsys.readouterr()
+    assert verify.main(args + ['--weights', str(released), '--cast-from', str(trained)]) == 2
+    assert 'fc.bias is not' in capsys.readouterr().err
+    assert verify.main(args + ['--weights', str(trained), '--cast-from', str(trained)]) == 0  # float32 of float32
+    assert verify.main(['--cast-from', str(trained)] + args[:-2] + ['--weights', str(released)]) == 2
+    assert 'give both' in capsys.readouterr().err
+
+
 def test_evaluation_refuses_reduced_precision():
     x, y = torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
     with pytest.raises(RuntimeError, match='float32'):

@@ -64,7 +64,33 @@ def test_card_metadata_through_huggingface_hub(rel):
     evals = card.data.eval_results
     assert {e.metric_config: e.metric_value for e in evals} == {k: v['accuracy'] for k, v in results.items()}
     assert {e.metric_type for e in evals} == {'accuracy'} and {e.dataset_type for e in evals} == {'cifar10'}
-    assert next(e for e in evals if e.metric_config == 'pgd20').metric_name == 'robust accuracy, PGD-20, Linf 8/255'
+    # the report's 200 images are the first 200 of the test set: every entry says so
+    assert next(e for e in evals if e.metric_config == 'pgd20').metric_name == \
+        'robust accuracy, PGD-20, Linf 8/255, first 200 test images (n = 200)'
+    assert {e.dataset_split for e in evals} == {'test[:200]'}
+
+
+def test_model_index_never_labels_a_subset_as_the_whole_split(rel):
+    def on_10000_images(d):
+        d['data'].update(n=10000, subset='all')
+        d['results']['clean'].update(n=10000, subset='all 10000')
+        d['results']['pgd20'].update(n=2000, subset='first 2000')  # fgsm: no n of its own, the report's
+    edit_json(rel.folder / 'results.json', on_10000_images)
+    write_card(rel.folder)
+    validate_release(rel.folder)
+    evals = {e.metric_config: e for e in ModelCard.load(rel.folder / 'README.md').data.eval_results}
+    assert evals['clean'].dataset_split == evals['fgsm'].dataset_split == 'test'
+    assert evals['clean'].metric_name == 'clean accuracy'
+    assert evals['pgd20'].dataset_split == 'test[:2000]'
+    assert evals['pgd20'].metric_name == 'robust accuracy, PGD-20, Linf 8/255, first 2000 test images (n = 2000)'
+    results = json.loads((rel.folder / 'results.json').read_text())['results']
+    for key, e in evals.items():
+        whole = results[key].get('n', 10000) == 10000
+        assert (e.dataset_split == 'test') == whole and (('n = ' in e.metric_name) != whole), key
+    row = next(line for line in _body(rel.folder).splitlines() if line.startswith('| PGD-20 |'))
+    acc = results['pgd20']['accuracy']
+    half = round(196 * (acc / 100 * (1 - acc / 100) / 2000) ** 0.5, 2)
+    assert row.startswith(f'| PGD-20 | {acc:.2f} | {half:.2f} | first 2,000 |'), row
 
 
 def test_card_table_measured_beside_paper_and_not_measured(rel):
@@ -75,8 +101,9 @@ def test_card_table_measured_beside_paper_and_not_measured(rel):
     for key in ALL_ATTACKS:
         cells = [c.strip() for c in rows[paper.METRIC_NAMES[key]].split('|')[1:-1]]
         assert cells[1] == (f"{results[key]['accuracy']:.2f}" if key in results else 'not measured'), cells
-        assert cells[2] == f'{ref.metrics[key]:.2f}' and cells[3] == ref.sources[key]
-    assert [c.strip() for c in rows['PGD-20'].split('|')[1:-1]][4] == '20 steps, step eps/10, no random start'
+        assert cells[3] == ('first 200' if key in results else '')
+        assert cells[4] == f'{ref.metrics[key]:.2f}' and cells[5] == ref.sources[key]
+    assert [c.strip() for c in rows['PGD-20'].split('|')[1:-1]][6] == '20 steps, step eps/10, no random start'
     for needle in ("timm.create_model('fsr_resnet18.at_cifar10', pretrained=True)", 'torch.hub.load',
                    f'hf-hub:{DEFAULT_ORG}/fsr_resnet18.at_cifar10', rel.sha256, rel.results['command'],
                    rel.results['training']['command'], 'Gradient-masking checks', 'Limitations', 'F16'):
@@ -197,7 +224,7 @@ def test_vanilla_card_shows_no_fsr_plots(tmp_path):
     body = _body(info.folder)
     assert 'without FSR (vanilla twin)' in body and '![Robust accuracy vs eps](eps_curve.png)' in body
     assert not any(f in body for f, fsr_only, _ in PLOTS.values() if fsr_only)
-    assert '| f+ |' not in body and 'gamma' not in body
+    assert '| f+ |' not in body and '- gamma:' not in body
 
 
 def test_analysis_of_other_weights_is_refused(rel):

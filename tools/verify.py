@@ -45,7 +45,7 @@ from fsr_hub.models import create
 from fsr_hub.releases import release_name
 from fsr_hub.schemas import VERIFY_SCHEMA
 from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model_spec
-from fsr_hub.weights import WeightsError, load_weights, resolve_pretrained_file, sha256_file
+from fsr_hub.weights import WeightsError, cast_dtype, load_weights, resolve_pretrained_file, sha256_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--train-summary', default=None,
                    help="the trainer's train_summary.json of these weights: recipe, command and timing go into the "
                         "report, and its model_args build the model (--fsr-* flags, if given, must agree)")
+    p.add_argument('--cast-from', default=None, metavar='TRAINED',
+                   help="with --train-summary: the trainer's file (e.g. its fp32 best.safetensors) that --weights "
+                        "is an exact cast of (e.g. the fp16 file to release); checked tensor by tensor")
     add_fsr_arguments(p)
     p.add_argument('--no-progress', action='store_true')
     return p
@@ -183,7 +186,12 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
         weights = args.weights
     sha256 = _sha256_of(weights)
     # checked before building (a summary of another run has other model_args) and before the (long) evaluation
-    training = training_section(summary, sha256) if summary is not None else None
+    if args.cast_from and summary is None:
+        raise ValueError('--cast-from names the trainer\'s file of --train-summary; give both.')
+    cast = None
+    if args.cast_from:
+        cast = {'sha256': _sha256_of(args.cast_from), 'dtype': cast_dtype(weights, args.cast_from)}
+    training = training_section(summary, sha256, cast) if summary is not None else None
     if not args.pretrained:
         model = create(args.model, num_classes=num_classes, **model_args)
         load_weights(model, weights)
