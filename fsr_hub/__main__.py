@@ -1,12 +1,12 @@
 """``python -m fsr_hub`` / ``fsr-hub``: evaluate a released model on the CIFAR-10 sample shipped with the package.
 
-With no arguments it loads the default release (``fsr_resnet18.at_cifar10``) from the Hugging Face Hub and reports
-clean and PGD-20 accuracy on the first 50 of the 200 sample images (PGD-20 on ResNet-18 costs about 1 s per image
-on 2 CPU cores; pass ``--n 200`` for the whole sample), next to the model card's and the paper's numbers. A
-planned release whose weights are not out yet says so, prints the cost report instead, and exits 0; a name that is
-neither released nor planned is an error.
+With no arguments it loads the default release (:func:`fsr_hub.releases.default_release`: the best released model)
+from its release folder in a source checkout, or else from the Hugging Face Hub, and reports clean and PGD-20
+accuracy on the first 50 of the 200 sample images (``--n 200`` for the whole sample), next to the model card's and
+the paper's numbers. A planned release whose weights are not out yet says so, prints the cost report instead, and
+exits 0; a name that is neither released nor planned is an error.
 
-    python -m fsr_hub [--model fsr_resnet18.at_cifar10] [--weights FILE | --release FOLDER]
+    python -m fsr_hub [--model ARCH.TAG] [--weights FILE | --release FOLDER]
                       [--attack pgd20|fgsm|clean] [--n 50] [--batch-size 50] [--device cpu]
 """
 # Only the standard library at module level: the evaluation stack (attacks, evaluation, release, sample, fvcore)
@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['main', 'DEFAULT_MODEL', 'DEFAULT_N', 'EPS']
+__all__ = ['main', 'DEFAULT_N', 'EPS']
 
-DEFAULT_MODEL = 'fsr_resnet18.at_cifar10'
 DEFAULT_N = 50
 EPS = 8 / 255
 ATTACKS = ('pgd20', 'fgsm', 'clean')
@@ -32,7 +31,7 @@ class _Fail(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fsr-hub', description=__doc__.split('\n\n')[1].replace('\n', ' '))
-    p.add_argument('--model', default=DEFAULT_MODEL, help=f'<architecture>.<tag> (default {DEFAULT_MODEL})')
+    p.add_argument('--model', default=None, help='<architecture>.<tag> (default: the best released model)')
     src = p.add_mutually_exclusive_group()
     src.add_argument('--weights', help='a local safetensors file for --model (no card numbers)')
     src.add_argument('--release', help='a local release folder (model_cards/<arch>.<tag>); validated first')
@@ -67,20 +66,27 @@ def _resolve(name: str, released: Mapping[str, str], need_status: bool) -> Tuple
     raise _Fail(f'--model {name}: {arch} has no release or planned release called {tag!r} ({listed}).')
 
 
-def _from_hub(name: str, pin: str):
-    """The release files of ``name`` through huggingface_hub (cache, or download), validated against ``pin``."""
+def _released(name: str, pin: str):
+    """The release files of ``name``, validated against ``pin``: its folder in a source checkout, else through
+    huggingface_hub (cache, or download). Returns (ReleaseInfo, where they came from)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     from .release import REQUIRED_FILES, validate_release
-    from .releases import hub_id
+    from .releases import hub_id, local_release
+
+    folder = local_release(name)
+    if folder is not None:
+        info = validate_release(folder, name=name, pin=pin)
+        return info, f'release folder {folder} (sha256 {info.sha256[:12]})'
 
     try:
         paths = [hf_hub_download(hub_id(name), f) for f in REQUIRED_FILES]
     except (EntryNotFoundError, OSError) as e:  # not cached offline, no such repo or file, no network
         raise _Fail(f'could not get {name} from the Hugging Face Hub repo {hub_id(name)}: {type(e).__name__}: '
                     f'{str(e).splitlines()[0]}') from e
-    return validate_release(Path(paths[0]).parent, name=name, pin=pin, check_card=False)
+    info = validate_release(Path(paths[0]).parent, name=name, pin=pin, check_card=False)
+    return info, f'{hub_id(name)} (sha256 {info.sha256[:12]})'
 
 
 def _print_cost(arch: str) -> None:
@@ -117,7 +123,7 @@ def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
     from .models import create
     from .paper import METRIC_NAMES, paper_reference
     from .release import ReleaseError, validate_release
-    from .releases import hub_id, release_name
+    from .releases import default_release, release_name
     from .sample import SampleError, load_sample
     from .weights import WeightsError, load_weights
 
@@ -139,7 +145,8 @@ def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
             arch, tag, model, card = info.architecture, info.tag, info.model, info.results
             source = f'release folder {info.folder} (sha256 {info.sha256[:12]})'
         else:
-            arch, tag, status = _resolve(args.model, released, need_status=not args.weights)
+            arch, tag, status = _resolve(args.model or default_release(released), released,
+                                         need_status=not args.weights)
             name = release_name(arch, tag) if tag else arch
             if status == 'planned':
                 print(f'No weights have been released for {name} yet (it is planned): nothing to evaluate. '
@@ -151,9 +158,8 @@ def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
                 load_weights(model, args.weights)
                 source = f'local file {args.weights} (unchecked: no sha256 pin)'
             else:
-                info = _from_hub(name, released[name])
+                info, source = _released(name, released[name])
                 model, card = info.model, info.results
-                source = f'{hub_id(name)} (sha256 {info.sha256[:12]})'
     except (ReleaseError, WeightsError, ValueError) as e:
         raise _Fail(str(e)) from e
     print(f'{release_name(arch, tag) if tag else arch}: {source}')

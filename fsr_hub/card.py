@@ -13,7 +13,7 @@ import yaml
 
 from . import paper
 from .models import ALL_MODELS
-from .releases import release_name
+from .releases import release_name, robustbench_name
 from .weights import WEIGHTS_NAME
 
 __all__ = ['TEMPLATE_PATH', 'PLOTS', 'PLOT_DETAILS', 'CardError', 'ci95', 'describe_attack', 'describe_recipe',
@@ -349,6 +349,7 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
     card = ModelCard.from_template(
         _card_data(results, config, name), template_path=str(TEMPLATE_PATH),
         name=name, arch=arch, tag=tag, hub_id=config['hub_id'], num_classes=config.get('num_classes'),
+        robustbench=robustbench_name(name) if arch in ALL_MODELS else None,
         own=arch in ALL_MODELS,
         model_kwargs=', '.join(f'{k}={v!r}' for k, v in (config.get('model_args') or {}).items()),
         inputs=f'raw RGB pixels in [0, 1], {size[-2]}x{size[-1]}, no normalisation' if raw else
@@ -356,7 +357,7 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
         fsr_positions=config.get('model_args', {}).get('fsr_positions') or [],
         dataset=_DATASET_NAMES.get(results['data'].get('dataset', 'cifar10'), results['data'].get('dataset')),
         data=results['data'], eps=_eps_255(results.get('eps')), paper=results.get('paper_reference') or {},
-        metrics=_metric_rows(results), command=results.get('command', 'not recorded'),
+        metrics=_metric_rows(results), commands=results.get('commands') or [results.get('command', 'not recorded')],
         masking=results.get('masking_checks'), plots=_plots(results, config, folder),
         cost=results.get('cost') or {}, hardware=results.get('hardware') or {}, timing=results.get('timing') or {},
         training=training, training_hardware=thw.get('device', thw) if isinstance(thw, dict) else thw,

@@ -348,6 +348,8 @@ class _Run:
             self.flags[name] = unpack_flags(per_example[name], n)
             self.not_run.pop(name, None)
             self.resumed.append(name)
+            if name in _COST and isinstance(entry.get('seconds'), (int, float)):
+                self.clock.record(_COST[name] * n, entry['seconds'])  # the speed measured then plans this run
         m = prev.get('masking_checks')
         if MASKING in stages and isinstance(m, dict) and m.get('n') == self._n(MASKING):
             self.masking = dict(m)

@@ -7,23 +7,49 @@ not yet released name from a typo.
 
 Each released name also goes by a RobustBench name (:func:`robustbench_name`), registered with timm as an alias.
 """
-from typing import Dict, Optional, Tuple
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
 
 from .paper import split_tag
 
-__all__ = ['DEFAULT_ORG', 'RELEASED', 'PLANNED', 'release_name', 'split_name', 'hub_id', 'robustbench_name']
+__all__ = ['DEFAULT_ORG', 'RELEASED', 'PLANNED', 'DEFAULT_ORDER', 'CHECKOUT_CARDS', 'release_name', 'split_name',
+           'hub_id', 'robustbench_name', 'default_release', 'local_release']
 
 #: Hugging Face organisation of the released weights (override per call, never through the environment)
 DEFAULT_ORG = 'fsr-hub'
 
 #: ``arch.tag`` -> sha256 of the released ``model.safetensors``
-RELEASED: Dict[str, str] = {}
+RELEASED: Dict[str, str] = {
+    'fsr_resnet18.fgsmrs_cifar10': '7eefb5d1d572af58b0c24d6097a8c73608311c268e668591265932fd9253d3b9',
+}
 
 #: releases the project plans; not registered with timm until they appear in :data:`RELEASED`
 PLANNED: Tuple[str, ...] = (
     'fsr_resnet18.at_cifar10', 'cifar_resnet18.at_cifar10', 'fsr_vgg16.at_cifar10', 'cifar_vgg16.at_cifar10',
     'fsr_wrn34_10.at_cifar10', 'cifar_wrn34_10.at_cifar10',
 )
+
+
+#: the release ``python -m fsr_hub`` evaluates by default: the first of these that is released (the paper's recipe
+#: once it is, until then the best CPU-trained one), else the first that is planned
+DEFAULT_ORDER: Tuple[str, ...] = ('fsr_resnet18.at_cifar10', 'fsr_resnet18.fgsmrs_cifar10')
+
+#: ``model_cards/`` of the source checkout this package is imported from; an installed wheel has none
+CHECKOUT_CARDS = Path(__file__).resolve().parent.parent / 'model_cards'
+
+
+def default_release(released: Optional[Mapping[str, str]] = None) -> str:
+    """The release to show first: the first name of :data:`DEFAULT_ORDER` in ``released`` (default
+    :data:`RELEASED`), else the first that is planned."""
+    released = RELEASED if released is None else released
+    return next((n for n in DEFAULT_ORDER if n in released), DEFAULT_ORDER[0])
+
+
+def local_release(name: str) -> Optional[Path]:
+    """The release folder of ``name`` in the source checkout (``model_cards/<name>/`` beside the package) when it
+    holds the weights, else None (an installed package, or weights moved out): loaders then go to the hub."""
+    folder = CHECKOUT_CARDS / name
+    return folder if (folder / 'model.safetensors').is_file() else None
 
 
 def release_name(architecture: str, tag: Optional[str]) -> str:

@@ -375,3 +375,18 @@ def test_ensemble_covers_the_first_images_every_attack_ran_on():
     assert r['ensemble']['n'] == 3 and r['ensemble']['subset'] == 'first 3'
     expected = flags['clean'][:3] & flags['fgsm'][:3] & flags['pgd20']
     assert r['ensemble']['accuracy'] == round(100.0 * expected.float().mean().item(), 2)
+
+
+def test_a_resumed_report_lists_the_commands_of_its_runs(tmp_path, cifar_root):
+    weights = tmp_path / 'w.safetensors'
+    save_weights(timm.create_model('cifar_resnet18', num_classes=10), weights)
+    out = tmp_path / 'report.json'
+    args = ['--model', 'cifar_resnet18', '--weights', str(weights), '--data', str(cifar_root), '--n', '2',
+            '--no-masking-checks', '--device', 'cpu', '--no-progress', '--out', str(out)]
+    assert verify.main(args + ['--attacks', 'clean']) == 0
+    assert 'commands' not in json.loads(out.read_text())
+    assert verify.main(args + ['--attacks', 'clean,fgsm', '--resume', str(out)]) == 0
+    assert verify.main(args + ['--attacks', 'clean,fgsm', '--resume', str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report['commands']) == 3 and report['commands'][-1] == report['command']
+    assert '--resume' not in report['commands'][0] and report['resumed'] == ['clean', 'fgsm']

@@ -12,10 +12,11 @@ from fsr_hub.__main__ import main
 from fsr_hub.attacks import pgd
 from fsr_hub.models import create
 from fsr_hub.release import validate_release
+from fsr_hub.releases import RELEASED, default_release
 from fsr_hub.sample import load_sample
 from fsr_hub.weights import save_weights
 
-from release_builders import NAME, REPO_ID, SMALL_ARGS, build_release, fill_hf_cache, json_result, start_python
+from release_builders import NAME, REPO_ID, REPO_ROOT, SMALL_ARGS, build_release, fill_hf_cache, json_result, start_python
 
 
 @pytest.fixture(scope='module')
@@ -147,11 +148,20 @@ def test_help_parses_before_the_evaluation_stack_loads(fresh):
 
 
 def test_python_m_fsr_hub_runs_offline(fresh):
-    """The README's first command: no released weights yet -> says so, prints the cost report, exits 0."""
+    """The README's first command, offline in this checkout: the best released model from its release folder,
+    measured clean and PGD-20 on 50 sample images beside its card's numbers."""
     run = fresh[0]['default']
     assert run['exit'] == 0, run['err']
-    assert f'No weights have been released for {NAME} yet' in run['out']
-    assert re.search(r'\| fsr_resnet18 \| [\d,]+ \| [\d,]+ \|', run['out'])
+    name = default_release()
+    folder = REPO_ROOT / 'model_cards' / name
+    assert name in RELEASED and run['out'].startswith(f'{name}: release folder {folder} (sha256 {RELEASED[name][:12]})')
+    card = json.loads((folder / 'results.json').read_text())['results']
+    for metric, key in (('Clean', 'clean'), ('PGD-20', 'pgd20')):
+        cells = _row(run['out'], metric)
+        assert cells[2] == f"{card[key]['accuracy']:.2f}"
+        # 50 images: the measured number lies within 4 standard errors (<= 28 points) of the card's
+        assert abs(float(cells[1]) - card[key]['accuracy']) <= 4 * 50 / 50 ** 0.5, cells
+    assert 'PGD-20: 20 steps, step eps/10, no random start. 50 images' in run['out']
 
 
 def test_released_name_pulled_through_huggingface_hub(fresh):

@@ -13,8 +13,10 @@ import torch
 
 import fsr_hub  # noqa: F401
 from fsr_hub.models import ALIASES, ALL_MODELS, CifarResNet, register_robustbench_alias
-from fsr_hub.releases import DEFAULT_ORG, PLANNED, RELEASED, hub_id, robustbench_name
-from fsr_hub.weights import WeightsError, save_weights
+from fsr_hub.releases import (
+    DEFAULT_ORDER, DEFAULT_ORG, PLANNED, RELEASED, default_release, hub_id, local_release, robustbench_name,
+)
+from fsr_hub.weights import WeightsError, read_weights, save_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +59,7 @@ def test_hub_org_is_not_read_from_the_environment():
     ('cifar_resnet18.at_cifar10', 'Kim2023FSR_RN18_noFSR', 'cifar10', 'kim2023fsr_rn18_nofsr_cifar10_linf'),
     ('fsr_wrn34_10.at_cifar10', 'Kim2023FSR_WRN-34-10', 'cifar10', 'kim2023fsr_wrn_34_10_cifar10_linf'),
     ('fsr_vgg16.trades_svhn', 'Kim2023FSR_VGG16_TRADES', 'svhn', 'kim2023fsr_vgg16_trades_svhn_linf'),
+    ('fsr_resnet18.fgsmrs_cifar10', 'Kim2023FSR_RN18_FGSMRS', 'cifar10', 'kim2023fsr_rn18_fgsmrs_cifar10_linf'),
 ])
 def test_robustbench_names(name, model_name, dataset, alias):
     assert robustbench_name(name) == alias
@@ -106,14 +109,14 @@ import json, sys
 import timm, torch
 import fsr_hub
 name, sha, good, bad = sys.argv[1:]
-assert fsr_hub.releases.RELEASED == {name: sha}
+assert list(fsr_hub.releases.RELEASED)[0] == name and fsr_hub.releases.RELEASED[name] == sha
 from fsr_hub.weights import WeightsError, expected_sha256
 
 out = {'listed': timm.list_pretrained('fsr*'), 'aliases': timm.list_pretrained('kim2023fsr*'),
        'default_tag': timm.models.get_pretrained_cfg('fsr_resnet18').tag}
 x = torch.rand(1, 3, 32, 32)
 a = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=good)).eval()
-b = timm.create_model(out['aliases'][0], pretrained=True, pretrained_cfg_overlay=dict(file=good)).eval()
+b = timm.create_model('kim2023fsr_rn18_cifar10_linf', pretrained=True, pretrained_cfg_overlay=dict(file=good)).eval()
 out['alias_equal'] = bool(torch.equal(a(x), b(x)))
 for key, call in [
         ('tampered', lambda: timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=bad))),
@@ -130,7 +133,7 @@ print(json.dumps(out))
 
 
 def test_a_released_name_is_registered_pinned_and_aliased(tmp_path):
-    """What the first release changes: a copy of the package whose RELEASED table holds it, in a fresh interpreter
+    """What a release changes: a copy of the package whose RELEASED table holds it first, in a fresh interpreter
     (registration happens at import)."""
     torch.manual_seed(0)
     good, bad = tmp_path / 'good.safetensors', tmp_path / 'bad.safetensors'
@@ -142,9 +145,9 @@ def test_a_released_name_is_registered_pinned_and_aliased(tmp_path):
     package = tmp_path / 'pkg' / 'fsr_hub'
     shutil.copytree(REPO_ROOT / 'fsr_hub', package, ignore=shutil.ignore_patterns('__pycache__'))
     releases = package / 'releases.py'
-    table = 'RELEASED: Dict[str, str] = {}'
-    assert releases.read_text().count(table) == 1
-    releases.write_text(releases.read_text().replace(table, f'RELEASED: Dict[str, str] = {{{name!r}: {sha!r}}}'))
+    table = 'RELEASED: Dict[str, str] = {'
+    assert releases.read_text().count(table) == 1 and name not in fsr_hub.releases.RELEASED
+    releases.write_text(releases.read_text().replace(table, f'{table}{name!r}: {sha!r}, '))
     # the first release's weights would be the full ResNet-18; a 1-block file checks the same path in less time
     script = _FIRST_RELEASE.replace("pretrained=True,", "pretrained=True, layers=(1, 1, 1, 1),")
     proc = subprocess.run([sys.executable, '-c', script, name, sha, str(good), str(bad)], cwd=tmp_path / 'pkg',
@@ -152,10 +155,35 @@ def test_a_released_name_is_registered_pinned_and_aliased(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out['listed'] == [name] and out['aliases'] == ['kim2023fsr_rn18_cifar10_linf']
+    others = [n for n in RELEASED if n.startswith('fsr')]
+    assert out['listed'] == sorted([name] + others)
+    assert out['aliases'] == sorted(['kim2023fsr_rn18_cifar10_linf'] + [robustbench_name(n) for n in others])
     assert out['default_tag'] == 'at_cifar10'  # timm's default weights of the architecture
     assert out['alias_equal']
     assert out['tampered'].startswith('sha256 mismatch for ') and f'expected {sha}' in out['tampered']
     assert out['config_json'] == (f"fsr-hub/{name}: config.json pins sha256 {'0' * 64} but fsr_hub's registry pins "
                                   f"{sha}.")
     assert out['mirror'] == sha  # a mirror of the release is held to the same pin
+
+
+@pytest.mark.parametrize('name', sorted(RELEASED))
+def test_a_release_in_this_checkout_loads_offline(name):
+    """In a source checkout the registry points a released name at its release folder's file (sha256-checked), so
+    ``pretrained=True`` needs no network; an installed wheel has no folder and goes to the hub."""
+    weights = REPO_ROOT / 'model_cards' / name / 'model.safetensors'
+    if not weights.is_file():
+        pytest.skip(f'{weights} moved out of the checkout')
+    assert local_release(name) == weights.parent
+    assert timm.models.get_pretrained_cfg(name).file == str(weights)
+    model = timm.create_model(name, pretrained=True)
+    state = read_weights(weights)
+    assert all(torch.equal(v, state[k].to(v.dtype)) for k, v in model.state_dict().items())
+    assert local_release('fsr_resnet18.no_such_tag') is None
+
+
+def test_the_default_release_is_the_best_released():
+    assert default_release({}) == DEFAULT_ORDER[0]  # nothing released: the first planned (the main job says so)
+    assert default_release({'fsr_resnet18.fgsmrs_cifar10': '0' * 64}) == 'fsr_resnet18.fgsmrs_cifar10'
+    both = {'fsr_resnet18.fgsmrs_cifar10': '0' * 64, 'fsr_resnet18.at_cifar10': '1' * 64}
+    assert default_release(both) == 'fsr_resnet18.at_cifar10'  # the paper's recipe, once released
+    assert default_release() in RELEASED

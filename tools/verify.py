@@ -226,6 +226,9 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
         report = {k: v for k, v in (previous or {}).items() if k in ('cost', 'paper_reference', 'training')}
         report.update(build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command,
                                    preset=preset_name, deadline_minutes=args.deadline_minutes))
+        if previous is not None:  # the runs that built the report, oldest first
+            report['commands'] = previous.get('commands') or [previous.get('command', 'not recorded')]
+            report['commands'] = report['commands'] + [command]
         if training is not None:
             report['training'] = training
         return report
