@@ -222,3 +222,32 @@ def test_curve_labels_name_the_release_and_random_weights(tmp_path):
            'model': {'architecture': 'fsr_resnet18', 'tag': None, 'random_init': True}}
     (tmp_path / 'c.json').write_text(json.dumps(doc))
     assert A.read_eps_curve(tmp_path / 'c.json') == ('fsr_resnet18 (random init)', [0, 8], [10.0, 0.0])
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, 'fp32_precision'), reason='torch < 2.9 flags')
+@pytest.mark.parametrize('analysis', ['knn', 'gradcam'])
+def test_analysis_attacks_run_in_strict_float32(analysis, monkeypatch, tmp_path):
+    """The PGD of the k-NN and Grad-CAM analyses runs with TF32 off, as the verify suite's attacks do."""
+    if analysis == 'gradcam':
+        pytest.importorskip('pytorch_grad_cam', reason="the 'analysis' extra is not installed")
+    module = A.features if analysis == 'knn' else A.gradcam
+    seen = []
+
+    def recording_pgd(*args, **kwargs):
+        seen.append(torch.backends.cuda.matmul.fp32_precision)
+        return module_pgd(*args, **kwargs)
+    module_pgd = module.pgd
+    monkeypatch.setattr(module, 'pgd', recording_pgd)
+    b = torch.backends
+    saved = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision)
+    b.cuda.matmul.fp32_precision = b.cudnn.conv.fp32_precision = 'tf32'
+    try:
+        model, (x, y) = tiny_fsr_net().eval(), _data(2)
+        if analysis == 'knn':
+            A.knn_analysis(model, *_data(8, seed=1), x, y, ks=(1,), outputs=('final',), batch_size=8)
+        else:
+            A.gradcam_analysis(model, x, y)
+        assert seen and set(seen) == {'ieee'}
+        assert b.cuda.matmul.fp32_precision == 'tf32'  # restored after
+    finally:
+        b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision = saved

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..attacks import pgd
 from ..evaluate import attack_params, evaluate
 from ..fsr import FEATURE_LABELS, FSR_OUTPUTS, fsr_output
+from ..hardware import strict_float32
 from ..inputs import check_pixels
 from .common import AnalysisError, Deadline, batched, capture_tap, fsr_position, fsr_tap, prepare
 
@@ -141,14 +142,15 @@ def knn_analysis(
     deadline = deadline or Deadline()
     model = prepare(model, device)
     p = attack_params('pgd20', eps)
-    x_adv = batched(lambda xb, yb: pgd(model, xb, yb, p['eps'], p['alpha'], p['steps'], p['random_start']), test_x,
-                    batch_size, device, test_y)
+    with strict_float32():
+        x_adv = batched(lambda xb, yb: pgd(model, xb, yb, p['eps'], p['alpha'], p['steps'], p['random_start']),
+                        test_x, batch_size, device, test_y)
     adversarial: Dict[str, Dict[str, float]] = {}
     natural: Dict[str, Dict[str, float]] = {}
     for out in outputs:
         if not deadline.allows_next():
             break
-        with deadline.unit():
+        with deadline.unit(), strict_float32():
             bank = fsr_features(model, train_x, out, pos, batch_size, device, pool)
             for name, queries_x, table in (('adv', x_adv, adversarial), ('nat', test_x, natural)):
                 queries = fsr_features(model, queries_x, out, pos, batch_size, device, pool)

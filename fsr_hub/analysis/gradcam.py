@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..attacks import pgd
 from ..evaluate import attack_params
 from ..fsr import FEATURE_LABELS, fsr_output
+from ..hardware import strict_float32
 from ..inputs import check_pixels
 from ..models import CIFAR10_CLASSES
 from .common import AnalysisError, Deadline, fsr_position, fsr_tap, prepare, require, save_figure
@@ -73,7 +74,7 @@ def gradcam_analysis(
     for i in range(len(y)):
         if not deadline.allows_next():
             break
-        with deadline.unit():
+        with deadline.unit(), strict_float32():
             xi, yi = x[i:i + 1].to(device), y[i:i + 1].to(device)
             xi_adv = pgd(model, xi, yi, p['eps'], p['alpha'], p['steps'], p['random_start'])
             with torch.no_grad():
