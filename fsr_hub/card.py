@@ -17,7 +17,7 @@ from .releases import release_name, robustbench_name
 from .weights import WEIGHTS_NAME
 
 __all__ = ['TEMPLATE_PATH', 'PLOTS', 'PLOT_DETAILS', 'CardError', 'ci95', 'describe_attack', 'describe_recipe',
-           'metric_sample', 'render_card', 'robustbench_record']
+           'metric_sample', 'released_table', 'render_card', 'robustbench_record']
 
 TEMPLATE_PATH = Path(__file__).parent / 'templates' / 'model_card.md'
 #: results.json ``analysis`` key -> (PNG file, FSR models only, title). The entry is the section
@@ -279,6 +279,31 @@ def _weights_dtype(folder: Optional[Path]) -> str:
             return ', '.join(sorted({str(f.get_slice(k).get_dtype()) for k in f.keys()}))
     except (OSError, ValueError) as e:
         raise CardError(f'{folder / WEIGHTS_NAME} is not a readable safetensors file ({e}).') from e
+
+
+def released_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, Any]]]) -> str:
+    """The README's table of released weights: ``{name: (results, config)}`` -> one row per release (each metric
+    with its 95 % interval and images) and one row of the paper's numbers per setting they compare with."""
+    keys = list(paper.METRICS)
+    head = ['weights', 'training'] + [paper.METRIC_NAMES[k] for k in keys]
+    lines = ['| ' + ' | '.join(head) + ' |', '| --- | --- |' + ' ---: |' * len(keys)]
+    refs: Dict[str, Mapping[str, Any]] = {}
+    for name, (results, config) in releases.items():
+        rows = {r['key']: r for r in _metric_rows(results)}
+        cells = [f"{_fmt(rows[k]['ours'])} ± {_fmt(rows[k]['ci'])} ({'all ' if rows[k]['whole'] else 'first '}"
+                 f"{rows[k]['n']:,})" if rows[k]['ours'] is not None else 'not measured yet' for k in keys]
+        training = results.get('training') or {}
+        recipe = training.get('config') or {}
+        what = (f"{describe_recipe(recipe).split(' (')[0]}, {training.get('epochs', '?')} epochs"
+                if {'steps', 'eps'} <= set(recipe) else 'not recorded')
+        lines.append(f'| `{name}` | {what} | ' + ' | '.join(cells) + ' |')
+        ref = results.get('paper_reference') or {}
+        if ref.get('setting'):
+            refs[ref['setting']] = ref
+    for setting, ref in refs.items():
+        cells = [_fmt(ref['metrics'][k]) if k in (ref.get('metrics') or {}) else '-' for k in keys]
+        lines.append(f'| paper: {setting} | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
 
 
 _ARCH_NAMES = {'fsr_resnet18': 'ResNet-18 + FSR', 'cifar_resnet18': 'ResNet-18', 'fsr_vgg16': 'VGG16-BN + FSR',

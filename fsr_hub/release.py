@@ -29,17 +29,18 @@ import torch.nn as nn
 
 from . import paper
 from .autoattack import AA_KEYS, departures
-from .card import CardError, render_card, robustbench_record
+from .card import CardError, released_table, render_card, robustbench_record
 from .checkpoint import write_json
 from .data import DATASETS, INPUT_SIZE
 from .models import ALL_MODELS, FSRWrapper, create
-from .releases import RELEASED, hub_id as make_hub_id, release_name
+from .releases import CHECKOUT_CARDS, RELEASED, hub_id as make_hub_id, release_name
 from .schemas import VERIFY_SCHEMA
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, sha256_file
 
 __all__ = [
     'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'build_config', 'prepare_results', 'assemble_release',
-    'write_card', 'validate_release', 'upload_plan', 'push_release',
+    'write_card', 'validate_release', 'upload_plan', 'push_release', 'README_MARKERS', 'readme_table',
+    'write_readme_table',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -381,3 +382,26 @@ def push_release(folder: PathLike, org: Optional[str] = None, private: bool = Fa
                       allow_patterns=[f['path'] for f in plan])
     print_fn(f'uploaded {len(plan)} files to https://huggingface.co/{repo_id}')
     return repo_id
+
+
+#: the block of the project README that :func:`write_readme_table` owns
+README_MARKERS = ('<!-- released:begin -->', '<!-- released:end -->')
+
+
+def readme_table(cards: PathLike = CHECKOUT_CARDS, names: Sequence[str] = tuple(RELEASED)) -> str:
+    """The table of released weights (:func:`fsr_hub.card.released_table`) from the release folders of ``names``
+    under ``cards``."""
+    folders = {n: Path(cards) / n for n in names}
+    return released_table({n: (_read_json(f / RESULTS_NAME), _read_json(f / CONFIG_NAME)) for n, f in folders.items()})
+
+
+def write_readme_table(readme: PathLike, cards: PathLike = CHECKOUT_CARDS, names: Sequence[str] = tuple(RELEASED)) -> Path:
+    """Rewrite the block between :data:`README_MARKERS` of ``readme`` with :func:`readme_table`."""
+    path = Path(readme)
+    text = path.read_text()
+    begin, end = README_MARKERS
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ReleaseError(f'{path} must hold the markers {begin} and {end} once each, in that order.')
+    head, rest = text.split(begin)
+    _write(path, f'{head}{begin}\n{readme_table(cards, names)}\n{end}{rest.split(end, 1)[1]}')
+    return path

@@ -530,3 +530,61 @@ def test_sample_file_errors(tmp_path):
     import numpy as np
     with pytest.raises(SampleError, match='images must be uint8'):
         write_sample(tmp_path / 'x.png', np.zeros((2, 32, 32, 3), np.float32), [0, 1], [0, 1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RobustBench record, AutoAttack configuration, fast recipes, the README's table
+
+
+def test_robustbench_record_beside_the_card(rel):
+    record = json.loads((rel.folder / 'robustbench.json').read_text())
+    assert set(record) == {'link', 'name', 'authors', 'additional_data', 'number_forward_passes', 'dataset', 'venue',
+                           'architecture', 'eps', 'clean_acc', 'reported', 'autoattack_acc', 'footnote'}
+    assert record['link'] == f'https://huggingface.co/{DEFAULT_ORG}/fsr_resnet18.at_cifar10' and record['eps'] == '8/255'
+    # the report's 200 images are not the whole test set: RobustBench's fields stay empty, the footnote says why
+    clean = rel.results['results']['clean']['accuracy']
+    assert record['clean_acc'] == '' and f'Clean accuracy {clean:.2f} % on the first 200 test images' in record['footnote']
+    assert record['autoattack_acc'] == '' and 'AutoAttack (standard): not measured yet.' in record['footnote']
+    edit_json(rel.folder / 'robustbench.json', lambda d: d.update(clean_acc='99.99'))
+    with pytest.raises(ReleaseError, match='robustbench.json differs'):
+        validate_release(rel.folder)
+
+
+def test_autoattack_is_standard_only_when_it_ran_the_original(tmp_path):
+    info = build_release(tmp_path, attacks=ALL_ATTACKS)
+    def on_all_images(d):
+        d['data'].update(n=10000, subset='all')
+    edit_json(info.folder / 'results.json', on_all_images)
+    write_card(info.folder)
+    record = json.loads((info.folder / 'robustbench.json').read_text())
+    assert record['autoattack_acc'] == f"{info.results['results']['autoattack']['accuracy']:.2f}"
+    evals = {e.metric_config: e for e in ModelCard.load(info.folder / 'README.md').data.eval_results}
+    assert evals['autoattack'].metric_name == 'robust accuracy, AutoAttack (standard), Linf 8/255'
+    assert 'standard version (apgd-ce, apgd-t, fab-t, square)' in _body(info.folder)
+    # fewer Square queries: not the original; the release check refuses it, and the card would not call it standard
+    edit_json(info.folder / 'results.json',
+              lambda d: d['results']['autoattack']['params']['sub_attacks']['square'].update(n_queries=100))
+    with pytest.raises(ReleaseError, match='not the original AutoAttack standard version.*square'):
+        write_card(info.folder)
+    results = json.loads((info.folder / 'results.json').read_text())
+    config = json.loads((info.folder / 'config.json').read_text())
+    from fsr_hub.card import render_card, robustbench_record
+    assert 'NOT the original standard version' in render_card(results, config)
+    assert robustbench_record(results, config)['autoattack_acc'] == ''
+    edit_json(info.folder / 'results.json', lambda d: d['results']['autoattack'].pop('params'))
+    with pytest.raises(ReleaseError, match='not recorded'):
+        validate_release(info.folder)
+
+
+def test_a_fast_recipe_is_compared_with_the_paper_as_another_recipe():
+    ref = paper.paper_reference('fsr_resnet18', 'fgsmrs_cifar10')
+    assert ref.metrics == paper.paper_reference('fsr_resnet18', 'at_cifar10').metrics
+    assert ref.other_recipe and '100 epochs of PGD-10' in ref.other_recipe and 'FGSM-RS' in ref.other_recipe
+    assert paper.paper_reference('fsr_resnet18', 'at_cifar10').other_recipe is None
+
+
+def test_the_readme_table_is_rendered_from_the_release_folders():
+    text = (REPO_ROOT / 'README.md').read_text()
+    begin, end = release.README_MARKERS
+    block = text[text.index(begin) + len(begin):text.index(end)].strip()
+    assert block == release.readme_table(), 'python tools/make_card.py --readme README.md re-renders it'

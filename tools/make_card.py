@@ -6,6 +6,8 @@
                               [--model-args '{"fsr_tau": 0.1}'] [--org ORG] [--overwrite]
     # re-render README.md of a release folder from its results.json + config.json
     python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10
+    # re-render the project README's table of released weights (between its <!-- released:... --> markers)
+    python tools/make_card.py --readme README.md
 
 results.json is the verify report of the training/evaluation tools (schema fsr-hub/verify/v1) for exactly the
 weight file released (its model.sha256 must match). The card's cost numbers are counted once on the model and
@@ -19,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card
+from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card, write_readme_table
 
 
 def main(argv=None) -> int:
@@ -33,14 +35,20 @@ def main(argv=None) -> int:
                                                       "(default: the verify report's model.model_args)")
     p.add_argument('--org', help='hub organisation of the release (default fsr-hub; --folder: the stored one)')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty release folder')
+    p.add_argument('--readme', help="rewrite this README's table of released weights (after --folder, or alone)")
     args = p.parse_args(argv)
-    if bool(args.results) == bool(args.folder):
-        p.error('give either a results.json or --folder')
+    if args.results and args.folder or not (args.results or args.folder or args.readme):
+        p.error('give a results.json or --folder (or --readme alone)')
     try:
+        if args.readme and not args.folder and not args.results:
+            print(f'wrote {write_readme_table(args.readme)}')
+            return 0
         if args.folder:
             path = write_card(args.folder, org=args.org)
             validate_release(args.folder)
             print(f'wrote {path}')
+            if args.readme:
+                print(f'wrote {write_readme_table(args.readme)}')
             return 0
         try:
             results = json.loads(Path(args.results).read_text())
