@@ -11,10 +11,11 @@ A release folder ``model_cards/<arch>.<tag>/`` is exactly what is uploaded to th
 * ``results.json``: the verify report (:data:`fsr_hub.schemas.VERIFY_SCHEMA`) plus ``cost`` and
   ``paper_reference`` (added at card time) and optionally the ``analysis`` of ``tools/analyze.py``,
 * ``README.md``: the model card, rendered from results.json, config.json and the plots present by
-  :mod:`fsr_hub.card` (huggingface_hub's ModelCard and a Jinja template).
+  :mod:`fsr_hub.card` (huggingface_hub's ModelCard and a Jinja template),
+* ``robustbench.json``: RobustBench's ``model_info`` record of the release, rendered from the same files.
 
-The card is a function of these files; validation re-renders it and compares bytes, so every number the card
-shows comes from results.json. The verify report must describe the released file itself: its ``model.sha256``
+The card and the record are functions of these files; validation re-renders them and compares, so every number
+they show comes from results.json. The verify report must describe the released file itself: its ``model.sha256``
 must equal the sha256 of ``model.safetensors`` (cast to fp16 *before* verifying if you release fp16 weights).
 """
 import json
