@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fsr_hub.autoattack import unpack_flags
 from fsr_hub.blackbox import NATTACK_N
+from fsr_hub.card import ci95
 from fsr_hub.evaluate import STAGE_ORDER, attack_params, evaluate, preset
 from fsr_hub.sample import load_sample
 
@@ -153,10 +154,11 @@ def test_card_shows_the_blackbox_metrics_with_their_source_subset_and_cross_chec
             for line in card.text.splitlines() if line.startswith('| ')}
     ti, na = ev['results']['ti_fgsm'], ev['results']['nattack']
     assert rows['TI-FGSM (black-box)'] == [
-        f"{ti['accuracy']:.2f}", '62.53', 'Table 3 (from a natural ResNet-50)',
+        f"{ti['accuracy']:.2f}", f"{ci95(ti['accuracy'], ti['n']):.2f}", f"first {ti['n']}", '62.53',
+        'Table 3 (from a natural ResNet-50)',
         'source: cifar_resnet18 (pyautoattack, sha256 0123456789ab); 1 step, step eps, Gaussian kernel 15x15']
     assert rows['NAttack (black-box)'] == [
-        f"{na['accuracy']:.2f}", '52.65', 'Table 3 (1,000 images)',
+        f"{na['accuracy']:.2f}", f"{ci95(na['accuracy'], 2):.2f}", 'first 2', '52.65', 'Table 3 (1,000 images)',
         'at most 600 queries per image, npop 300, sigma 0.1, lr 0.02; first 2 images']
     assert 'DI-FGSM (black-box)' not in rows  # not measured: no row
     assert {e.metric_config for e in card.data.eval_results} >= {'ti_fgsm', 'nattack'}
