@@ -873,7 +873,7 @@ def _expected_sha(folder: Path) -> Tuple[Optional[str], str]:
 def join(src: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
     """Reassemble ``src``'s ``model.safetensors.part-*`` into ``dest``/model.safetensors (default ``src``) and check
     its sha256 against config.json, results.json or train_summary.json (the first that names one). A release
-    (config.json present) gets its card files copied and the folder validated."""
+    (config.json present) gets its card files copied, its robustbench.json written and the folder validated."""
     src = Path(src)
     dest = Path(dest) if dest is not None else src
     parts = sorted(src.glob(f'{WEIGHTS}.part-*'))
@@ -907,8 +907,9 @@ def join(src: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
             part.unlink()
     info: Dict[str, Any] = {'weights': str(dest / WEIGHTS), 'sha256': got, 'checked_against': where}
     if release and all((dest / n).is_file() for n in ('config.json', 'results.json', 'README.md')):
-        from .release import ReleaseError, validate_release
+        from .release import ReleaseError, validate_release, write_robustbench
         try:
+            write_robustbench(dest)  # derived from config.json and results.json: not transferred
             info['release'] = validate_release(dest).name
         except ReleaseError as e:
             raise JobError(f'the joined folder is not a valid release: {e}') from e

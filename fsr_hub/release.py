@@ -40,7 +40,7 @@ from .weights import WEIGHTS_NAME, WeightsError, load_weights, sha256_file
 
 __all__ = [
     'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'build_config', 'prepare_results', 'assemble_release',
-    'write_card', 'validate_release', 'upload_plan', 'push_release', 'README_MARKERS', 'readme_table',
+    'write_card', 'write_robustbench', 'validate_release', 'upload_plan', 'push_release', 'README_MARKERS', 'readme_table',
     'write_readme_table',
 ]
 
@@ -281,7 +281,18 @@ def write_card(folder: PathLike, org: Optional[str] = None) -> Path:
         _write(folder / RESULTS_NAME, results)
     path = folder / CARD_NAME
     _write(path, _render(results, config, folder))
-    _write(folder / ROBUSTBENCH_NAME, robustbench_record(results, config))
+    write_robustbench(folder)
+    return path
+
+
+def write_robustbench(folder: PathLike) -> Path:
+    """(Re)write ``robustbench.json`` of a release folder from its results.json and config.json (a derived file,
+    like the card)."""
+    folder = Path(folder)
+    config, results = _read_json(folder / CONFIG_NAME), _read_json(folder / RESULTS_NAME)
+    _check_results(results, str(folder / RESULTS_NAME))
+    path = folder / ROBUSTBENCH_NAME
+    _write(path, robustbench_record(results, config))
     return path
 
 
