@@ -15,7 +15,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from .releases import release_name
+from .releases import RELEASED, hub_id, local_release, release_name
 
 __all__ = [
     'WeightsError', 'WEIGHTS_NAME', 'sha256_file', 'save_weights', 'read_weights', 'cast_dtype', 'check_fit',
@@ -176,8 +176,9 @@ def _cfg_name(cfg: Mapping[str, Any]) -> str:
 
 def resolve_pretrained_file(cfg: Mapping[str, Any], cache_dir: Optional[PathLike] = None) -> Path:
     """Local path of the weight file a pretrained cfg names: ``file`` (a file, or a folder holding
-    ``model.safetensors``, as ``local-dir:`` gives), else ``hf_hub_id`` through huggingface_hub's cache
-    (``cache_dir`` as timm's own ``cache_dir``)."""
+    ``model.safetensors``, as ``local-dir:`` gives), else ``hf_hub_id``: the registry's own repo of a released name
+    from its release folder when this package runs from a source checkout that holds it, any other through
+    huggingface_hub's cache (``cache_dir`` as timm's own ``cache_dir``)."""
     name = _cfg_name(cfg)
     if cfg.get('url') or cfg.get('state_dict'):
         raise WeightsError(f'{name}: fsr_hub loads weights from a safetensors file or the Hugging Face Hub only, '
@@ -193,6 +194,10 @@ def resolve_pretrained_file(cfg: Mapping[str, Any], cache_dir: Optional[PathLike
             f'pretrained=False, or load your own file with pretrained_cfg_overlay=dict(file=..., sha256=...).')
     repo, _, revision = hub.partition('@')
     filename = cfg.get('hf_hub_filename') or WEIGHTS_NAME
+    name = repo.partition('/')[2]
+    local = local_release(name) if not revision and name in RELEASED and repo == hub_id(name) else None
+    if local is not None and filename == WEIGHTS_NAME:
+        return local / WEIGHTS_NAME
     try:
         return Path(hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, OSError) as e:

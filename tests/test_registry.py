@@ -16,7 +16,7 @@ from fsr_hub.models import ALIASES, ALL_MODELS, CifarResNet, register_robustbenc
 from fsr_hub.releases import (
     DEFAULT_ORDER, DEFAULT_ORG, PLANNED, RELEASED, default_release, hub_id, local_release, robustbench_name,
 )
-from fsr_hub.weights import WeightsError, read_weights, save_weights
+from fsr_hub.weights import WeightsError, read_weights, resolve_pretrained_file, save_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,10 @@ def test_a_release_in_this_checkout_loads_offline(name):
     if not weights.is_file():
         pytest.skip(f'{weights} moved out of the checkout')
     assert local_release(name) == weights.parent
-    assert timm.models.get_pretrained_cfg(name).file == str(weights)
+    cfg = timm.models.get_pretrained_cfg(name).to_dict()
+    assert resolve_pretrained_file(cfg) == weights  # the registry's own hub repo, from the checkout
+    other = resolve_pretrained_file({**cfg, 'file': str(weights.parent)})  # a file given wins, as timm's local-dir:
+    assert other == weights
     model = timm.create_model(name, pretrained=True)
     state = read_weights(weights)
     assert all(torch.equal(v, state[k].to(v.dtype)) for k, v in model.state_dict().items())

@@ -62,10 +62,12 @@ def test_create_model_pretrained_from_local_file(resnet, saved):
 def test_unreleased_tag_says_so():
     with pytest.raises(WeightsError, match='No weights have been released for fsr_resnet18.at_cifar10 yet'):
         timm.create_model('fsr_resnet18.at_cifar10', pretrained=True)
-    with pytest.raises(ValueError, match="Unknown pretrained tag 'at_cifar11' for fsr_resnet18; released: none yet"):
+    released = ', '.join(timm.list_pretrained('fsr_resnet18.*')) or 'none yet'
+    with pytest.raises(ValueError, match=f"Unknown pretrained tag 'at_cifar11' for fsr_resnet18; released: {released}"):
         timm.create_model('fsr_resnet18.at_cifar11')
-    with pytest.raises(WeightsError, match=r'fsr_resnet18 has no pretrained weights \(released tags: none yet\)'):
-        timm.create_model('fsr_resnet18', pretrained=True)
+    assert not timm.list_pretrained('fsr_vgg16.*')  # an architecture with no release names no weights
+    with pytest.raises(WeightsError, match=r'fsr_vgg16 has no pretrained weights \(released tags: none yet\)'):
+        timm.create_model('fsr_vgg16', pretrained=True)
 
 
 def test_pretrained_through_timm_keeps_features_and_adapts_input_channels(resnet, saved):
@@ -101,21 +103,26 @@ def test_pretrained_from_a_local_folder(resnet, saved, tmp_path):
 
 def test_only_checked_safetensors_files_load(saved, tmp_path):
     path, _ = saved
+    # a file of one's own, unpinned (sha256=None: without it the architecture's released default pin applies)
+    own = lambda file: dict(file=str(file), sha256=None)  # noqa: E731
     pickle_name = tmp_path / 'model.pth'
     pickle_name.write_bytes(path.read_bytes())
     with pytest.raises(WeightsError, match='model.pth: fsr_hub loads safetensors files only'):
-        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(pickle_name)))
+        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=own(pickle_name))
     truncated = tmp_path / 'cut.safetensors'
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(WeightsError, match='cut.safetensors is not a readable safetensors file') as e:
-        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(truncated)))
+        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=own(truncated))
     assert '\n' not in str(e.value)
     with pytest.raises(WeightsError, match='Weight file not found: .*nothing.safetensors'):
-        timm.create_model('fsr_resnet18', pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(tmp_path / 'nothing.safetensors')))
-    # a hub download needs a pin (checked before anything is fetched)
+        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=own(tmp_path / 'nothing.safetensors'))
+    # a hub download needs a pin (checked before anything is fetched); a released default is one, so an
+    # architecture without a release shows it
     with pytest.raises(WeightsError, match=r'no sha256 pinned for the weights of someone/mirror'):
-        timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someone/mirror'))
+        timm.create_model('fsr_vgg16', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someone/mirror'))
+    if timm.list_pretrained('fsr_resnet18.*'):  # the released default's pin holds for a file without its own
+        with pytest.raises(WeightsError, match='sha256 mismatch for .*cut.safetensors'):
+            timm.create_model('fsr_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(truncated)))
 
 
 def test_another_num_classes_is_still_strict_for_everything_else(resnet, tmp_path):
@@ -124,7 +131,8 @@ def test_another_num_classes_is_still_strict_for_everything_else(resnet, tmp_pat
     save_weights(state, path)
     with pytest.raises(WeightsError, match=r"extra.safetensors does not fit CifarResNet: 0 missing keys \[\], "
                                            r"1 unexpected keys \['bogus.weight'\]"):
-        timm.create_model('fsr_resnet18', pretrained=True, num_classes=5, pretrained_cfg_overlay=dict(file=str(path)))
+        timm.create_model('fsr_resnet18', pretrained=True, num_classes=5,
+                          pretrained_cfg_overlay=dict(file=str(path), sha256=None))
 
 
 def test_equal_tensors_give_equal_bytes(resnet, tmp_path):

@@ -11,7 +11,7 @@ from timm.models import (
     DefaultCfg, PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg,
 )
 
-from ..releases import PLANNED, RELEASED, hub_id, local_release, release_name, robustbench_name, split_name
+from ..releases import PLANNED, RELEASED, hub_id, release_name, robustbench_name, split_name
 from ..weights import WEIGHTS_NAME, WeightsError, check_fit, check_pretrained_file
 from .base import FSRNet, FSRPretrainedCfg
 
@@ -25,11 +25,8 @@ default_cfgs: Dict[str, DefaultCfg] = {}
 
 
 def release_cfg(cfg: FSRPretrainedCfg, name: str, sha256: str) -> FSRPretrainedCfg:
-    """The pretrained cfg of release ``name``: its architecture's ``cfg`` plus the hub repo, file and pinned sha256;
-    in a source checkout that holds the release folder, its weight file (offline, held to the same pin)."""
-    local = local_release(name)
-    return dataclasses.replace(cfg, hf_hub_id=hub_id(name), hf_hub_filename=WEIGHTS_NAME, sha256=sha256,
-                               file=str(local / WEIGHTS_NAME) if local else cfg.file)
+    """The pretrained cfg of release ``name``: its architecture's ``cfg`` plus the hub repo, file and pinned sha256."""
+    return dataclasses.replace(cfg, hf_hub_id=hub_id(name), hf_hub_filename=WEIGHTS_NAME, sha256=sha256)
 
 
 def pretrained_cfgs(architecture: str, cfg: FSRPretrainedCfg) -> Dict[str, FSRPretrainedCfg]:
