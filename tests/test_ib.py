@@ -14,6 +14,15 @@ from fsr_hub.analysis import ib
 from fsr_hub.analysis import ib_attacks as atk
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Batches of 2 to 4 tiny images: intra-op threads cost more in synchronisation than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ScaledIdentityNet(nn.Module):
     """z = scale * x at stage ``body`` (so the spatial variance of z is set by the image), then a pooled linear head."""
 

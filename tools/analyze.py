@@ -16,7 +16,8 @@ commands:
                 release folder: the model card shows each complete analysis of its weights with its figure)
 
 MODEL:WEIGHTS (--natural, --source) is a safetensors file or cifar_resnet18:pyautoattack, pyautoattack's naturally
-trained CIFAR-10 ResNet-18 (the default f_nat of gradcam).
+trained CIFAR-10 ResNet-18 (the default f_nat of gradcam); --model cifar_resnet18 --weights pyautoattack analyses
+that model itself (e.g. the non-robust reference of ib-split and ib-attack).
 
 examples:
   python tools/analyze.py eps-curve --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
@@ -50,14 +51,15 @@ from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import parse_attacks
 from fsr_hub.fsr import FSR_OUTPUTS
 from fsr_hub.sample import SampleError, load_sample
-from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model, load_model_spec
+from fsr_hub.sources import NAMED_WEIGHTS, PYAUTOATTACK, PYAUTOATTACK_SPEC, load_model, load_model_spec
 from fsr_hub.weights import WeightsError
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True, figure: Optional[str] = None) -> None:
     p.add_argument('--model', required=True, help='timm model name, e.g. fsr_resnet18')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--weights', help='safetensors weight file')
+    src.add_argument('--weights', help=f'safetensors weight file, or named weights: {", ".join(NAMED_WEIGHTS)} '
+                                       f'(with --model {NAMED_WEIGHTS[PYAUTOATTACK][0]})')
     src.add_argument('--random-init', action='store_true', help='random weights (tests and dry runs only)')
     p.add_argument('--tag', default=None, help='release tag of the weights, e.g. at_cifar10 (recorded)')
     if data:
@@ -134,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--steps', type=int, default=A.IB_STEPS, help=f'Adam steps of the split (default {A.IB_STEPS})')
     s.add_argument('--lr', type=number, default=A.IB_LR, help=f'Adam learning rate of the split (default {A.IB_LR})')
     s.add_argument('--inversions', type=int, default=4, help='images whose Z, Z_r, Z_nr are inverted (0: none)')
-    s.add_argument('--inversion-steps', type=int, default=200, help='Adam steps of the inversions (default 200)')
+    s.add_argument('--inversion-steps', type=int, default=A.IB_INVERSION['steps'],
+                   help=f"Adam steps of the inversions (default {A.IB_INVERSION['steps']})")
 
     s = sub.add_parser('ib-attack', help='NRF, NRF2, RF, RF2 and CW-L2 attacks (L2): success rate and distortion')
     _common(s, figure=A.PNG_NAMES['ib_attack'])
@@ -155,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_model(name: str, weights: Optional[str], num_classes: int,
                 tag: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    model, info = load_model(name, weights, num_classes)
+    if weights in NAMED_WEIGHTS:
+        model, info = load_model_spec(f'{name}:{weights}', num_classes, '--model/--weights')
+    else:
+        model, info = load_model(name, weights, num_classes)
     return model, {**info, 'tag': tag, 'random_init': not weights}
 
 

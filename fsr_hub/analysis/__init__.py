@@ -16,7 +16,7 @@ from .features import (
     KNN_GAMMA, KNN_GAMMA_SOURCE, KNN_KS, TABLE5A_ATTACKS, feature_swap, fsr_features, knn_analysis, weighted_knn,
 )
 from .gradcam import GRADCAM_FEATURES, gradcam_analysis, gradcam_figure, gradcam_maps
-from .ib import IB_BETA, IB_LR, IB_STEPS, feature_cut, ib_split, kl_term
+from .ib import IB_BETA, IB_INVERSION, IB_LR, IB_STEPS, feature_cut, ib_split, kl_term
 from .ib_attacks import ATTACK_C, ATTACK_LR, ATTACK_STEPS, IB_ATTACKS, ib_attack
 from .plots import (
     model_label, plot_eps_curves, plot_feature_swap, plot_ib_attack, plot_ib_split, plot_knn, read_eps_curve,
@@ -25,7 +25,7 @@ from .report import ANALYSES, attach_sections, copy_figures, png_name
 
 __all__ = [
     'ANALYSES', 'ANALYSIS_SCHEMA', 'ATTACK_C', 'ATTACK_LR', 'ATTACK_STEPS', 'AnalysisError', 'Deadline',
-    'EPS_CURVE_255', 'GRADCAM_FEATURES', 'IB_ATTACKS', 'IB_BETA', 'IB_LR', 'IB_STEPS', 'KNN_GAMMA',
+    'EPS_CURVE_255', 'GRADCAM_FEATURES', 'IB_ATTACKS', 'IB_BETA', 'IB_INVERSION', 'IB_LR', 'IB_STEPS', 'KNN_GAMMA',
     'KNN_GAMMA_SOURCE', 'KNN_KS', 'PNG_NAMES', 'TABLE5A_ATTACKS', 'attach_sections', 'blackbox_analysis',
     'copy_figures', 'eps_curve', 'feature_cut', 'feature_swap', 'fsr_features', 'gradcam_analysis', 'gradcam_figure',
     'gradcam_maps', 'ib_attack', 'ib_split', 'kl_term', 'knn_analysis', 'model_label', 'plot_eps_curves',

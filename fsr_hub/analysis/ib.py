@@ -7,6 +7,10 @@ rest of the network from z to the logits. On an FSR model the cut is by default 
 feature FSR separates (the stage output, FSR's input), so the FSR module is in the tail: tail(z) is the model's own
 computation, and the IB split and FSR's mask act on the same tensor. A cut at a stage FSR follows always includes
 that FSR module in the tail, whether the network is an fsr_hub model or a timm CNN with :func:`fsr_hub.add_fsr`.
+A model without FSR is cut by default at its last feature stage: to compare a vanilla twin with its FSR model at
+the same place, give the FSR model's position (``layer4`` for ResNet-18, ``block3`` for VGG-16, ``final_norm`` for
+WRN-34-10). The official code cut VGG-16 and WRN-28-10 at a late feature map (before the last ReLU); the stage
+outputs here are after it.
 
 The split (the official code's ``find_features``): sigma = softplus(lambda), lambda (B, C, 1, 1) from 0; Adam
 (lr 0.1, 200 steps) on CE(tail(z + sigma * e), y) + 0.3 * mean_{b,c} KL, where e ~ N(0, 1) is drawn per (image,
@@ -33,7 +37,7 @@ from ..models.plug import FSRWrapper
 from .common import AnalysisError, Deadline, prepare
 
 __all__ = [
-    'IB_STEPS', 'IB_LR', 'IB_BETA', 'KL_DELTA', 'INVERSION', 'SPLIT_LABELS', 'TAIL', 'FeatureCut', 'IBSplit',
+    'IB_STEPS', 'IB_LR', 'IB_BETA', 'KL_DELTA', 'IB_INVERSION', 'SPLIT_LABELS', 'TAIL', 'FeatureCut', 'IBSplit',
     'check_positive', 'check_count', 'check_split_args', 'frozen', 'default_stage', 'feature_cut', 'kl_term',
     'ib_split_batch', 'invert_features', 'split_params', 'ib_split',
 ]
@@ -43,7 +47,7 @@ IB_LR = 0.1
 IB_BETA = 0.3
 KL_DELTA = 1e-10
 #: feature inversion: Adam steps, learning rate (on the image's logits), weight of the blur penalty
-INVERSION = {'steps': 200, 'lr': 0.05, 'blur': 0.3}
+IB_INVERSION = {'steps': 200, 'lr': 0.05, 'blur': 0.3}
 
 
 class _StopForward(Exception):
@@ -178,8 +182,8 @@ def feature_cut(model: nn.Module, x: torch.Tensor, stage: Optional[str] = None) 
 
 
 def kl_term(v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Elementwise 0.5 [v / sigma^2 + ln(sigma^2 / v) - 1], both ratios with :data:`KL_DELTA` added below (the
-    KL divergence of N(0, v) from N(0, sigma^2))."""
+    """Elementwise 0.5 [v / sigma^2 + ln(sigma^2 / v) - 1] = KL(N(0, v) || N(0, sigma^2)), with :data:`KL_DELTA`
+    added to sigma^2 and to v wherever they are divided by or logged."""
     s2 = sigma.square()
     return 0.5 * (v / (s2 + KL_DELTA) + torch.log((s2 + KL_DELTA) / (v + KL_DELTA)) - 1.0)
 
@@ -223,9 +227,11 @@ def _blur(img: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(img, 3, stride=1, padding=1, count_include_pad=False)
 
 
-def invert_features(cut: FeatureCut, targets: torch.Tensor, image_shape: Tuple[int, ...], anchor: torch.Tensor,
-                    steps: int = INVERSION['steps'], lr: float = INVERSION['lr'], blur: float = INVERSION['blur'],
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def invert_features(
+        cut: FeatureCut, targets: torch.Tensor, image_shape: Tuple[int, ...], anchor: torch.Tensor,
+        steps: int = IB_INVERSION['steps'], lr: float = IB_INVERSION['lr'], blur: float = IB_INVERSION['blur'],
+        generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Images whose feature at ``cut`` matches ``targets`` (K, C, H, W): Adam on the logits of sigmoid pixels,
     from grey plus small noise, minimising ||head(img) - t||^2 / ||t||^2 + ``blur`` * mean (img - blur3x3(img))^2
     per image. ``anchor`` (an input image) only sets the dtype and device. Returns (K, *image_shape) in [0, 1]."""
@@ -339,7 +345,7 @@ def split_params(steps: int, lr: float, beta: float) -> Dict[str, Any]:
 def ib_split(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: Optional[str] = None, batch_size: int = 100,
         steps: int = IB_STEPS, lr: float = IB_LR, beta: float = IB_BETA, seed: int = 0, device: Any = 'cpu',
-        inversions: int = 4, inversion_steps: int = INVERSION['steps'], png: Optional[Union[str, Path]] = None,
+        inversions: int = 4, inversion_steps: int = IB_INVERSION['steps'], png: Optional[Union[str, Path]] = None,
         deadline: Optional[Deadline] = None, progress: bool = False,
 ) -> Dict[str, Any]:
     """The IB split of every batch of (x, y) at ``stage``: accuracy (%) of the tail on Z, Z_r and Z_nr, the
@@ -401,7 +407,7 @@ def _split_section(cut: FeatureCut, why: str, tally: _Tally, shape: Optional[Lis
         'robust_fraction_per_batch': tally.fractions, 'threshold_per_batch': tally.thresholds,
         'fsr_overlap': overlap,
         'inversion': None if inverted is None else {
-            'n': len(inverted['originals']), **INVERSION, 'steps': inversion_steps,
+            'n': len(inverted['originals']), **IB_INVERSION, 'steps': inversion_steps,
             'relative_error': inverted['relative_error'],
             'empty_targets': inverted['empty_targets'], 'start': 'sigmoid(0.1 N(0, 1)): grey plus small noise',
             'objective': '||head(img) - t||^2 / ||t||^2 + blur * mean (img - 3x3 box blur(img))^2'},
