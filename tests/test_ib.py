@@ -172,6 +172,11 @@ def test_attack_outputs_stay_in_the_unit_box_also_from_0_and_1():
     assert set(section['results']) == set(A.IB_ATTACKS) and section['norm'] == 'L2'
     for r in section['results'].values():
         assert r['n'] == 4 and 0 <= r['n_success'] <= r['n_correct'] and (r['mean_l2'] is None) == (r['n_success'] == 0)
+    late = A.Deadline(minutes=1e-9)
+    cut_short = A.ib_attack(net, x, y, batch_size=2, steps=3, split_steps=2, deadline=late)
+    assert late.stopped and cut_short['n'] == 0 and cut_short['results']['nrf']['success_rate'] is None
+    late = A.Deadline(minutes=1e-9)
+    assert A.ib_split(net, x, y, steps=2, deadline=late)['n'] == 0 and late.stopped
 
 
 def test_bad_inputs_get_one_line_errors():
@@ -228,6 +233,10 @@ def test_ib_commands_into_the_model_card(tmp_path, cifar_root, capsys):
     assert f"| IB-robust units (%) | {split['robust_fraction']:.4g} |" in body
     assert analyze.main(['ib-split', *common, '--stage', 'layer9', '--out', str(a / 'x.json')]) == 2
     assert analyze.main(['ib-attack', *common, '--beta', '-1', '--out', str(a / 'x.json')]) == 2
+    assert analyze.main(['ib-attack', '--model', 'fsr_resnet18', '--weights', 'pyautoattack', '--sample',
+                         '--out', str(a / 'x.json')]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("error: unknown stage 'layer9'; feature_info stages of CifarResNet: layer1")
     assert err[1] == 'error: beta (the KL weight) must be a non-negative number, got -1.0.'
+    assert err[2].startswith("error: --model/--weights: the 'pyautoattack' weights are a 10-class cifar_resnet18")
+    assert len(err) == 3

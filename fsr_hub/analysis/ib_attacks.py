@@ -113,17 +113,22 @@ def _check_attacks(attacks: Sequence[str], steps: int, lr: float, c: float) -> N
 
 def _attack_batch(cut: FeatureCut, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str],
                   stats: Dict[str, Dict[str, Any]], params: Dict[str, Any], split_args: Tuple[int, float, float],
-                  generator: torch.Generator) -> Optional[float]:
-    """Every attack on one batch, tallied into ``stats``; returns the batch's robust-unit fraction (%) if split."""
-    with torch.no_grad():
-        correct = cut.model(x).argmax(1) == y
+                  generator: torch.Generator, deadline: Deadline) -> Optional[float]:
+    """The attacks on one batch, tallied into ``stats``; the split and each attack are deadline units. Returns the
+    batch's robust-unit fraction (%) if it was split."""
     split = None
-    if any(_TERMS[a][0] for a in attacks):
-        split = ib_split_batch(cut, x, y, *split_args, generator=generator)
+    with deadline.unit():
+        with torch.no_grad():
+            correct = cut.model(x).argmax(1) == y
+        if any(_TERMS[a][0] for a in attacks):
+            split = ib_split_batch(cut, x, y, *split_args, generator=generator)
     for a in attacks:
+        if not deadline.allows_next():
+            break
         part, sign = _TERMS[a]
         units = None if part is None else (split.robust if part == 'robust' else ~split.robust)
-        adv, ran = l2_attack(cut, x, y, units, sign, **params)
+        with deadline.unit():
+            adv, ran = l2_attack(cut, x, y, units, sign, **params)
         with torch.no_grad():
             fooled = cut.model(adv).argmax(1) != y
         success = fooled & correct
@@ -156,8 +161,8 @@ def ib_attack(
 ) -> Dict[str, Any]:
     """Each of ``attacks`` on every batch of (x, y) at the cut ``stage`` (see :func:`fsr_hub.analysis.ib.feature_cut`):
     success rate (% of the correctly classified images misclassified after the attack, by the model itself), the
-    mean and median L2 distortion of the successes, and the accuracy (%) under attack. One batch is a deadline
-    unit."""
+    mean and median L2 distortion of the successes, and the accuracy (%) under attack. The split of a batch and each
+    attack on it are deadline units (each attack's ``n`` says how many images it ran on)."""
     check_pixels(x, 'IB attack images')
     if len(y) == 0:
         raise AnalysisError('the IB attacks need at least one image.')
@@ -175,9 +180,8 @@ def ib_attack(
                       leave=False):
             if not deadline.allows_next():
                 break
-            with deadline.unit():
-                frac = _attack_batch(cut, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device), attacks,
-                                     stats, params, (split_steps, split_lr, beta), generator)
+            frac = _attack_batch(cut, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device), attacks,
+                                 stats, params, (split_steps, split_lr, beta), generator, deadline)
             if frac is not None:
                 fractions.append(round(frac, 4))
     results = {a: _summary(s) for a, s in stats.items()}
@@ -188,7 +192,7 @@ def ib_attack(
         'attacks': list(attacks), 'labels': {a: IB_ATTACK_LABELS[a] for a in attacks}, 'norm': 'L2',
         'threat_model': 'L2 minimum-distortion attacks (CW-style, unbounded): not comparable with the L-inf '
                         'accuracy table',
-        'n': stats[attacks[0]]['n'], 'batch_size': batch_size, 'stage': cut.stage, 'stage_choice': why,
+        'n': min(s['n'] for s in stats.values()), 'batch_size': batch_size, 'stage': cut.stage, 'stage_choice': why,
         'fsr_in_tail': cut.fsr is not None, 'seed': seed,
         'attack': {**params, 'optimizer': 'Adam', 'space': 'tanh', 'pixel_clamp': PIXEL_CLAMP,
                    'margin': 'max(Z_y - max_{i != y} Z_i, 0)', 'check_every': max(steps // 3, 1),
