@@ -165,8 +165,9 @@ def plot_ib_split(section: Mapping[str, Any], inverted: Optional[Mapping[str, An
     """The IB split: the tail's accuracy on Z, Z_r, Z_nr, on FSR models a histogram of FSR's mask on IB-robust vs
     IB-non-robust units, and (when given) a grid of images with the inversions of their Z, Z_r, Z_nr."""
     k = 0 if inverted is None else len(inverted['originals'])
-    fig = _figure(3.6 + 1.9 * k)
-    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, max(1.9 * k, 1e-3)]) if k else (fig, None)
+    row = 1.3  # inches per image row: four square images in the middle 60 % of the 8-inch width, and a title
+    fig = _figure(3.6 + row * k + 0.3)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, row * k + 0.3]) if k else (fig, None)
     _split_panels(top, section)
     top.subplots_adjust(left=0.09, right=0.98, bottom=0.14, top=0.82, wspace=0.3)
     if bottom is not None:
@@ -185,7 +186,8 @@ def plot_ib_split(section: Mapping[str, Any], inverted: Optional[Mapping[str, An
                 axes[i][j].set_yticks([])
                 if i == 0:
                     axes[i][j].set_title(titles[j], fontsize=10)
-        bottom.subplots_adjust(left=0.2, right=0.8, bottom=0.01, top=1 - 0.3 / (1.9 * k), wspace=0.05, hspace=0.05)
+        bottom.subplots_adjust(left=0.2, right=0.8, bottom=0.01, top=1 - 0.3 / (row * k + 0.3), wspace=0.05,
+                               hspace=0.05)
     return save_figure(fig, path)
 
 
