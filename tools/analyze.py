@@ -263,10 +263,10 @@ def run(args: argparse.Namespace, command: str) -> str:
         png = _png(args, A.PNG_NAMES[name])
         section = A.ib_split(model, x, y, stage=args.stage, steps=args.steps, lr=args.lr, beta=args.beta,
                              seed=args.seed, inversions=args.inversions, inversion_steps=args.inversion_steps,
-                             png=png, deadline=deadline,
-                             progress=not args.no_progress, **common)
+                             png=png, deadline=deadline, progress=not args.no_progress, **common)
         png = png if section['n'] else None
     elif args.command == 'ib-attack':
+        A.require('matplotlib')  # the figure is drawn after the attacks: fail before them
         section = A.ib_attack(model, x, y, attacks=args.attacks, stage=args.stage, steps=args.steps, lr=args.lr,
                               c=args.c, split_steps=args.split_steps, split_lr=args.split_lr, beta=args.beta,
                               seed=args.seed, deadline=deadline, progress=not args.no_progress, **common)

@@ -34,7 +34,7 @@ from ..fsr import FSR
 from ..hardware import strict_float32
 from ..inputs import check_pixels
 from ..models.plug import FSRWrapper
-from .common import AnalysisError, Deadline, prepare
+from .common import AnalysisError, Deadline, prepare, require
 
 __all__ = [
     'IB_STEPS', 'IB_LR', 'IB_BETA', 'KL_DELTA', 'IB_INVERSION', 'SPLIT_LABELS', 'TAIL', 'FeatureCut', 'IBSplit',
@@ -359,6 +359,8 @@ def ib_split(
     if isinstance(inversions, bool) or not isinstance(inversions, int) or inversions < 0:
         raise AnalysisError(f'inversions must be a non-negative integer, got {inversions!r}.')
     check_count(inversion_steps=inversion_steps)
+    if png is not None:
+        require('matplotlib')  # the figure is drawn after the split: fail before it
     deadline = deadline or Deadline()
     model = prepare(model, device)
     with strict_float32() as precision, frozen(model):
