@@ -231,6 +231,15 @@ def test_ib_commands_into_the_model_card(tmp_path, cifar_root, capsys):
     assert '![NRF / RF feature attacks, L2' in body and '(ib_attack.png)' in body and '(ib_split.png)' in body
     assert '|  | success rate (%) | mean L2 | median L2 | accuracy under attack (%) |' in body
     assert f"| IB-robust units (%) | {split['robust_fraction']:.4g} |" in body
+    sample = ['--model', 'fsr_resnet18', '--random-init', '--sample', '--n', '2', '--device', 'cpu', '--no-progress',
+              '--steps', '1']
+    assert analyze.main(['ib-split', *sample, '--inversions', '1', '--inversion-steps', '1',
+                         '--out', str(a / 'r' / 'ib_split.json')]) == 0
+    assert analyze.main(['ib-attack', *sample, '--split-steps', '1', '--out', str(a / 'r' / 'ib_attack.json')]) == 0
+    for name in ('ib_split', 'ib_attack'):
+        doc = json.loads((a / 'r' / f'{name}.json').read_text())
+        assert doc['model']['random_init'] and doc['data']['source'] == 'fsr_hub test sample' and doc['n'] == 2
+        assert (a / 'r' / f'{name}.png').is_file()
     assert analyze.main(['ib-split', *common, '--stage', 'layer9', '--out', str(a / 'x.json')]) == 2
     assert analyze.main(['ib-attack', *common, '--beta', '-1', '--out', str(a / 'x.json')]) == 2
     assert analyze.main(['ib-attack', '--model', 'fsr_resnet18', '--weights', 'pyautoattack', '--sample',
