@@ -40,8 +40,8 @@ PLOT_DETAILS: Dict[str, Tuple[str, ...]] = {
     'feature_swap': ('n', 'eps', 'position', 'attacks'),
     'knn': ('n_test', 'n_train', 'ks', 'gamma', 'gamma_source', 'pool', 'eps', 'query_attack'),
     'gradcam': ('n', 'eps', 'position', 'columns', 'target'),
-    'ib_split': ('n', 'batch_size', 'stage', 'stage_choice', 'split', 'inversion'),
-    'ib_attack': ('n', 'batch_size', 'stage', 'threat_model', 'attack'),
+    'ib_split': ('n', 'batches', 'stage', 'stage_choice', 'split', 'inversion'),
+    'ib_attack': ('n', 'batches', 'stage', 'threat_model', 'attack'),
 }
 _EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer (PGD-20)',
                   'ti_fgsm': 'TI-FGSM (black-box)', 'di_fgsm': 'DI-FGSM (black-box)', 'nattack': 'NAttack (black-box)'}
@@ -95,8 +95,9 @@ def _fmt(v: Any, nd: int = 2) -> str:
 
 
 def _cell(v: Any) -> str:
-    """A number of a section's own table, 4 significant digits (percentages, L2 distances, mask means)."""
-    return f'{v:.4g}' if isinstance(v, (int, float)) and not isinstance(v, bool) else 'not measured'
+    """A number of a section's own table, 4 significant digits (percentages, L2 distances, mask means); None is a
+    quantity with nothing to average (e.g. the L2 of an attack that never succeeded): n/a."""
+    return f'{v:.4g}' if isinstance(v, (int, float)) and not isinstance(v, bool) else 'n/a'
 
 
 def _eps_255(eps: Any) -> str:

@@ -80,7 +80,8 @@ def test_split_depends_on_the_batch_and_is_deterministic_under_a_seed():
     assert not torch.equal(runs[0].sigma, runs[2].sigma)
     a = A.ib_split(net, x, y, batch_size=2, steps=3, seed=3)
     b = A.ib_split(net, x, y, batch_size=2, steps=3, seed=3)
-    assert a == b and a['batch_size'] == 2 and a['batches'] == 2 and a['n'] == 4
+    assert a == b and a['batch_size'] == 2 and a['batches'] == '2 x 2' and a['n'] == 4
+    assert ib.batches(237, 100) == '2 x 100 + 1 x 37' and ib.batches(3, 100) == '1 x 3'
 
 
 def test_fsr_model_cut_puts_fsr_in_the_tail_and_compares_masks():
@@ -230,6 +231,7 @@ def test_ib_commands_into_the_model_card(tmp_path, cifar_root, capsys):
     body = ModelCard.load(folder / 'README.md').text
     assert '![NRF / RF feature attacks, L2' in body and '(ib_attack.png)' in body and '(ib_split.png)' in body
     assert '|  | success rate (%) | mean L2 | median L2 | accuracy under attack (%) |' in body
+    assert '- batches: 1 x 2' in body and 'not measured' not in body.split('## Analysis')[1].split('## Cost')[0]
     assert f"| IB-robust units (%) | {split['robust_fraction']:.4g} |" in body
     sample = ['--model', 'fsr_resnet18', '--random-init', '--sample', '--n', '2', '--device', 'cpu', '--no-progress',
               '--steps', '1']

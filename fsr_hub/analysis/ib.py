@@ -39,7 +39,7 @@ from .common import AnalysisError, Deadline, prepare, require
 __all__ = [
     'IB_STEPS', 'IB_LR', 'IB_BETA', 'KL_DELTA', 'IB_INVERSION', 'SPLIT_LABELS', 'TAIL', 'FeatureCut', 'IBSplit',
     'check_positive', 'check_count', 'check_split_args', 'frozen', 'default_stage', 'feature_cut', 'kl_term',
-    'ib_split_batch', 'invert_features', 'split_params', 'ib_split',
+    'ib_split_batch', 'invert_features', 'batches', 'split_params', 'ib_split',
 ]
 
 IB_STEPS = 200
@@ -333,6 +333,13 @@ def check_split_args(batch_size: int, steps: int, lr: float, beta: float) -> Non
         raise AnalysisError(f'beta (the KL weight) must be a non-negative number, got {beta!r}.')
 
 
+def batches(n: int, batch_size: int) -> str:
+    """The batches ``n`` images make, e.g. '2 x 100 + 1 x 37' (the split depends on each batch)."""
+    full, rest = divmod(n, batch_size)
+    parts = ([f'{full} x {batch_size}'] if full else []) + ([f'1 x {rest}'] if rest else [])
+    return ' + '.join(parts) or 'none'
+
+
 def split_params(steps: int, lr: float, beta: float) -> Dict[str, Any]:
     """How the split was made, for the report."""
     return {'steps': steps, 'lr': lr, 'beta': beta, 'optimizer': 'Adam', 'lambda_init': 0.0,
@@ -404,7 +411,7 @@ def _split_section(cut: FeatureCut, why: str, tally: _Tally, shape: Optional[Lis
                  ['mean FSR mask on IB-non-robust units', overlap['mean_mask_ib_non_robust']]]
     return {
         'stage': cut.stage, 'stage_choice': why, 'feature_shape': shape, 'fsr_in_tail': cut.fsr is not None,
-        'tail': TAIL, 'n': tally.n, 'batch_size': batch_size, 'batches': len(tally.fractions), 'seed': seed,
+        'tail': TAIL, 'n': tally.n, 'batch_size': batch_size, 'batches': batches(tally.n, batch_size), 'seed': seed,
         'split': params, 'accuracy': accuracy, 'labels': dict(SPLIT_LABELS), 'robust_fraction': robust,
         'robust_fraction_per_batch': tally.fractions, 'threshold_per_batch': tally.thresholds,
         'fsr_overlap': overlap,

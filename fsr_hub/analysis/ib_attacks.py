@@ -25,7 +25,7 @@ from ..hardware import strict_float32
 from ..inputs import check_pixels
 from .common import AnalysisError, Deadline, prepare
 from .ib import (
-    IB_BETA, IB_LR, IB_STEPS, FeatureCut, check_count, check_positive, check_split_args, feature_cut, frozen,
+    IB_BETA, IB_LR, IB_STEPS, FeatureCut, batches, check_count, check_positive, check_split_args, feature_cut, frozen,
     ib_split_batch, split_params,
 )
 
@@ -192,7 +192,8 @@ def ib_attack(
         'attacks': list(attacks), 'labels': {a: IB_ATTACK_LABELS[a] for a in attacks}, 'norm': 'L2',
         'threat_model': 'L2 minimum-distortion attacks (CW-style, unbounded): not comparable with the L-inf '
                         'accuracy table',
-        'n': min(s['n'] for s in stats.values()), 'batch_size': batch_size, 'stage': cut.stage, 'stage_choice': why,
+        'n': min(s['n'] for s in stats.values()), 'batch_size': batch_size,
+        'batches': batches(max(s['n'] for s in stats.values()), batch_size), 'stage': cut.stage, 'stage_choice': why,
         'fsr_in_tail': cut.fsr is not None, 'seed': seed,
         'attack': {**params, 'optimizer': 'Adam', 'space': 'tanh', 'pixel_clamp': PIXEL_CLAMP,
                    'margin': 'max(Z_y - max_{i != y} Z_i, 0)', 'check_every': max(steps // 3, 1),
