@@ -170,10 +170,13 @@ def feature_cut(model: nn.Module, x: torch.Tensor, stage: Optional[str] = None) 
     probe = x[:8]
     with torch.no_grad():
         z = cut.head(probe)
-        if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[2] * z.shape[3] < 2:
+        if not isinstance(z, torch.Tensor) or z.ndim != 4:
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise AnalysisError(f'stage {stage!r} gives {got}, not a (B, C, H, W) feature map with H * W >= 2: the '
-                                f'IB split needs a convolutional stage.')
+            raise AnalysisError(f'stage {stage!r} gives {got}, not a (B, C, H, W) feature map: the IB split needs a '
+                                f'convolutional stage.')
+        if z.shape[2] * z.shape[3] < 2:
+            raise AnalysisError(f'stage {stage!r} gives a {z.shape[2]} x {z.shape[3]} map at this input size: no '
+                                f'spatial variance to split by; choose an earlier stage of {", ".join(names)}.')
         full, cut_logits = model(probe), cut.tail(z, probe)
     if not torch.allclose(full, cut_logits, rtol=1e-4, atol=1e-4):
         raise AnalysisError(f'the logits of {type(model).__name__} do not depend on stage {stage!r} alone (a path '
