@@ -95,7 +95,7 @@ def test_fsr_model_cut_puts_fsr_in_the_tail_and_compares_masks():
         torch.testing.assert_close(cut.tail(z, x), net(x))
     section = A.ib_split(net, x, y, batch_size=4, steps=2)
     overlap = section['fsr_overlap']
-    assert section['fsr_in_tail'] and overlap['units_ib_robust'] + overlap['units_ib_non_robust'] == 4 * 16
+    assert section['fsr_at_cut'] and overlap['units_ib_robust'] + overlap['units_ib_non_robust'] == 4 * 16
     split = ib.ib_split_batch(cut, x, y, steps=2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         mask = net.fsr['s2'](split.z, need_aux=True)[1].mask.mean((2, 3))

@@ -259,9 +259,9 @@ def invert_features(
 # the analysis: split every batch, tally the tail's predictions and FSR's mask, invert a few features
 
 #: how the tail is made, recorded in every section
-TAIL = ('the rest of the network from the cut stage\'s output to the logits; on an FSR model whose FSR module follows '
-        'the cut stage that module is part of the tail (z is the feature FSR separates, so tail(z) is the model\'s '
-        'own computation and the split and FSR\'s mask act on the same tensor)')
+TAIL = ('the rest of the network from the cut stage\'s output to the logits, with every FSR module after the cut; '
+        'fsr_at_cut: an FSR module follows the cut stage, so z is the feature it separates, it is the first module '
+        'of the tail (tail(z) is the model\'s own computation) and the split and its mask act on the same tensor')
 _BINS = 20
 #: the tail's inputs, as reports and plots name them
 SPLIT_LABELS = {'whole': 'Z (whole feature)', 'robust': 'Z_r (IB-robust units)',
@@ -413,7 +413,7 @@ def _split_section(cut: FeatureCut, why: str, tally: _Tally, shape: Optional[Lis
         rows += [['mean FSR mask on IB-robust units', overlap['mean_mask_ib_robust']],
                  ['mean FSR mask on IB-non-robust units', overlap['mean_mask_ib_non_robust']]]
     return {
-        'stage': cut.stage, 'stage_choice': why, 'feature_shape': shape, 'fsr_in_tail': cut.fsr is not None,
+        'stage': cut.stage, 'stage_choice': why, 'feature_shape': shape, 'fsr_at_cut': cut.fsr is not None,
         'tail': TAIL, 'n': tally.n, 'batch_size': batch_size, 'batches': batches(tally.n, batch_size), 'seed': seed,
         'split': params, 'accuracy': accuracy, 'labels': dict(SPLIT_LABELS), 'robust_fraction': robust,
         'robust_fraction_per_batch': tally.fractions, 'threshold_per_batch': tally.thresholds,

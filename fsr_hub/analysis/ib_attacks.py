@@ -194,7 +194,7 @@ def ib_attack(
                         'accuracy table',
         'n': min(s['n'] for s in stats.values()), 'batch_size': batch_size,
         'batches': batches(max(s['n'] for s in stats.values()), batch_size), 'stage': cut.stage, 'stage_choice': why,
-        'fsr_in_tail': cut.fsr is not None, 'seed': seed,
+        'fsr_at_cut': cut.fsr is not None, 'seed': seed,
         'attack': {**params, 'optimizer': 'Adam', 'space': 'tanh', 'pixel_clamp': PIXEL_CLAMP,
                    'margin': 'max(Z_y - max_{i != y} Z_i, 0)', 'check_every': max(steps // 3, 1),
                    'early_stop': 'the cost rose since the previous check',
