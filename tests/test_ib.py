@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from conftest import tiny_fsr_net
 from fsr_hub import analysis as A
