@@ -30,6 +30,10 @@ PLOTS: Dict[str, Tuple[str, bool, str]] = {
     'feature_swap': ('feature_swap.png', True, 'Feature swap (paper Table 5a)'),
     'knn': ('knn.png', True, 'Weighted k-NN on the separated features (paper Table 5b)'),
     'gradcam': ('gradcam.png', True, 'Grad-CAM attention maps (paper Fig. 1)'),
+    'ib_split': ('ib_split.png', False, 'Robust and non-robust feature units by Information Bottleneck '
+                                        '(Kim et al., NeurIPS 2021)'),
+    'ib_attack': ('ib_attack.png', False, 'NRF / RF feature attacks, L2 (Kim et al., NeurIPS 2021; not the '
+                                          'L-inf threat model of the table above)'),
 }
 #: the section fields listed under each plot, after its table
 PLOT_DETAILS: Dict[str, Tuple[str, ...]] = {
@@ -37,6 +41,8 @@ PLOT_DETAILS: Dict[str, Tuple[str, ...]] = {
     'feature_swap': ('n', 'eps', 'position', 'attacks'),
     'knn': ('n_test', 'n_train', 'ks', 'gamma', 'gamma_source', 'pool', 'eps', 'query_attack'),
     'gradcam': ('n', 'eps', 'position', 'columns', 'target'),
+    'ib_split': ('n', 'batches', 'stage', 'stage_choice', 'split', 'inversion'),
+    'ib_attack': ('n', 'batches', 'stage', 'threat_model', 'attack'),
 }
 _EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer (PGD-20)',
                   'ti_fgsm': 'TI-FGSM (black-box)', 'di_fgsm': 'DI-FGSM (black-box)', 'nattack': 'NAttack (black-box)'}
@@ -156,6 +162,12 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return f'{v:.{nd}f}' if isinstance(v, (int, float)) and not isinstance(v, bool) else 'not measured'
 
 
+def _cell(v: Any) -> str:
+    """A number of a section's own table, 4 significant digits (percentages, L2 distances, mask means); None is a
+    quantity with nothing to average (e.g. the L2 of an attack that never succeeded): n/a."""
+    return f'{v:.4g}' if isinstance(v, (int, float)) and not isinstance(v, bool) else 'n/a'
+
+
 def _eps_255(eps: Any) -> str:
     return f'{round(eps * 255)}/255' if isinstance(eps, (int, float)) else 'unknown'
 
@@ -211,9 +223,12 @@ def _card_data(results: Mapping[str, Any], config: Mapping[str, Any], name: str)
 
 
 def _plot_table(key: str, entry: Mapping[str, Any]) -> Tuple[List[str], List[List[str]]]:
-    """The numbers a plot shows: a curve as one row, a table with its rows named by the section's ``labels``
+    """The numbers a plot shows: the section's own ``table`` (``header`` and ``rows``, each row a name and its
+    numbers) where it has one, else a curve as one row, or a table with its rows named by the section's ``labels``
     (f~, f+, ...) and its columns by attack (feature swap) or k (k-NN)."""
-    acc = entry.get('accuracy')
+    acc, table = entry.get('accuracy'), entry.get('table')
+    if isinstance(table, dict) and isinstance(table.get('header'), list) and isinstance(table.get('rows'), list):
+        return [str(h) for h in table['header']], [[str(r[0])] + [_cell(v) for v in r[1:]] for r in table['rows']]
     if isinstance(acc, list) and isinstance(entry.get('eps_255'), list):
         return (['eps'] + [f'{e:g}/255' for e in entry['eps_255']], [['accuracy (%)'] + [_fmt(a) for a in acc]])
     if isinstance(acc, dict) and all(isinstance(r, dict) for r in acc.values()):

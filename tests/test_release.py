@@ -180,6 +180,10 @@ def _analysis(sha256: str) -> dict:
         'knn': {**meta, 'gamma': 0.07, 'ks': [5, 20], 'labels': labels,
                 'accuracy': {'robust': {'5': 45.5, '20': 46.25}, 'non_robust': {'5': 11.5, '20': 10.25}}},
         'gradcam': {**meta, 'n': 4, 'columns': ['x', 'f_nat']},
+        'ib_split': {**meta, 'n': 1000, 'batch_size': 100, 'stage': 'layer4',
+                     'table': {'header': ['', 'value'], 'rows': [['IB-robust units (%)', 3.125]]}},
+        'ib_attack': {**meta, 'n': 100, 'threat_model': 'L2',
+                      'table': {'header': ['', 'success rate (%)', 'mean L2'], 'rows': [['NRF', 100.0, 0.41237]]}},
     }
 
 
@@ -201,7 +205,8 @@ def test_card_embeds_plots_with_their_numbers(rel):
     assert '|  | Clean | PGD-20 |' in body and '| f+ | 80.50 | 49.25 |' in body and '| f- | 20.50 | 3.75 |' in body
     assert '|  | 5-NN | 20-NN |' in body and '| f+ | 45.50 | 46.25 |' in body
     assert '- gamma: 0.07' in body and '- columns: x, f_nat' in body and '- attack: attack pgd20, steps 20' in body
-    assert body.count('- measured on: cifar10 test (n = 1000), NVIDIA H100, 12.5 s') == 4
+    assert '| IB-robust units (%) | 3.125 |' in body and '| NRF | 100 | 0.4124 |' in body
+    assert body.count('- measured on: cifar10 test (n = 1000), NVIDIA H100, 12.5 s') == len(PLOTS)
     assert [p['path'] for p in release.upload_plan(info.folder)] == sorted(
         list(release.REQUIRED_FILES) + [f for f, _, _ in PLOTS.values()])
 

@@ -9,11 +9,15 @@ commands:
   plot-eps      one plot of the eps curves of one or several models (FSR vs vanilla twin) from their JSON files
   blackbox      Table 3: TI-FGSM and DI-FGSM crafted on a source model, and NAttack (1,000 images, 40,000 queries),
                 through the verify suite (the same numbers as tools/verify.py --blackbox)
+  ib-split      robust / non-robust feature units by Information Bottleneck (NeurIPS 2021) at a feature stage:
+                the tail's accuracy on each part, the robust fraction, FSR's mask on each part, inversions (PNG)
+  ib-attack     the NRF, NRF2, RF, RF2 feature attacks and CW-L2 (L2, minimum distortion): success rate and L2
   attach        put analysis JSON files into a results.json's `analysis` section and their PNGs beside it (a
                 release folder: the model card shows each complete analysis of its weights with its figure)
 
 MODEL:WEIGHTS (--natural, --source) is a safetensors file or cifar_resnet18:pyautoattack, pyautoattack's naturally
-trained CIFAR-10 ResNet-18 (the default f_nat of gradcam).
+trained CIFAR-10 ResNet-18 (the default f_nat of gradcam); --model cifar_resnet18 --weights pyautoattack analyses
+that model itself (e.g. the non-robust reference of ib-split and ib-attack).
 
 examples:
   python tools/analyze.py eps-curve --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
@@ -23,6 +27,10 @@ examples:
   python tools/analyze.py gradcam --model fsr_resnet18 --weights w.safetensors --sample --n 6 --out a/gradcam.json
   python tools/analyze.py blackbox --model fsr_resnet18 --weights w.safetensors --data /data \\
       --source cifar_resnet18:pyautoattack --out a/blackbox.json
+  python tools/analyze.py ib-split --model fsr_resnet18 --weights w.safetensors --data /data --n 1000 \\
+      --deadline-minutes 30 --out a/ib_split.json
+  python tools/analyze.py ib-attack --model fsr_resnet18 --weights w.safetensors --data /data --n 100 \\
+      --out a/ib_attack.json
   python tools/analyze.py attach model_cards/fsr_resnet18.at_cifar10/results.json a/*.json
   python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10      # re-render the card
 """
@@ -43,14 +51,15 @@ from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import parse_attacks
 from fsr_hub.fsr import FSR_OUTPUTS
 from fsr_hub.sample import SampleError, load_sample
-from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model, load_model_spec
+from fsr_hub.sources import NAMED_WEIGHTS, PYAUTOATTACK, PYAUTOATTACK_SPEC, load_model, load_model_spec
 from fsr_hub.weights import WeightsError
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True, figure: Optional[str] = None) -> None:
     p.add_argument('--model', required=True, help='timm model name, e.g. fsr_resnet18')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--weights', help='safetensors weight file')
+    src.add_argument('--weights', help=f'safetensors weight file, or named weights: {", ".join(NAMED_WEIGHTS)} '
+                                       f'(with --model {NAMED_WEIGHTS[PYAUTOATTACK][0]})')
     src.add_argument('--random-init', action='store_true', help='random weights (tests and dry runs only)')
     p.add_argument('--tag', default=None, help='release tag of the weights, e.g. at_cifar10 (recorded)')
     if data:
@@ -69,6 +78,13 @@ def _common(p: argparse.ArgumentParser, data: bool = True, figure: Optional[str]
     if figure:
         p.add_argument('--png', default=None, help=f'figure to write (default: {figure} beside --out)')
     p.add_argument('--no-progress', action='store_true')
+
+
+def _ib_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--stage', default=None, help='feature_info stage to cut at (default: the FSR position, else the '
+                                                 'last stage)')
+    p.add_argument('--beta', type=number, default=A.IB_BETA, help=f'weight of the KL term (default {A.IB_BETA})')
+    p.set_defaults(batch_size=100)  # the split depends on the batch: the official batch size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--nattack-n', type=int, default=NATTACK_N, help=f'NAttack images (default {NATTACK_N}, the paper)')
     s.add_argument('--max-queries', type=int, default=NATTACK['max_queries'], help='NAttack queries per image')
 
+    s = sub.add_parser('ib-split', help='robust / non-robust feature units by Information Bottleneck, JSON and PNG')
+    _common(s, figure=A.PNG_NAMES['ib_split'])
+    _ib_common(s)
+    s.add_argument('--steps', type=int, default=A.IB_STEPS, help=f'Adam steps of the split (default {A.IB_STEPS})')
+    s.add_argument('--lr', type=number, default=A.IB_LR, help=f'Adam learning rate of the split (default {A.IB_LR})')
+    s.add_argument('--inversions', type=int, default=4, help='images whose Z, Z_r, Z_nr are inverted (0: none)')
+    s.add_argument('--inversion-steps', type=int, default=A.IB_INVERSION['steps'],
+                   help=f"Adam steps of the inversions (default {A.IB_INVERSION['steps']})")
+
+    s = sub.add_parser('ib-attack', help='NRF, NRF2, RF, RF2 and CW-L2 attacks (L2): success rate and distortion')
+    _common(s, figure=A.PNG_NAMES['ib_attack'])
+    _ib_common(s)
+    s.add_argument('--attacks', type=comma_list(str), default=list(A.IB_ATTACKS), help=f'from {",".join(A.IB_ATTACKS)}')
+    s.add_argument('--steps', type=int, default=A.ATTACK_STEPS, help=f'Adam steps (default {A.ATTACK_STEPS})')
+    s.add_argument('--lr', type=number, default=A.ATTACK_LR, help=f'Adam learning rate (default {A.ATTACK_LR})')
+    s.add_argument('--c', type=number, default=A.ATTACK_C, help=f'weight of the margin term (default {A.ATTACK_C})')
+    s.add_argument('--split-steps', type=int, default=A.IB_STEPS, help=f'steps of the split (default {A.IB_STEPS})')
+    s.add_argument('--split-lr', type=number, default=A.IB_LR, help=f'learning rate of the split (default {A.IB_LR})')
+
     s = sub.add_parser('attach', help="put analysis JSON files into a results.json's `analysis` section")
     s.add_argument('results', help='results.json of tools/verify.py (rewritten in place unless --out)')
     s.add_argument('files', nargs='+', help='analysis JSON files of the same weights')
@@ -123,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_model(name: str, weights: Optional[str], num_classes: int,
                 tag: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    model, info = load_model(name, weights, num_classes)
+    if weights in NAMED_WEIGHTS:
+        model, info = load_model_spec(f'{name}:{weights}', num_classes, '--model/--weights')
+    else:
+        model, info = load_model(name, weights, num_classes)
     return model, {**info, 'tag': tag, 'random_init': not weights}
 
 
@@ -221,6 +259,18 @@ def run(args: argparse.Namespace, command: str) -> str:
                                       eps=args.eps, nattack_n=args.nattack_n, seed=args.seed,
                                       num_classes=num_classes, deadline=deadline, progress=not args.no_progress,
                                       **overrides, **common)
+    elif args.command == 'ib-split':
+        png = _png(args, A.PNG_NAMES[name])
+        section = A.ib_split(model, x, y, stage=args.stage, steps=args.steps, lr=args.lr, beta=args.beta,
+                             seed=args.seed, inversions=args.inversions, inversion_steps=args.inversion_steps,
+                             png=png, deadline=deadline, progress=not args.no_progress, **common)
+        png = png if section['n'] else None
+    elif args.command == 'ib-attack':
+        A.require('matplotlib')  # the figure is drawn after the attacks: fail before them
+        section = A.ib_attack(model, x, y, attacks=args.attacks, stage=args.stage, steps=args.steps, lr=args.lr,
+                              c=args.c, split_steps=args.split_steps, split_lr=args.split_lr, beta=args.beta,
+                              seed=args.seed, deadline=deadline, progress=not args.no_progress, **common)
+        png = A.plot_ib_attack(section, _png(args, A.PNG_NAMES[name])) if section['n'] else None
     else:  # pragma: no cover - argparse enforces the choices
         raise ValueError(f'unknown command {args.command}')
     doc = {**A.section_meta(info, data, args.device, deadline, command), 'analysis': name, **section,

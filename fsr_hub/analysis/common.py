@@ -22,7 +22,7 @@ __all__ = [
 
 #: file name of each analysis' figure in a release folder (the card embeds those it finds)
 PNG_NAMES = {'eps_curve': 'eps_curve.png', 'feature_swap': 'feature_swap.png', 'knn': 'knn.png',
-             'gradcam': 'gradcam.png'}
+             'gradcam': 'gradcam.png', 'ib_split': 'ib_split.png', 'ib_attack': 'ib_attack.png'}
 
 # module -> PyPI distribution, for the error message
 _DISTRIBUTIONS = {'pytorch_grad_cam': 'grad-cam', 'matplotlib': 'matplotlib', 'torchattack': 'torchattack',

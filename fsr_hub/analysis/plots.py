@@ -2,13 +2,16 @@
 no pyplot, no global backend state."""
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
 
 from ..fsr import FEATURE_LABELS
 from ..releases import release_name
 from .common import AnalysisError, require, save_figure
 
-__all__ = ['model_label', 'read_eps_curve', 'plot_eps_curves', 'plot_feature_swap', 'plot_knn']
+__all__ = ['model_label', 'read_eps_curve', 'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'plot_ib_split',
+           'plot_ib_attack']
 
 _WIDTH_IN, _DPI = 8.0, 100
 _METRIC_NAMES = {'clean': 'Natural', 'fgsm': 'FGSM', 'pgd20': 'PGD-20', 'pgd100': 'PGD-100', 'cw': 'C&W',
@@ -120,3 +123,84 @@ def plot_knn(section: Mapping[str, Any], path: Union[str, Path]) -> Path:
     title = f"Weighted k-NN, PGD-20 examples (Table 5b), n = {section['n_test']}, $\\gamma$ = {section['gamma']:g}"
     return _grouped_bars([_MATH_LABELS.get(f, FEATURE_LABELS.get(f, f)) for f in features], series,
                          'feature of the adversarial example', 'top-1 accuracy (%)', title, path)
+
+
+def _bars(ax: Any, names: Sequence[str], values: Sequence[Optional[float]], ylabel: str, title: str,
+          fmt: str = '{:.1f}') -> None:
+    shown = [v if v is not None else 0.0 for v in values]
+    bars = ax.bar(range(len(names)), shown, color=[f'C{i}' for i in range(len(names))])
+    ax.bar_label(bars, labels=[fmt.format(v) if v is not None else 'n/a' for v in values], fontsize=9, padding=2)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=11)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, axis='y', alpha=0.3)
+
+
+def _split_panels(fig: Any, section: Mapping[str, Any]) -> None:
+    overlap = section.get('fsr_overlap')
+    axes = fig.subplots(1, 2 if overlap else 1, squeeze=False)[0]
+    acc = section['accuracy']
+    _bars(axes[0], ['$Z$', '$Z_r$', '$Z_{nr}$'], [acc['whole'], acc['robust'], acc['non_robust']], 'accuracy (%)',
+          f"tail on each part, stage {section['stage']}, n = {section['n']}\n"
+          f"robust units: {section['robust_fraction']:.2f} % (batch {section['batch_size']})")
+    axes[0].set_ylim(0, 105)
+    if overlap:
+        edges = overlap['histogram_bins']
+        for key, label in (('histogram_ib_robust', 'IB-robust units'), ('histogram_ib_non_robust', 'IB-non-robust')):
+            counts = overlap[key]
+            total = max(sum(counts), 1)
+            axes[1].stairs([100.0 * c / total for c in counts], edges, label=label, linewidth=2)
+        axes[1].set_xlabel('FSR mask, mean over H x W per unit', fontsize=10)
+        axes[1].set_ylabel('units (%)', fontsize=11)
+        mean = {k: 'n/a' if overlap[k] is None else f'{overlap[k]:.3f}' for k in
+                ('mean_mask_ib_robust', 'mean_mask_ib_non_robust')}
+        axes[1].set_title(f"mean FSR mask: {mean['mean_mask_ib_robust']} on IB-robust,\n"
+                          f"{mean['mean_mask_ib_non_robust']} on IB-non-robust units", fontsize=11)
+        axes[1].legend(fontsize=9)
+        axes[1].grid(True, alpha=0.3)
+
+
+def plot_ib_split(section: Mapping[str, Any], inverted: Optional[Mapping[str, Any]], path: Union[str, Path]) -> Path:
+    """The IB split: the tail's accuracy on Z, Z_r, Z_nr, on FSR models a histogram of FSR's mask on IB-robust vs
+    IB-non-robust units, and (when given) a grid of images with the inversions of their Z, Z_r, Z_nr."""
+    k = 0 if inverted is None else len(inverted['originals'])
+    row = 1.3  # inches per image row: four square images in the middle 60 % of the 8-inch width, and a title
+    fig = _figure(3.6 + row * k + 0.3)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, row * k + 0.3]) if k else (fig, None)
+    _split_panels(top, section)
+    top.subplots_adjust(left=0.09, right=0.98, bottom=0.14, top=0.82, wspace=0.3)
+    if bottom is not None:
+        titles = ['x', 'inversion of $Z$', 'inversion of $Z_r$', 'inversion of $Z_{nr}$']
+        axes = bottom.subplots(k, 4, squeeze=False)
+        for i in range(k):
+            shown = [inverted['originals'][i]] + [inverted['images'][j][i] for j in range(3)]
+            for j, img in enumerate(shown):
+                empty = j > 0 and bool(inverted['empty'][j - 1][i])  # the part is all zero: nothing to invert
+                shown_img = torch.ones_like(img) if empty else img.clamp(0, 1)
+                axes[i][j].imshow(shown_img.permute(1, 2, 0).numpy(), interpolation='nearest')
+                if empty:
+                    axes[i][j].text(0.5, 0.5, 'all zero', ha='center', va='center', fontsize=9,
+                                    transform=axes[i][j].transAxes)
+                axes[i][j].set_xticks([])
+                axes[i][j].set_yticks([])
+                if i == 0:
+                    axes[i][j].set_title(titles[j], fontsize=10)
+        bottom.subplots_adjust(left=0.2, right=0.8, bottom=0.01, top=1 - 0.3 / (row * k + 0.3), wspace=0.05,
+                               hspace=0.05)
+    return save_figure(fig, path)
+
+
+def plot_ib_attack(section: Mapping[str, Any], path: Union[str, Path]) -> Path:
+    """The L2 attacks: success rate per attack, and the mean L2 distortion of the successes."""
+    results = section['results']
+    names = [section['labels'][a].split(' ')[0] for a in results]
+    fig = _figure(3.8)
+    axes = fig.subplots(1, 2)
+    _bars(axes[0], names, [r['success_rate'] for r in results.values()], 'success rate (%)',
+          f"L2 attacks, n = {section['n']}")
+    axes[0].set_ylim(0, 105)
+    _bars(axes[1], names, [r['mean_l2'] for r in results.values()], 'mean L2 of the successes',
+          'distortion (pixels in [0, 1])', fmt='{:.3f}')
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -15,7 +15,7 @@ from .common import AnalysisError, PNG_NAMES
 __all__ = ['ANALYSES', 'attach_sections', 'copy_figures', 'png_name']
 
 #: analysis names: the keys of ``results['analysis']``
-ANALYSES = ('eps_curve', 'feature_swap', 'knn', 'gradcam', 'blackbox')
+ANALYSES = ('eps_curve', 'feature_swap', 'knn', 'gradcam', 'blackbox', 'ib_split', 'ib_attack')
 
 
 def _read(path: Union[str, Path]) -> Dict[str, Any]:
