@@ -14,7 +14,7 @@ Saliency of the parameters of a layer with damage dw (C_out x d, see :meth:`Laye
 ``S_ij = 0.5 * G_ii * dw_ij * (dw_i A)_j``: the K-FAC quadratic term of the loss change with the block-diagonal
 Hessian replaced by diag(G) (x) A, per entry. Computed as one (C_out x d) @ (d x d) product per layer.
 """
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn

@@ -30,7 +30,9 @@ def check_saliency(saliency: Mapping[str, torch.Tensor], layers: Mapping[str, La
         raise ValueError(f'{where} does not fit the model: saliency shapes differ, e.g. {wrong[:2]}.')
 
 
-def select(saliency: Mapping[str, torch.Tensor], layers: Mapping[str, Layer], sparsity: float) -> Dict[str, torch.Tensor]:
+def select(
+        saliency: Mapping[str, torch.Tensor], layers: Mapping[str, Layer], sparsity: float,
+) -> Dict[str, torch.Tensor]:
     """Boolean matrices (True: pruned), one per layer, of the shape of its saliency (C_out x d, bias column last)."""
     if not 0.0 < sparsity < 1.0:
         raise ValueError(f'sparsity must be in (0, 1), got {sparsity}.')

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,7 +23,7 @@ from ..schemas import PRUNE_SCHEMA
 from ..sources import load_model
 from ..weights import read_weights, save_weights
 from .finetune import evaluate, finetune, mad_milestones
-from .layers import prunable_layers
+from .layers import Layer, prunable_layers
 from .masks import M_MIN, M_ONE, MASK_MIN
 from .prune import apply_pruning, check_saliency, select, sparsity_report
 from .saliency import MASK_LR, MASK_STEPS, AttackConfig, compute_saliency
@@ -106,11 +106,12 @@ class PruneConfig:
         return out
 
 
-def sparse_flops(model: torch.nn.Module, layers, input_size) -> Dict[str, Any]:
+def sparse_flops(model: torch.nn.Module, layers: Mapping[str, Layer], input_size: Sequence[int]) -> Dict[str, Any]:
     """fvcore multiply-adds of one image, dense and with the multiply-adds of zero weights skipped."""
     per_module = module_flops(model, input_size)
     dense = per_module['']
-    skipped = sum(per_module.get(n, 0) * float((layer.module.weight == 0).float().mean()) for n, layer in layers.items())
+    skipped = sum(per_module.get(n, 0) * float((layer.module.weight == 0).float().mean())
+                  for n, layer in layers.items())
     return {'gflops_fvcore_dense': round(dense / 1e9, 6), 'gflops_fvcore_sparse': round((dense - skipped) / 1e9, 6),
             'gflops_paper_convention_dense': round(2 * dense / 1e9, 6),
             'gflops_paper_convention_sparse': round(2 * (dense - skipped) / 1e9, 6),

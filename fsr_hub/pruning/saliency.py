@@ -113,6 +113,7 @@ def compute_saliency(
     if not n_batches:
         raise ValueError('no training batch to compute the saliency on (fewer images than one batch?).')
     averaged = {name: s / n_batches for name, s in total.items()}
-    stats = {'batches': n_batches, 'images': n_images, 'masked_adversarial_accuracy': round(100 * correct / n_images, 2),
+    stats = {'batches': n_batches, 'images': n_images,
+             'masked_adversarial_accuracy': round(100 * correct / n_images, 2),
              'seconds': round(time.perf_counter() - t0, 3)}
     return averaged, stats
