@@ -235,6 +235,9 @@ def test_saliency_file_is_reused(pruned_run, tmp_path):
                            'saliency_batches': None, 'eval_images': 0, 'out': str(tmp_path)})
     summary = run_prune(again)
     assert summary['saliency']['computed'] is False and summary['evaluation'] is None
+    assert summary['saliency']['recorded']['batches'] == '2'
+    assert summary['mode'] == 'reduced' and 'no fine-tuning (--epochs 0)' in summary['reductions']
+    assert any(r.startswith('saliency read from') and 'first 2 training batches' in r for r in summary['reductions'])
 
 
 @pytest.mark.parametrize('flags, message', [
@@ -244,21 +247,27 @@ def test_saliency_file_is_reused(pruned_run, tmp_path):
     (['--epochs', '-1'], 'epochs must be >= 0'),
     (['--weights', 'missing.safetensors'], 'weights file not found'),
     (['--saliency', 'missing.safetensors'], 'saliency file not found'),
+    (['--saliency', '{weights}', '--saliency-batches', '2'], 'saliency_batches has no effect'),
     (['--model', 'no_such_model'], 'Unknown model'),
 ])
 def test_bad_inputs_are_one_line_errors(flags, message, tmp_path, capsys):
     weights = tmp_path / 'w.safetensors'
     weights.write_bytes(b'')
     argv = ['--model', 'fsr_vgg16', '--weights', str(weights), '--data', str(tmp_path), '--out', str(tmp_path / 'o'),
-            '--device', 'cpu', *flags]
+            '--device', 'cpu', *(f.format(weights=weights) for f in flags)]
     assert prune_tool.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and message in err and '\n' not in err
 
 
-def test_saliency_file_of_another_model_is_refused(pruned_run, tmp_path):
+@pytest.mark.parametrize('metadata, message', [
+    ({'kind': 'mad_saliency'}, 'does not fit the model'),
+    ({}, 'not a saliency file written by tools/prune.py'),
+])
+def test_saliency_file_of_another_model_is_refused(pruned_run, tmp_path, metadata, message):
     cfg, _ = pruned_run
     bad = tmp_path / 'sal.safetensors'
-    save_weights({'fc': torch.zeros(10, 9)}, bad)
-    with pytest.raises(ValueError, match='does not fit the model'):
-        run_prune(PruneConfig(**{**cfg.__dict__, 'saliency': str(bad), 'out': str(tmp_path / 'o')}))
+    save_weights({'fc': torch.zeros(10, 9)}, bad, metadata=metadata)
+    with pytest.raises(ValueError, match=message):
+        run_prune(PruneConfig(**{**cfg.__dict__, 'saliency': str(bad), 'saliency_batches': None,
+                                 'out': str(tmp_path / 'o')}))

@@ -6,6 +6,7 @@ less (a subset of batches, fewer epochs, a subset of images, the FGSM-RS attack)
 the summary says so, with every reduction listed.
 """
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import write_json
 from ..cost import module_flops
@@ -21,7 +23,7 @@ from ..hardware import hardware_name, resolve_device
 from ..objectives import ObjectiveConfig
 from ..schemas import PRUNE_SCHEMA
 from ..sources import load_model
-from ..weights import read_weights, save_weights
+from ..weights import read_weights, save_weights, sha256_file
 from .finetune import evaluate, finetune, mad_milestones
 from .layers import Layer, prunable_layers
 from .masks import M_MIN, M_ONE, MASK_MIN
@@ -31,6 +33,8 @@ from .saliency import MASK_LR, MASK_STEPS, AttackConfig, compute_saliency
 __all__ = ['ATTACKS', 'PAPER_EPOCHS', 'PruneConfig', 'run_prune', 'sparse_flops']
 
 ATTACKS = ('pgd', 'fgsm-rs')
+#: the ``kind`` in the metadata of the saliency files this module writes
+SALIENCY_KIND = 'mad_saliency'
 PAPER_EPOCHS = 60
 
 
@@ -85,6 +89,8 @@ class PruneConfig:
             raise ValueError(f'weights file not found: {self.weights}')
         if self.saliency is not None and not Path(self.saliency).is_file():
             raise ValueError(f'saliency file not found: {self.saliency}')
+        if self.saliency is not None and self.saliency_batches is not None:
+            raise ValueError('saliency_batches has no effect with a saliency file: give one of them.')
 
     def attack_config(self) -> AttackConfig:
         """PGD-10 with MAD's step 2.3 eps / 10, or FGSM-RS (one step of 1.25 eps); both with a random start."""
@@ -92,18 +98,25 @@ class PruneConfig:
             return AttackConfig(self.eps, 1.25 * self.eps, 1)
         return AttackConfig(self.eps, 2.3 * self.eps / 10, 10)
 
-    def reductions(self) -> List[str]:
-        """How this run differs from the paper's (empty: the full recipe)."""
+    def _common_reductions(self) -> List[str]:
         out = []
-        if self.saliency_batches is not None:
-            out.append(f'saliency on the first {self.saliency_batches} training batches only')
-        if self.epochs < PAPER_EPOCHS:
-            out.append(f'{self.epochs} fine-tuning epochs instead of {PAPER_EPOCHS}')
         if self.max_train_images is not None:
             out.append(f'the first {self.max_train_images} training images only')
         if self.attack == 'fgsm-rs':
             out.append('FGSM-RS adversarial examples (one step of 1.25 eps) instead of PGD-10')
         return out
+
+    def saliency_reductions(self) -> List[str]:
+        """How computing the saliency with this config differs from MAD's (empty: every batch, PGD-10)."""
+        head = [f'saliency on the first {self.saliency_batches} training batches only'] if self.saliency_batches else []
+        return head + self._common_reductions()
+
+    def finetune_reductions(self) -> List[str]:
+        """How the fine-tuning differs from MAD's (empty: 60 epochs of PGD-10 on every training image)."""
+        if self.epochs == 0:
+            return ['no fine-tuning (--epochs 0)']
+        head = [f'{self.epochs} fine-tuning epochs instead of {PAPER_EPOCHS}'] if self.epochs < PAPER_EPOCHS else []
+        return head + self._common_reductions()
 
 
 def sparse_flops(model: torch.nn.Module, layers: Mapping[str, Layer], input_size: Sequence[int]) -> Dict[str, Any]:
@@ -136,17 +149,38 @@ def _data(cfg: PruneConfig, device: torch.device) -> Tuple[DeviceLoader, Optiona
     return train, test, len(y)
 
 
-def _saliency(cfg: PruneConfig, model, layers, train: DeviceLoader, out: Path) -> Tuple[Dict[str, torch.Tensor], Dict]:
+def _saliency_metadata(path: str) -> Dict[str, str]:
+    try:
+        with safe_open(path, framework='pt') as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f'{path} is not a readable safetensors file ({e}).') from None
+    if meta.get('kind') != SALIENCY_KIND:
+        raise ValueError(f'{path} is not a saliency file written by tools/prune.py (no kind={SALIENCY_KIND}).')
+    return meta
+
+
+def _saliency(
+        cfg: PruneConfig, model: torch.nn.Module, layers: Mapping[str, Layer], train: DeviceLoader, out: Path,
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The saliencies (computed and written to OUT, or read from ``cfg.saliency``) and their record, whose
+    ``reductions`` list what a read file's computation left out."""
     if cfg.saliency is not None:
+        meta = _saliency_metadata(cfg.saliency)
         sal = read_weights(cfg.saliency)
         check_saliency(sal, layers, cfg.saliency)
-        return sal, {'file': cfg.saliency, 'computed': False}
+        reductions = [f'saliency read from {cfg.saliency}: {r}' for r in json.loads(meta.get('reductions', '[]'))]
+        return sal, {'computed': False, 'file': cfg.saliency, 'sha256': sha256_file(cfg.saliency),
+                     'recorded': {k: v for k, v in meta.items() if k != 'format'}, 'reductions': reductions}
     train.set_epoch(0)
     sal, stats = compute_saliency(model, layers, train, cfg.attack_config(), cfg.saliency_batches, cfg.progress)
-    sha = save_weights(sal, out / 'saliency.safetensors', metadata={'kind': 'mad_saliency', 'model': cfg.model,
-                                                                    'batches': str(stats['batches'])})
+    reductions = cfg.saliency_reductions()
+    meta = {'kind': SALIENCY_KIND, 'model': cfg.model, 'weights_sha256': sha256_file(cfg.weights),
+            'batches': str(stats['batches']), 'batch_size': str(cfg.batch_size), 'attack': cfg.attack,
+            'reductions': json.dumps(reductions)}
+    sha = save_weights(sal, out / 'saliency.safetensors', metadata=meta)
     return sal, {'computed': True, **stats, 'batch_size': cfg.batch_size, 'file': 'saliency.safetensors',
-                 'sha256': sha}
+                 'sha256': sha, 'reductions': reductions}
 
 
 def _method(cfg: PruneConfig) -> Dict[str, Any]:
@@ -165,6 +199,11 @@ def _method(cfg: PruneConfig) -> Dict[str, Any]:
         'finetune_loss': f'MART (beta {cfg.beta}) plus the FSR losses for FSR models; pruned parameters and their '
                          f'gradients held at zero',
     }
+
+
+def _say(cfg: PruneConfig, text: str) -> None:
+    if cfg.progress:
+        print(text, file=sys.stderr, flush=True)
 
 
 def _evaluations(cfg: PruneConfig, test: Optional[DeviceLoader], before, after) -> Optional[Dict[str, Any]]:
@@ -190,17 +229,19 @@ def run_prune(cfg: PruneConfig, command: str = '') -> Dict[str, Any]:
     model.to(device)
     layers = prunable_layers(model)
     train, test, n_train = _data(cfg, device)
-    reductions = cfg.reductions()
-    if reductions and cfg.progress:
-        print(f'reduced mode: {"; ".join(reductions)}', file=sys.stderr)
     timings: Dict[str, float] = {}
 
     t = time.perf_counter()
     before = evaluate(model, test, cfg.eps, cfg.eval_steps)
     timings['evaluation_dense'] = time.perf_counter() - t
+    _say(cfg, f'dense model: {before}')
 
     sal, sal_info = _saliency(cfg, model, layers, train, out)
     timings['saliency'] = sal_info.get('seconds', 0.0)
+    _say(cfg, f'saliency: {sal_info}')
+    reductions = list(dict.fromkeys(sal_info.pop('reductions') + cfg.finetune_reductions()))
+    if reductions:
+        _say(cfg, f'reduced mode: {"; ".join(reductions)}')
 
     t = time.perf_counter()
     selected = select(sal, layers, cfg.sparsity)
@@ -219,6 +260,7 @@ def run_prune(cfg: PruneConfig, command: str = '') -> Dict[str, Any]:
     t = time.perf_counter()
     after = evaluate(model, test, cfg.eps, cfg.eval_steps)
     timings['evaluation_pruned'] = time.perf_counter() - t
+    _say(cfg, f'pruned model: {after}')
 
     sha = save_weights(model, out / 'pruned.safetensors',
                        metadata={'architecture': cfg.model, 'sparsity': str(cfg.sparsity), 'pruning': 'mad'})
