@@ -17,6 +17,7 @@ from fsr_hub.pruning import (
     M_MIN, M_ONE, KeepPruned, KFACFactors, PruneConfig, adversarial_loss, apply_pruning, attached_masks,
     batch_saliency, prunable_layers, run_prune, saliency_matrix, select,
 )
+from fsr_hub.pruning import kfac as kfac_module
 from fsr_hub.pruning.layers import layer_matrix
 from fsr_hub.weights import load_weights, read_weights, save_weights
 from conftest import write_cifar_batches
@@ -89,7 +90,8 @@ class Shared(nn.Module):
         return self.head(h) + self.head(h.flip(1))
 
 
-def test_kfac_factors_equal_a_brute_force_unfold():
+def test_kfac_factors_equal_a_brute_force_unfold(monkeypatch):
+    monkeypatch.setattr(kfac_module, 'CHUNK', 4)  # a batch of 6 is accumulated in chunks of 4 and 2
     torch.manual_seed(0)
     model = Shared()
     x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))

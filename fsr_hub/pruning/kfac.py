@@ -14,7 +14,7 @@ Saliency of the parameters of a layer with damage dw (C_out x d, see :meth:`Laye
 ``S_ij = 0.5 * G_ii * dw_ij * (dw_i A)_j``: the K-FAC quadratic term of the loss change with the block-diagonal
 Hessian replaced by diag(G) (x) A, per entry. Computed as one (C_out x d) @ (d x d) product per layer.
 """
-from typing import List, Mapping, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -57,15 +57,19 @@ class _Accumulator:
         self.locations = 0
         self.batch = 0
 
-    def add(self, rows: torch.Tensor) -> None:
-        b, loc, dim = rows.shape
-        if self.sum is None:
-            self.sum = rows.new_zeros(dim, dim)
-            self.batch = b
-        elif b != self.batch:
-            raise ValueError(f'K-FAC: calls with batch sizes {self.batch} and {b} in one pass.')
-        for i in range(0, b, CHUNK):
-            r = rows[i:i + CHUNK].reshape(-1, dim)
+    def add(self, x: torch.Tensor, rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Add the rows ``rows(chunk)`` (B', L, d) of ``x``, CHUNK samples at a time (the unfolded patches of a
+        whole batch would need L times its input's memory)."""
+        if self.batch and x.shape[0] != self.batch:
+            raise ValueError(f'K-FAC: calls with batch sizes {self.batch} and {x.shape[0]} in one pass.')
+        self.batch = x.shape[0]
+        loc = 0
+        for chunk in x.split(CHUNK):
+            r = rows(chunk)
+            loc, dim = r.shape[1], r.shape[2]
+            if self.sum is None:
+                self.sum = r.new_zeros(dim, dim)
+            r = r.reshape(-1, dim)
             self.sum.addmm_(r.t(), r)
         self.locations += loc
 
@@ -83,10 +87,10 @@ class KFACFactors:
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             with torch.no_grad():
-                self._a[name].add(input_rows(module, inputs[0]))
+                self._a[name].add(inputs[0], lambda x: input_rows(module, x))
             if output.requires_grad:
                 # a tensor hook sees the gradient of this output even if a later in-place op (ReLU) changes it
-                output.register_hook(lambda g: self._g[name].add(_output_rows(g)))
+                output.register_hook(lambda g: self._g[name].add(g, _output_rows))
         return hook
 
     def __enter__(self) -> 'KFACFactors':

@@ -104,10 +104,10 @@ def attached_masks(model: nn.Module, layers: Mapping[str, Layer]) -> Iterator[Di
                 parametrize.register_parametrization(m, pname, masks[pname])
             attached[name] = LayerMasks(m, masks['weight'], masks.get('bias'))
         yield attached
-    finally:
-        for lm in attached.values():
+    finally:  # every layer, also one whose registration failed half-way
+        for layer in layers.values():
             for pname in ('weight', 'bias'):
-                if parametrize.is_parametrized(lm.module, pname):
-                    parametrize.remove_parametrizations(lm.module, pname, leave_parametrized=False)
+                if parametrize.is_parametrized(layer.module, pname):
+                    parametrize.remove_parametrizations(layer.module, pname, leave_parametrized=False)
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
