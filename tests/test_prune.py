@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fsr_hub.cost import count_cost, module_flops
 from fsr_hub.models import create
 from fsr_hub.objectives import mart_loss
 from fsr_hub.pruning import (
     M_MIN, M_ONE, KeepPruned, KFACFactors, PruneConfig, adversarial_loss, apply_pruning, attached_masks,
-    batch_saliency, prunable_layers, run_prune, saliency_matrix, select,
+    batch_saliency, prunable_layers, run_prune, saliency_matrix, select, sparse_flops,
 )
 from fsr_hub.pruning import kfac as kfac_module
 from fsr_hub.pruning.layers import layer_matrix
@@ -197,6 +198,19 @@ def test_adversarial_loss_on_fixed_logits_is_hand_computed():
     p = F.softmax(logits, 1)
     bce = [ce[0] - math.log(1.0001 - p[0, 1].item() + 1e-12), ce[1] - math.log(1.0001 - p[1, 1].item() + 1e-12)]
     assert mart_loss(logits, logits, y, beta=0.5).item() == pytest.approx(sum(bce) / 2, rel=1e-5)
+
+
+def test_sparse_flops_count_each_layer_at_its_weight_density():
+    model = tiny_vgg()
+    layers = prunable_layers(model)
+    dense = module_flops(model)
+    assert dense[''] == round(count_cost(model)['gflops_fvcore'] * 1e9)
+    assert dense['fsr.block3.aux'] == 0  # not on the inference path
+    with torch.no_grad():
+        model.block0[0].weight[:2] = 0  # half of the first conv's output channels
+    flops = sparse_flops(model, layers, (3, 32, 32))
+    assert flops['gflops_fvcore_dense'] == round(dense[''] / 1e9, 6)
+    assert flops['gflops_fvcore_sparse'] == round((dense[''] - dense['block0.0'] / 2) / 1e9, 6)
 
 
 @pytest.fixture(scope='module')
