@@ -20,7 +20,7 @@ from fsr_hub.pruning import (
 )
 from fsr_hub.pruning import kfac as kfac_module
 from fsr_hub.pruning.layers import layer_matrix
-from fsr_hub.weights import load_weights, read_weights, save_weights
+from fsr_hub.weights import load_weights, read_weights, save_weights, sha256_file
 from conftest import write_cifar_batches
 from tools import prune as prune_tool
 
@@ -277,12 +277,15 @@ def test_bad_inputs_are_one_line_errors(flags, message, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('metadata, message', [
-    ({'kind': 'mad_saliency'}, 'does not fit the model'),
+    ({'kind': 'mad_saliency', 'weights_sha256': 'DENSE'}, 'does not fit the model'),
+    ({'kind': 'mad_saliency', 'weights_sha256': '0' * 64}, 'was computed for weights with sha256 0000'),
     ({}, 'not a saliency file written by tools/prune.py'),
 ])
 def test_saliency_file_of_another_model_is_refused(pruned_run, tmp_path, metadata, message):
     cfg, _ = pruned_run
     bad = tmp_path / 'sal.safetensors'
+    dense_sha = sha256_file(cfg.weights)
+    metadata = {k: v.replace('DENSE', dense_sha) for k, v in metadata.items()}
     save_weights({'fc': torch.zeros(10, 9)}, bad, metadata=metadata)
     with pytest.raises(ValueError, match=message):
         run_prune(PruneConfig(**{**cfg.__dict__, 'saliency': str(bad), 'saliency_batches': None,

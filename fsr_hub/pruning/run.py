@@ -162,11 +162,15 @@ def _saliency_metadata(path: str) -> Dict[str, str]:
 
 def _saliency(
         cfg: PruneConfig, model: torch.nn.Module, layers: Mapping[str, Layer], train: DeviceLoader, out: Path,
+        weights_sha256: str,
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """The saliencies (computed and written to OUT, or read from ``cfg.saliency``) and their record, whose
     ``reductions`` list what a read file's computation left out."""
     if cfg.saliency is not None:
         meta = _saliency_metadata(cfg.saliency)
+        if meta.get('weights_sha256') != weights_sha256:
+            raise ValueError(f'{cfg.saliency} was computed for weights with sha256 {meta.get("weights_sha256")}, not '
+                             f'{cfg.weights} ({weights_sha256}).')
         sal = read_weights(cfg.saliency)
         check_saliency(sal, layers, cfg.saliency)
         reductions = [f'saliency read from {cfg.saliency}: {r}' for r in json.loads(meta.get('reductions', '[]'))]
@@ -175,7 +179,7 @@ def _saliency(
     train.set_epoch(0)
     sal, stats = compute_saliency(model, layers, train, cfg.attack_config(), cfg.saliency_batches, cfg.progress)
     reductions = cfg.saliency_reductions()
-    meta = {'kind': SALIENCY_KIND, 'model': cfg.model, 'weights_sha256': sha256_file(cfg.weights),
+    meta = {'kind': SALIENCY_KIND, 'model': cfg.model, 'weights_sha256': weights_sha256,
             'batches': str(stats['batches']), 'batch_size': str(cfg.batch_size), 'attack': cfg.attack,
             'reductions': json.dumps(reductions)}
     sha = save_weights(sal, out / 'saliency.safetensors', metadata=meta)
@@ -236,7 +240,7 @@ def run_prune(cfg: PruneConfig, command: str = '') -> Dict[str, Any]:
     timings['evaluation_dense'] = time.perf_counter() - t
     _say(cfg, f'dense model: {before}')
 
-    sal, sal_info = _saliency(cfg, model, layers, train, out)
+    sal, sal_info = _saliency(cfg, model, layers, train, out, source['sha256'])
     timings['saliency'] = sal_info.get('seconds', 0.0)
     _say(cfg, f'saliency: {sal_info}')
     reductions = list(dict.fromkeys(sal_info.pop('reductions') + cfg.finetune_reductions()))
