@@ -290,3 +290,22 @@ def test_saliency_file_of_another_model_is_refused(pruned_run, tmp_path, metadat
     with pytest.raises(ValueError, match=message):
         run_prune(PruneConfig(**{**cfg.__dict__, 'saliency': str(bad), 'saliency_batches': None,
                                  'out': str(tmp_path / 'o')}))
+
+
+def test_cli_maps_every_flag_to_the_config(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake_run(cfg, command):
+        seen['cfg'], seen['command'] = cfg, command
+        return {'mode': 'reduced', 'evaluation': None, 'sparsity': {'prunable_sparsity': 0.9, 'nonzero_params': 5}}
+
+    monkeypatch.setattr(prune_tool, 'run_prune', fake_run)
+    argv = ['--model', 'resnet18', '--weights', 'w', '--data', 'd', '--out', 'o', '--sparsity', '99/100',
+            '--saliency-batches', '3', '--epochs', '2', '--attack', 'fgsm-rs', '--no-progress',
+            '--fsr-positions', 'layer4']
+    assert prune_tool.main(argv) == 0
+    cfg = seen['cfg']
+    assert (cfg.sparsity, cfg.saliency_batches, cfg.epochs, cfg.attack, cfg.progress) == (0.99, 3, 2, 'fgsm-rs', False)
+    assert cfg.model_args == {'fsr_positions': ['layer4']} and cfg.weight_decay == 2e-4 and cfg.beta == 0.5
+    assert seen['command'].startswith('python tools/prune.py --model resnet18')
+    assert 'reduced run' in capsys.readouterr().out
