@@ -28,6 +28,7 @@ __all__ = ['MAD_MILESTONES', 'mad_milestones', 'finetune', 'evaluate']
 
 #: MAD's lr decays: after epochs 30 and 45 of 60
 MAD_MILESTONES = (Fraction(1, 2), Fraction(3, 4))
+LR_GAMMA = 0.1
 
 
 def mad_milestones(epochs: int) -> tuple:
@@ -51,7 +52,8 @@ def finetune(
         for epoch in range(epochs):
             torch.manual_seed(seed * 1_000_003 + epoch)  # an epoch's attack noise depends on (seed, epoch) only
             loader.set_epoch(epoch)
-            step.set_lr(lr_at(epoch, lr, milestones, 0.1))
+            epoch_lr = lr_at(epoch, lr, milestones, LR_GAMMA)
+            step.set_lr(epoch_lr)
             stats = torch.zeros(4, device=device)
             synchronize(device)
             t0 = time.perf_counter()
@@ -62,7 +64,7 @@ def finetune(
             keep.check()
             loss_sum, n, adv_c, nat_c = stats.tolist()
             seconds = time.perf_counter() - t0
-            history.append({'epoch': epoch + 1, 'lr': lr_at(epoch, lr, milestones, 0.1),
+            history.append({'epoch': epoch + 1, 'lr': epoch_lr,
                             'train_loss': round(loss_sum / n, 5), 'train_adv_acc': round(100 * adv_c / n, 2),
                             'train_nat_acc': round(100 * nat_c / n, 2), 'epoch_seconds': round(seconds, 3)})
             if progress:
