@@ -21,13 +21,10 @@ from .hardware import hardware_name, synchronize
 from .models import FSR_MODELS, VANILLA_TWINS, create
 from .paper import table7
 
-__all__ = ['count_cost', 'measure_latency', 'cost_table', 'fsr_cost', 'format_markdown']
+__all__ = ['count_cost', 'module_flops', 'measure_latency', 'cost_table', 'fsr_cost', 'format_markdown']
 
-def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Dict:
-    """Parameters and fvcore FLOPs (multiply-adds) of one eval-mode forward of a single image.
-
-    The input is created on the model's device; the model's train/eval mode is restored afterwards.
-    """
+def _fvcore_flops(model: nn.Module, input_size: Sequence[int]) -> FlopCountAnalysis:
+    # fvcore's analysis of one eval-mode forward of a single image, traced; the model's mode is restored
     was_training = model.training
     device = next(model.parameters()).device
     flops = FlopCountAnalysis(model.eval(), torch.zeros(1, *input_size, device=device))
@@ -35,13 +32,28 @@ def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Dic
     flops.uncalled_modules_warnings(False)
     with warnings.catch_warnings():  # fvcore traces with torch.jit, which warns that it is deprecated
         warnings.simplefilter('ignore', FutureWarning)
-        total = flops.total()
+        flops.total()
     model.train(was_training)
+    return flops
+
+
+def count_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Dict:
+    """Parameters and fvcore FLOPs (multiply-adds) of one eval-mode forward of a single image.
+
+    The input is created on the model's device; the model's train/eval mode is restored afterwards.
+    """
+    flops = _fvcore_flops(model, input_size)
     return {
         'params': int(parameter_count(model)['']),
-        'gflops_fvcore': total / 1e9,
+        'gflops_fvcore': flops.total() / 1e9,
         'uncounted_ops': dict(sorted(flops.unsupported_ops().items())),
     }
+
+
+def module_flops(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> Dict[str, int]:
+    """fvcore FLOPs (multiply-adds) of one eval-mode forward of a single image per module name ('' = the model);
+    a module the forward does not call counts 0."""
+    return {name: int(v) for name, v in _fvcore_flops(model, input_size).by_module().items()}
 
 
 @torch.no_grad()
