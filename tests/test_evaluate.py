@@ -386,7 +386,11 @@ def test_a_resumed_report_lists_the_commands_of_its_runs(tmp_path, cifar_root):
     assert verify.main(args + ['--attacks', 'clean']) == 0
     assert 'commands' not in json.loads(out.read_text())
     assert verify.main(args + ['--attacks', 'clean,fgsm', '--resume', str(out)]) == 0
+    attached = {'eps_curve': {'model': {'sha256': json.loads(out.read_text())['model']['sha256']}, 'complete': True}}
+    report = json.loads(out.read_text())
+    out.write_text(json.dumps({**report, 'analysis': attached}))  # a release's results.json: analyses attached
     assert verify.main(args + ['--attacks', 'clean,fgsm', '--resume', str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report['analysis'] == attached
     assert len(report['commands']) == 3 and report['commands'][-1] == report['command']
     assert '--resume' not in report['commands'][0] and report['resumed'] == ['clean', 'fgsm']

@@ -223,7 +223,8 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
     out = Path(args.out) if args.out else None
 
     def report_of(evaluation: Dict[str, Any]) -> Dict[str, Any]:
-        report = {k: v for k, v in (previous or {}).items() if k in ('cost', 'paper_reference', 'training')}
+        # what a release's results.json adds to the report stays when it is continued (the same weights: sha256)
+        report = {k: v for k, v in (previous or {}).items() if k in ('cost', 'paper_reference', 'training', 'analysis')}
         report.update(build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command,
                                    preset=preset_name, deadline_minutes=args.deadline_minutes))
         if previous is not None:  # the runs that built the report, oldest first
