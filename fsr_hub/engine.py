@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -36,17 +36,18 @@ from tqdm import tqdm
 from .attacks import pgd
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
-from .guard import GUARD_STEPS, OverfitGuard, guard_accuracy
-from .hardware import cpu_bf16_isa, fast_precision, hardware_name, resolve_device, strict_float32, synchronize
+from .guard import GUARD_BATCH, GUARD_STEPS, OverfitGuard, guard_accuracy
+from .hardware import fast_precision, resolve_device, strict_float32, synchronize
 from .models import create
 from .objectives import OBJECTIVES, AdversarialObjective, ObjectiveConfig
 from .schedule import (
-    AT_MILESTONES, CYCLIC_LR_MAX, CYCLIC_RULE, EVAL_RULE, NATURAL_MILESTONES, SCHEDULES, BudgetCosts,
-    cyclic_lr, default_eval_every, eval_epochs, lr_at, lr_milestones, plan_epochs, replan_epochs,
+    AT_MILESTONES, CYCLIC_LR_MAX, NATURAL_MILESTONES, NATURAL_RECIPE, SCHEDULES, BudgetCosts, cyclic_lr,
+    default_eval_every, eval_epochs, lr_at, lr_milestones, plan_epochs, replan_epochs,
 )
-from .schemas import CKPT_FORMAT, TRAIN_SCHEMA
+from .schemas import CKPT_FORMAT
 from .step import STEP_MODES, TrainStep, autocast, build_optimizer, default_step_mode, load_optimizer_state
 from .train_attacks import SINGLE_STEP, check_attack, default_alpha
+from .train_summary import architecture, plain_config, train_summary
 from .weights import save_weights
 
 __all__ = [
@@ -54,15 +55,7 @@ __all__ = [
     'robust_accuracy', 'STEP_MODES', 'NATURAL_RECIPE',
 ]
 
-#: natural training (``objective='natural'``): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop
-#: and flip, lr /10 after 1/2 and 3/4 of the epochs. The schedule is He et al. 2016's CIFAR-10 one (Sec. 4.2:
-#: /10 at 32k and 48k of 64k iterations); weight decay and the rest are the paper's adversarial recipe, so the
-#: natural and adversarial runs differ only in the objective. Best checkpoint: held-out clean accuracy.
-NATURAL_RECIPE = ('SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop + flip; lr x0.1 after 1/2 and '
-                  '3/4 of the epochs (He et al. 2016, Sec. 4.2); best checkpoint by held-out clean accuracy')
-
 PROBE_STEPS = 10  # steady-state steps timed (after the set-up calls) to plan a time budget
-GUARD_BATCH = 256  # held-out images of the catastrophic-overfitting guard
 
 
 @dataclass
@@ -487,8 +480,9 @@ def _check_guard(run: _Run, metrics: Dict[str, Any]) -> bool:
     x, y = x[:GUARD_BATCH], y[:GUARD_BATCH]
     accuracy = guard_accuracy(run.model, x, y, run.cfg.eps, GUARD_STEPS, amp=run.cfg.eval_amp)
     if run.world > 1:  # one decision for every rank: the mean over their shards
-        accuracy = round(sum(_all_reduce_max([accuracy if r == run.rank else -1.0 for r in range(run.world)], run))
-                         / run.world, 2)
+        t = torch.tensor([accuracy], dtype=torch.float64, device=run.device)
+        dist.all_reduce(t)
+        accuracy = round(t.item() / run.world, 2)
     metrics['guard_pgd_acc'] = accuracy
     if not run.guard.update(metrics['epoch'], accuracy):
         return False
@@ -648,13 +642,13 @@ def _state(run: _Run) -> Dict[str, Any]:
     return {
         'format': CKPT_FORMAT, 'epoch': run.epoch + 1, 'model': run.model.state_dict(),
         'optimizer': run.optimizer.state_dict(), 'rng': rng_state(), 'best': run.best, 'best_sha256': run.best_sha,
-        'history': run.history, 'config': _plain_config(run.cfg), 'budget': run.budget,
+        'history': run.history, 'config': plain_config(run.cfg), 'budget': run.budget,
         'wall_clock_seconds': run.prior_seconds + time.time() - run.t_start,
     }
 
 
 def _weights_metadata(run: _Run, epoch: int) -> Dict[str, str]:
-    return {'architecture': _architecture(run), 'epoch': str(epoch)}
+    return {'architecture': architecture(run), 'epoch': str(epoch)}
 
 
 def _checkpoint(run: _Run, metrics: Dict[str, Any], is_best: bool) -> None:
@@ -669,7 +663,7 @@ def _checkpoint(run: _Run, metrics: Dict[str, Any], is_best: bool) -> None:
                                         metadata=_weights_metadata(run, metrics['epoch']))
         save_checkpoint(_state(run), run.out / 'last.pt')
         run.costs['checkpoint'] = time.perf_counter() - t
-        write_json(run.out / 'train_summary.json', _summary(run, final_sha=None))
+        write_json(run.out / 'train_summary.json', train_summary(run, final_sha=None))
     if run.world > 1:
         dist.barrier()
 
@@ -681,80 +675,12 @@ def _finish(run: _Run) -> Dict[str, Any]:
         epoch = run.history[-1]['epoch'] if run.history else 0
         final_sha = save_weights(run.model, run.out / 'final.safetensors', dtype=_weights_dtype(run),
                                  metadata=_weights_metadata(run, epoch))
-        summary = _summary(run, final_sha)
+        summary = train_summary(run, final_sha)
         write_json(run.out / 'train_summary.json', summary)
     if run.world > 1:
         dist.barrier()
     return summary
 
 
-def _plain_config(cfg: TrainConfig) -> Dict[str, Any]:
-    d = asdict(cfg)
-    d['milestones'] = list(d['milestones']) if d['milestones'] is not None else None
-    return d
-
-
-def _architecture(run: _Run) -> str:
-    cfg = getattr(run.model, 'pretrained_cfg', None) or {}
-    return str(cfg.get('architecture', run.cfg.model))
-
-
 def _weights_dtype(run: _Run) -> Optional[torch.dtype]:
     return torch.float16 if run.cfg.fp16 else None
-
-
-def _attack_record(cfg: TrainConfig) -> Optional[Dict[str, Any]]:
-    if cfg.objective == 'natural':
-        return None
-    name = 'trades-pgd (KL)' if cfg.objective == 'trades' else cfg.attack
-    return {'name': name, 'eps': cfg.eps, 'alpha': cfg.alpha, 'steps': cfg.steps, 'random_start': cfg.random_start,
-            'projected_to_eps_ball': cfg.attack != 'n-fgsm'}
-
-
-def _schedule_record(run: _Run) -> Dict[str, Any]:
-    cfg = run.cfg
-    if cfg.schedule == 'cyclic':
-        return {'name': 'cyclic', 'lr_max': cfg.lr, 'iterations': cfg.epochs * len(run.loader), 'rule': CYCLIC_RULE}
-    fractions = NATURAL_MILESTONES if run.natural else AT_MILESTONES
-    return {'name': 'piecewise', 'lr': cfg.lr, 'milestones': list(cfg.milestones), 'lr_gamma': cfg.lr_gamma,
-            'rule': 'lr x lr_gamma after each milestone epoch; default milestones: '
-                    + ' and '.join(f'{f.numerator}/{f.denominator}' for f in fractions) + ' of the epochs'
-                    + (f' ({NATURAL_RECIPE})' if run.natural else ' (the paper, Sec. 4.1)')}
-
-
-def _summary(run: _Run, final_sha: Optional[str]) -> Dict[str, Any]:
-    """``train_summary.json``: complete once the final weights exist; before that, the state after the last epoch."""
-    cfg = run.cfg
-    selected_by = (f'clean accuracy on the last {cfg.holdout} training images (held out, not trained on)' if run.natural
-                   else f'PGD-{cfg.eval_steps} (step eps/10) accuracy on the last {cfg.holdout} training images '
-                        f'(held out, not trained on)')
-    eval_dtype = 'bfloat16 autocast' if cfg.eval_amp else 'float32'
-    if cfg.eval_amp:
-        selected_by += ' in bf16 autocast (ranks epochs only; released numbers are float32, tools/verify.py)'
-    return {
-        'schema': TRAIN_SCHEMA,
-        'complete': final_sha is not None,
-        'architecture': _architecture(run),
-        'config': _plain_config(cfg),
-        'history': run.history,
-        'best': {**run.best, 'selected_by': selected_by} if run.best['epoch'] > 0 else None,
-        'weights': {'final': {'file': 'final.safetensors', 'sha256': final_sha} if final_sha else None,
-                    'best': {'file': 'best.safetensors', 'sha256': run.best_sha} if run.best_sha else None,
-                    'dtype': 'float16' if cfg.fp16 else 'float32'},
-        'attack': _attack_record(cfg),
-        'schedule': _schedule_record(run),
-        'evaluation': {'every': cfg.eval_every, 'epochs': list(eval_epochs(cfg.epochs, cfg.eval_every))
-                       if cfg.holdout else [], 'rule': EVAL_RULE, 'dtype': eval_dtype},
-        'guard': (run.guard or OverfitGuard(drop=cfg.guard_drop)).record(
-            min(GUARD_BATCH, cfg.holdout, cfg.eval_batch_size), GUARD_STEPS) if cfg.guard else None,
-        'precision': {'train': 'bfloat16 autocast' if cfg.amp else 'float32', 'channels_last': cfg.channels_last,
-                      'evaluation': eval_dtype, 'cpu_bf16_isa': cpu_bf16_isa() if run.device.type == 'cpu' else None,
-                      'rule': 'bf16 autocast and channels_last by default on CUDA and on CPUs with amx_bf16 or '
-                              'avx512_bf16; float32 elsewhere; --amp / --channels-last override'},
-        'budget': run.budget,
-        'epoch_seconds': [h['epoch_seconds'] for h in run.history],  # every epoch, across resumes
-        'wall_clock_seconds': round(run.prior_seconds + time.time() - run.t_start, 3),  # summed over processes
-        'hardware': {'device': hardware_name(run.device), 'world_size': run.world, 'torch': torch.__version__,
-                     'step': cfg.step, 'step_fallback': run.step.fallback if run.step is not None else None},
-        'command': run.command,
-    }

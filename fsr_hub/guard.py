@@ -15,10 +15,11 @@ import torch.nn as nn
 from .attacks import pgd
 from .step import autocast
 
-__all__ = ['GUARD_STEPS', 'GUARD_DROP', 'OverfitGuard', 'guard_accuracy']
+__all__ = ['GUARD_STEPS', 'GUARD_DROP', 'GUARD_BATCH', 'OverfitGuard', 'guard_accuracy']
 
 GUARD_STEPS = 5
 GUARD_DROP = 20.0  # points of accuracy
+GUARD_BATCH = 256  # held-out images attacked
 
 
 @torch.no_grad()

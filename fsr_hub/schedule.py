@@ -10,9 +10,17 @@ from fractions import Fraction
 from typing import Optional, Sequence, Tuple
 
 __all__ = [
-    'AT_MILESTONES', 'NATURAL_MILESTONES', 'SCHEDULES', 'CYCLIC_LR_MAX', 'CYCLIC_RULE', 'lr_milestones', 'lr_at',
+    'AT_MILESTONES', 'NATURAL_MILESTONES', 'NATURAL_RECIPE', 'SCHEDULES', 'CYCLIC_LR_MAX', 'CYCLIC_RULE',
+    'lr_milestones', 'lr_at',
     'cyclic_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts', 'plan_epochs', 'replan_epochs',
 ]
+
+#: natural training (``objective='natural'``): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop
+#: and flip, lr /10 after 1/2 and 3/4 of the epochs. The schedule is He et al. 2016's CIFAR-10 one (Sec. 4.2:
+#: /10 at 32k and 48k of 64k iterations); weight decay and the rest are the paper's adversarial recipe, so the
+#: natural and adversarial runs differ only in the objective. Best checkpoint: held-out clean accuracy.
+NATURAL_RECIPE = ('SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop + flip; lr x0.1 after 1/2 and '
+                  '3/4 of the epochs (He et al. 2016, Sec. 4.2); best checkpoint by held-out clean accuracy')
 
 #: piecewise: lr x gamma after milestone epochs (the paper); cyclic: a per-iteration triangle (fast AT)
 SCHEDULES = ('piecewise', 'cyclic')

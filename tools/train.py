@@ -72,7 +72,8 @@ HELP = {
     'epochs': 'epochs; with --time-budget the most epochs (default: 100)',
     'time_budget': 'minutes for the whole run: fixes the epoch count after measuring the first steps (default: none)',
     'batch_size': 'global batch size, split over DDP ranks (default: 128)',
-    'lr': 'initial learning rate; with --schedule cyclic the peak (default: 0.1, SVHN 0.01; cyclic 0.2)', 'momentum': 'SGD momentum (default: 0.9)',
+    'lr': 'initial learning rate; with --schedule cyclic the peak (default: 0.1, SVHN 0.01; cyclic 0.2, the fast '
+          'AT recipes)', 'momentum': 'SGD momentum (default: 0.9)',
     'weight_decay': 'SGD weight decay (default: 5e-4)',
     'milestones': 'epochs after which lr *= lr-gamma, e.g. 75,90 (default: 75%% and 90%% of the epochs; '
                   'natural: 50%% and 75%%)',
