@@ -4,15 +4,19 @@ under ``torchrun``.
 
 A run is a sequence of named steps: :func:`_setup` (DDP, data, model, optimizer), :func:`_resume`,
 :func:`_build_step` (eager, compiled or CUDA-graph step: :mod:`fsr_hub.step`), then per epoch
-:func:`_train_epoch` (under a time budget the first epoch also measures the speed and fixes the epoch count:
-:func:`_plan_budget`), :func:`_evaluate` (on the epochs of :func:`fsr_hub.schedule.eval_epochs`) and
+:func:`_out_of_time` (under a time budget: re-plans the epochs left when the machine has slowed down),
+:func:`_train_epoch` (the lr per epoch or per iteration: :func:`fsr_hub.schedule.step_lr`; under a time budget the
+first epoch also measures the speed and fixes the epoch count: :func:`_plan_budget`), the catastrophic-overfitting
+guard (:func:`fsr_hub.guard.check_guard`), :func:`_evaluate` (on the epochs of :func:`fsr_hub.schedule.eval_epochs`) and
 :func:`_checkpoint` (``last.pt``, ``best.safetensors`` at each new best, ``train_summary.json`` every epoch),
 and :func:`_finish` (``final.safetensors``, the complete summary). Everything written is written atomically,
 so a copy taken at any moment holds valid weights and a valid summary.
 
 Speed on a GPU: the uint8 dataset lives on the device and is augmented there (:class:`fsr_hub.data.DeviceLoader`),
 the attack and the update run under bf16 autocast, the model is channels_last, cuDNN autotunes, and the inner
-loop never syncs with the host (metrics accumulate on the device and are read once per epoch).
+loop never syncs with the host (metrics accumulate on the device and are read once per epoch). On a CPU with bf16
+instructions (:func:`fsr_hub.hardware.fast_precision`) bf16 autocast and channels_last are the defaults too, and
+the held-out evaluation runs in bf16 there (labelled in the summary).
 
 Exact resume: at the start of every epoch the global torch generators (CPU and CUDA) are re-seeded from
 (seed, rank, epoch), the loader's shuffling / augmentation is a function of (seed, epoch), and the lr is a
@@ -36,13 +40,13 @@ from tqdm import tqdm
 from .attacks import pgd
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
-from .guard import GUARD_BATCH, GUARD_STEPS, OverfitGuard, guard_accuracy
+from .guard import OverfitGuard, check_guard
 from .hardware import fast_precision, resolve_device, strict_float32, synchronize
 from .models import create
 from .objectives import OBJECTIVES, AdversarialObjective, ObjectiveConfig
 from .schedule import (
-    AT_MILESTONES, CYCLIC_LR_MAX, NATURAL_MILESTONES, NATURAL_RECIPE, SCHEDULES, BudgetCosts, cyclic_lr,
-    default_eval_every, eval_epochs, lr_at, lr_milestones, plan_epochs, replan_epochs,
+    AT_MILESTONES, CYCLIC_LR_MAX, NATURAL_MILESTONES, NATURAL_RECIPE, SCHEDULES, BudgetCosts, default_eval_every,
+    eval_epochs, lr_milestones, plan_epochs, replan_epochs, step_lr,
 )
 from .schemas import CKPT_FORMAT
 from .step import STEP_MODES, TrainStep, autocast, build_optimizer, default_step_mode, load_optimizer_state
@@ -216,7 +220,7 @@ class _Run:
     prior_seconds: float = 0.0  # wall clock of earlier (resumed) processes
     budget: Optional[Dict[str, Any]] = None  # the time-budget plan, once made
     costs: Dict[str, float] = field(default_factory=lambda: {'evaluation': 0.0, 'checkpoint': 0.0})
-    guard: Optional[OverfitGuard] = None
+    guard: Optional[OverfitGuard] = None  # made by fsr_hub.guard.check_guard after the first epoch
 
     @property
     def is_main(self) -> bool:
@@ -331,7 +335,7 @@ def train(
         _build_step(run)
         while run.epoch < run.cfg.epochs and not _out_of_time(run):
             metrics = _train_epoch(run, step_callback)
-            collapsed = _check_guard(run, metrics)
+            collapsed = check_guard(run, metrics) if run.cfg.guard else False
             is_best = _evaluate(run, metrics) if run.evaluates(run.epoch) and not collapsed else False
             _checkpoint(run, metrics, is_best)
             run.epoch += 1
@@ -470,31 +474,6 @@ def _out_of_time(run: _Run) -> bool:
     return False
 
 
-def _check_guard(run: _Run, metrics: Dict[str, Any]) -> bool:
-    """The catastrophic-overfitting guard after an epoch (:mod:`fsr_hub.guard`); True when the run must stop."""
-    if not run.cfg.guard:
-        return False
-    if run.guard is None:
-        run.guard = OverfitGuard.from_history(run.history, run.cfg.guard_drop)
-    x, y = next(iter(run.hold_loader))
-    x, y = x[:GUARD_BATCH], y[:GUARD_BATCH]
-    accuracy = guard_accuracy(run.model, x, y, run.cfg.eps, GUARD_STEPS, amp=run.cfg.eval_amp)
-    if run.world > 1:  # one decision for every rank: the mean over their shards
-        t = torch.tensor([accuracy], dtype=torch.float64, device=run.device)
-        dist.all_reduce(t)
-        accuracy = round(t.item() / run.world, 2)
-    metrics['guard_pgd_acc'] = accuracy
-    if not run.guard.update(metrics['epoch'], accuracy):
-        return False
-    if run.is_main:
-        kept = (f'best.safetensors (epoch {run.best["epoch"]}) is kept' if run.best['epoch'] > 0
-                else 'no best checkpoint exists yet')
-        print(f'catastrophic overfitting: guard PGD-{GUARD_STEPS} accuracy {accuracy:.1f} after epoch '
-              f'{metrics["epoch"]}, {run.guard.best - accuracy:.1f} points below its best ({run.guard.best:.1f}, '
-              f'epoch {run.guard.best_epoch}); stopping, {kept}', file=sys.stderr, flush=True)
-    return True
-
-
 def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]]) -> Dict[str, Any]:
     """One epoch of training steps; under a time budget the first epoch also plans the run."""
     cfg, epoch = run.cfg, run.epoch
@@ -502,7 +481,7 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
     run.loader.set_epoch(epoch)
     cyclic = cfg.schedule == 'cyclic'
     steps_per_epoch = len(run.loader)
-    lr = _step_lr(cfg, epoch, 0, steps_per_epoch)
+    lr = step_lr(cfg, epoch, 0, steps_per_epoch)
     run.step.set_lr(lr)
     planning = run.raw.time_budget is not None and run.budget is None
     warm = run.step.setup_calls
@@ -513,7 +492,7 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
                leave=False, file=sys.stderr)
     for i, (x, y) in enumerate(bar):
         if cyclic and i:
-            run.step.set_lr(_step_lr(cfg, epoch, i, steps_per_epoch))
+            run.step.set_lr(step_lr(cfg, epoch, i, steps_per_epoch))
         stats += run.step(x, y)
         if step_callback is not None:
             step_callback(epoch, i)
@@ -534,18 +513,11 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
         per_step = (t0 + seconds - t_warm) / after if after > 0 else seconds / steps
         _plan_budget(run, per_step, steps, t_warm - t0 if after > 0 else seconds)
     loss_sum, n, adv_c, nat_c = stats.tolist()
-    lrs = {'lr': lr, 'lr_end': _step_lr(cfg, epoch, steps_per_epoch - 1, steps_per_epoch)} if cyclic else {'lr': lr}
+    lrs = {'lr': lr, 'lr_end': step_lr(cfg, epoch, steps_per_epoch - 1, steps_per_epoch)} if cyclic else {'lr': lr}
     return {'epoch': epoch + 1, **lrs, 'train_loss': round(loss_sum / n, 5),
             'train_adv_acc': round(100 * adv_c / n, 2) if adv_c >= 0 else None,
             'train_nat_acc': round(100 * nat_c / n, 2) if nat_c >= 0 else None,
             'epoch_seconds': round(seconds, 3), 'images_per_second': round(n / seconds, 1)}
-
-
-def _step_lr(cfg: TrainConfig, epoch: int, i: int, steps_per_epoch: int) -> float:
-    """The lr of step ``i`` of 0-based ``epoch``: per epoch (piecewise) or per iteration (cyclic)."""
-    if cfg.schedule == 'cyclic':
-        return cyclic_lr(epoch * steps_per_epoch + i, cfg.epochs * steps_per_epoch, cfg.lr)
-    return lr_at(epoch, cfg.lr, cfg.milestones, cfg.lr_gamma)
 
 
 def _plan_budget(run: _Run, step_seconds: float, steps_done: int, warmup_seconds: float) -> None:

@@ -6,16 +6,18 @@ PGD accuracy falls to ~0 while FGSM accuracy rises.
 The check is cheap (PGD-5 on one batch) and leaves every random generator alone (no random start; the model in
 eval mode, deterministic FSR mask), so exact resume holds.
 """
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .attacks import pgd
 from .step import autocast
 
-__all__ = ['GUARD_STEPS', 'GUARD_DROP', 'GUARD_BATCH', 'OverfitGuard', 'guard_accuracy']
+__all__ = ['GUARD_STEPS', 'GUARD_DROP', 'GUARD_BATCH', 'OverfitGuard', 'guard_accuracy', 'check_guard']
 
 GUARD_STEPS = 5
 GUARD_DROP = 20.0  # points of accuracy
@@ -73,3 +75,27 @@ class OverfitGuard:
         return {'rule': f'PGD-{steps} (step eps/4, no random start) accuracy of the first {batch} held-out images '
                         f'after every epoch; the run stops when it falls {self.drop:g} points or more below its best',
                 'best': self.best, 'best_epoch': self.best_epoch, 'stopped': self.fired}
+
+
+def check_guard(run: Any, metrics: Dict[str, Any]) -> bool:
+    """The guard after an epoch of the engine's run (its model, held-out loader, config, history): records
+    ``guard_pgd_acc`` in ``metrics``; True, with a line on stderr, when the run must stop."""
+    if run.guard is None:  # first epoch of this process: rebuilt from a resumed history
+        run.guard = OverfitGuard.from_history(run.history, run.cfg.guard_drop)
+    x, y = next(iter(run.hold_loader))
+    x, y = x[:GUARD_BATCH], y[:GUARD_BATCH]
+    accuracy = guard_accuracy(run.model, x, y, run.cfg.eps, GUARD_STEPS, amp=run.cfg.eval_amp)
+    if run.world > 1:  # one decision for every rank: the mean over their shards
+        t = torch.tensor([accuracy], dtype=torch.float64, device=run.device)
+        dist.all_reduce(t)
+        accuracy = round(t.item() / run.world, 2)
+    metrics['guard_pgd_acc'] = accuracy
+    if not run.guard.update(metrics['epoch'], accuracy):
+        return False
+    if run.is_main:
+        kept = (f'best.safetensors (epoch {run.best["epoch"]}) is kept' if run.best['epoch'] > 0
+                else 'no best checkpoint exists yet')
+        print(f'catastrophic overfitting: guard PGD-{GUARD_STEPS} accuracy {accuracy:.1f} after epoch '
+              f'{metrics["epoch"]}, {run.guard.best - accuracy:.1f} points below its best ({run.guard.best:.1f}, '
+              f'epoch {run.guard.best_epoch}); stopping, {kept}', file=sys.stderr, flush=True)
+    return True

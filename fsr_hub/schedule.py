@@ -7,12 +7,12 @@ epoch count (``--epochs N``): the schedule and the evaluation epochs follow from
 """
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 __all__ = [
     'AT_MILESTONES', 'NATURAL_MILESTONES', 'NATURAL_RECIPE', 'SCHEDULES', 'CYCLIC_LR_MAX', 'CYCLIC_RULE',
     'lr_milestones', 'lr_at',
-    'cyclic_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts', 'plan_epochs', 'replan_epochs',
+    'cyclic_lr', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts', 'plan_epochs', 'replan_epochs',
 ]
 
 #: natural training (``objective='natural'``): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop
@@ -69,6 +69,14 @@ def cyclic_lr(iteration: int, total: int, lr_max: float) -> float:
         raise ValueError(f'iteration must lie in [0, total) with total >= 1, got {iteration} of {total}.')
     t = (iteration + 0.5) / total
     return lr_max * (1.0 - abs(2.0 * t - 1.0))
+
+
+def step_lr(cfg: Any, epoch: int, i: int, steps_per_epoch: int) -> float:
+    """The lr of step ``i`` of 0-based ``epoch`` of a resolved ``TrainConfig``: per epoch (piecewise) or per
+    iteration (cyclic)."""
+    if cfg.schedule == 'cyclic':
+        return cyclic_lr(epoch * steps_per_epoch + i, cfg.epochs * steps_per_epoch, cfg.lr)
+    return lr_at(epoch, cfg.lr, cfg.milestones, cfg.lr_gamma)
 
 
 def default_eval_every(epochs: int) -> int:

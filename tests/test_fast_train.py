@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fsr_hub.engine as engine
+import fsr_hub.guard as guard_module
 import fsr_hub.hardware as hardware
 from fsr_hub.attacks import linf_violation
 from fsr_hub.engine import TrainConfig, train
@@ -147,7 +148,7 @@ def test_guard_accuracy_leaves_the_mode_and_the_generators_alone():
 
 def test_guard_stops_a_run_on_a_synthetic_collapse_and_keeps_the_best(tmp_path, monkeypatch, capsys):
     accuracies = iter([40.0, 50.0, 12.0, 60.0])  # epoch 3 collapses: 38 points below the best
-    monkeypatch.setattr(engine, 'guard_accuracy', lambda *a, **k: next(accuracies))
+    monkeypatch.setattr(guard_module, 'guard_accuracy', lambda *a, **k: next(accuracies))
     res = train(tiny_config(tmp_path, attack='fgsm-rs', epochs=4), model=tiny_fsr_net(), data=separable_data(128))
     assert [h['guard_pgd_acc'] for h in res.history] == [40.0, 50.0, 12.0]
     assert 'holdout_pgd_acc' not in res.history[2]  # the collapsed epoch is not a candidate for best
