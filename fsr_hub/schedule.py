@@ -11,8 +11,8 @@ from typing import Any, Optional, Sequence, Tuple
 
 __all__ = [
     'AT_MILESTONES', 'NATURAL_MILESTONES', 'NATURAL_RECIPE', 'SCHEDULES', 'CYCLIC_LR_MAX', 'CYCLIC_RULE',
-    'lr_milestones', 'lr_at',
-    'cyclic_lr', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts', 'plan_epochs', 'replan_epochs',
+    'lr_milestones', 'lr_at', 'cyclic_lr', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts',
+    'plan_epochs', 'replan_epochs',
 ]
 
 #: natural training (``objective='natural'``): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop

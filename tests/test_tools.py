@@ -66,3 +66,25 @@ def test_benchmark_cpu_defaults_time_compile_beside_eager_and_float32(capsys, tm
     doc = json.loads(out.read_text())
     assert doc['speedup_over_fp32_eager'] == {'eager': 2.0, 'compile': 4.0} and doc['fastest'] == 'compile'
     assert doc['cpu_bf16_isa'] == cpu_bf16_isa() and doc['paths']['fp32-eager']['seconds_per_epoch'] == 400.0
+
+
+def test_ab_script_builds_valid_trainer_commands_and_a_table(tmp_path):
+    import argparse
+
+    import tools.ab_fast_train as ab
+    from tools.train import build_parser
+    args = argparse.Namespace(data='D', out=str(tmp_path), epochs=2, max_train_images=2048, holdout=200, eval_steps=10,
+                              seed=0)
+    parsed = {name: build_parser().parse_args(ab.command(name, args)[2:]) for name in ab.VARIANTS}
+    assert all(p.epochs == 2 and p.max_train_images == 2048 and p.eval_amp and not p.guard for p in parsed.values())
+    assert all(p.attack == 'fgsm-rs' for name, p in parsed.items() if name != 'n-fgsm')
+    assert parsed['base'].milestones == (7, 9) and parsed['base'].amp is None and parsed['base'].seed == 0
+    assert parsed['cyclic'].schedule == 'cyclic' and parsed['cyclic'].milestones is None
+    assert parsed['fp32'].amp is False and parsed['seed1'].seed == 1 and parsed['n-fgsm'].attack == 'n-fgsm'
+    assert parsed['vanilla'].model == 'cifar_resnet18' and parsed['no-fsr-loss'].fsr_loss is False
+    (tmp_path / 'base').mkdir()
+    (tmp_path / 'base' / 'train_summary.json').write_text(json.dumps({'history': [
+        {'epoch': 1, 'lr': 0.1, 'train_adv_acc': 20.5, 'holdout_clean_acc': 25.0, 'holdout_pgd_acc': 18.5,
+         'epoch_seconds': 100.4, 'holdout_seconds': 30.2}]}))
+    text = ab.table(tmp_path, ['base', 'fp32'])
+    assert '| base | 1 | 0.1 | 20.5 | 25.0 | 18.5 | 100 | 30 |' in text and '| fp32 | - |' in text
