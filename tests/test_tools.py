@@ -74,9 +74,10 @@ def test_ab_script_builds_valid_trainer_commands_and_a_table(tmp_path):
     import tools.ab_fast_train as ab
     from tools.train import build_parser
     args = argparse.Namespace(data='D', out=str(tmp_path), epochs=2, max_train_images=2048, holdout=200, eval_steps=10,
-                              seed=0)
+                              batch_size=64, seed=0)
     parsed = {name: build_parser().parse_args(ab.command(name, args)[2:]) for name in ab.VARIANTS}
-    assert all(p.epochs == 2 and p.max_train_images == 2048 and p.eval_amp and not p.guard for p in parsed.values())
+    assert all(p.epochs == 2 and p.max_train_images == 2048 and p.batch_size == 64 and p.eval_amp and not p.guard
+               for p in parsed.values())
     assert all(p.attack == 'fgsm-rs' for name, p in parsed.items() if name != 'n-fgsm')
     assert parsed['base'].milestones == (7, 9) and parsed['base'].amp is None and parsed['base'].seed == 0
     assert parsed['cyclic'].schedule == 'cyclic' and parsed['cyclic'].milestones is None

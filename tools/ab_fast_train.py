@@ -43,7 +43,7 @@ def command(name: str, args: argparse.Namespace) -> List[str]:
     return [sys.executable, str(Path(__file__).with_name('train.py')), *base,
             '--data', args.data, '--out', str(Path(args.out) / name), '--epochs', str(args.epochs),
             '--max-train-images', str(args.max_train_images), '--holdout', str(args.holdout),
-            '--eval-steps', str(args.eval_steps), '--seed', str(args.seed),
+            '--eval-steps', str(args.eval_steps), '--batch-size', str(args.batch_size), '--seed', str(args.seed),
             *VARIANTS[name]]  # the variant's flags last: they win
 
 
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument('--max-train-images', type=int, default=2048, help='training subset (default: 2048)')
     p.add_argument('--holdout', type=int, default=200, help='held-out images evaluated (default: 200)')
     p.add_argument('--eval-steps', type=int, default=10, help='PGD steps of the held-out evaluation (default: 10)')
+    p.add_argument('--batch-size', type=int, default=128, help='training batch (default: 128)')
     p.add_argument('--seed', type=int, default=0, help='seed of every run (default: 0)')
     p.add_argument('--timeout', type=float, default=600, help='seconds per run before it is killed (default: 600)')
     p.add_argument('--table-only', action='store_true', help='print the table of the runs already in --out')
