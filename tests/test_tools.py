@@ -1,5 +1,9 @@
-"""The benchmark command line: the trainer's step paths side by side, vanilla vs FSR, JSON out, honest warm-up."""
+"""The benchmark command line (the trainer's step paths side by side, vanilla vs FSR, JSON out, honest warm-up), the
+A/B script and the gradient diagnostics of issue 26."""
 import json
+
+import pytest
+import torch
 
 import tools.benchmark as benchmark
 from fsr_hub.hardware import cpu_bf16_isa
@@ -89,3 +93,19 @@ def test_ab_script_builds_valid_trainer_commands_and_a_table(tmp_path):
          'epoch_seconds': 100.4, 'holdout_seconds': 30.2}]}))
     text = ab.table(tmp_path, ['base', 'fp32'])
     assert '| base | 1 | 0.1 | 20.5 | 25.0 | 18.5 | 100 | 30 |' in text and '| fp32 | - |' in text
+
+
+def test_grad_check_reports_on_a_tiny_fsr_net():
+    import tools.grad_check as gc
+    from conftest import tiny_fsr_net
+    model = tiny_fsr_net()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+    report = gc.precision_report(model, x, y)
+    assert {'backbone', 'fc', 'fsr separation', 'fsr recalibration', 'fsr aux heads'} <= set(report)
+    assert all(-1.0 <= r['cos'] <= 1.0 + 1e-6 and r['norm_ratio'] > 0 for r in report.values())
+    assert report['fc']['cos'] > 0.9  # bf16 rounding, not another gradient
+    split = gc.split_report(model, x, y)
+    assert split['norm_ratio'] > 0 and -1.0 <= split['cos'] <= 1.0 + 1e-6
+    same = gc._grads(model, x, y, amp=False)
+    assert gc._compare(same, same, gc.GROUPS['backbone'])['cos'] == pytest.approx(1.0)
