@@ -4,15 +4,19 @@ under ``torchrun``.
 
 A run is a sequence of named steps: :func:`_setup` (DDP, data, model, optimizer), :func:`_resume`,
 :func:`_build_step` (eager, compiled or CUDA-graph step: :mod:`fsr_hub.step`), then per epoch
-:func:`_train_epoch` (under a time budget the first epoch also measures the speed and fixes the epoch count:
-:func:`_plan_budget`), :func:`_evaluate` (on the epochs of :func:`fsr_hub.schedule.eval_epochs`) and
+:func:`_out_of_time` (under a time budget: re-plans the epochs left when the machine has slowed down),
+:func:`_train_epoch` (the lr per epoch or per iteration: :func:`fsr_hub.schedule.step_lr`; under a time budget the
+first epoch also measures the speed and fixes the epoch count: :func:`_plan_budget`), the catastrophic-overfitting
+guard (:func:`fsr_hub.guard.check_guard`), :func:`_evaluate` (on the epochs of :func:`fsr_hub.schedule.eval_epochs`) and
 :func:`_checkpoint` (``last.pt``, ``best.safetensors`` at each new best, ``train_summary.json`` every epoch),
 and :func:`_finish` (``final.safetensors``, the complete summary). Everything written is written atomically,
 so a copy taken at any moment holds valid weights and a valid summary.
 
 Speed on a GPU: the uint8 dataset lives on the device and is augmented there (:class:`fsr_hub.data.DeviceLoader`),
 the attack and the update run under bf16 autocast, the model is channels_last, cuDNN autotunes, and the inner
-loop never syncs with the host (metrics accumulate on the device and are read once per epoch).
+loop never syncs with the host (metrics accumulate on the device and are read once per epoch). On a CPU with bf16
+instructions (:func:`fsr_hub.hardware.fast_precision`) bf16 autocast and channels_last are the defaults too, and
+the held-out evaluation runs in bf16 there (labelled in the summary).
 
 Exact resume: at the start of every epoch the global torch generators (CPU and CUDA) are re-seeded from
 (seed, rank, epoch), the loader's shuffling / augmentation is a function of (seed, epoch), and the lr is a
@@ -24,7 +28,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -36,28 +40,24 @@ from tqdm import tqdm
 from .attacks import pgd
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
-from .hardware import hardware_name, resolve_device, strict_float32, synchronize
+from .guard import OverfitGuard, check_guard
+from .hardware import fast_precision, resolve_device, strict_float32, synchronize
 from .models import create
 from .objectives import OBJECTIVES, AdversarialObjective, ObjectiveConfig
 from .schedule import (
-    AT_MILESTONES, EVAL_RULE, NATURAL_MILESTONES, BudgetCosts, default_eval_every, eval_epochs, lr_at, lr_milestones,
-    plan_epochs,
+    AT_MILESTONES, CYCLIC_LR_MAX, NATURAL_MILESTONES, NATURAL_RECIPE, SCHEDULES, BudgetCosts, default_eval_every,
+    eval_epochs, lr_milestones, plan_epochs, replan_epochs, step_lr,
 )
-from .schemas import CKPT_FORMAT, TRAIN_SCHEMA
+from .schemas import CKPT_FORMAT
 from .step import STEP_MODES, TrainStep, autocast, build_optimizer, default_step_mode, load_optimizer_state
+from .train_attacks import SINGLE_STEP, check_attack, default_alpha
+from .train_summary import architecture, plain_config, train_summary
 from .weights import save_weights
 
 __all__ = [
     'TrainConfig', 'TrainResult', 'train', 'save_checkpoint', 'load_checkpoint', 'CheckpointError', 'autocast',
     'robust_accuracy', 'STEP_MODES', 'NATURAL_RECIPE',
 ]
-
-#: natural training (``objective='natural'``): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop
-#: and flip, lr /10 after 1/2 and 3/4 of the epochs. The schedule is He et al. 2016's CIFAR-10 one (Sec. 4.2:
-#: /10 at 32k and 48k of 64k iterations); weight decay and the rest are the paper's adversarial recipe, so the
-#: natural and adversarial runs differ only in the objective. Best checkpoint: held-out clean accuracy.
-NATURAL_RECIPE = ('SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop + flip; lr x0.1 after 1/2 and '
-                  '3/4 of the epochs (He et al. 2016, Sec. 4.2); best checkpoint by held-out clean accuracy')
 
 PROBE_STEPS = 10  # steady-state steps timed (after the set-up calls) to plan a time budget
 
@@ -78,13 +78,15 @@ class TrainConfig:
     lambda_rec: float = 1.0
     beta: float = 6.0
     eps: float = 8 / 255
-    alpha: Optional[float] = None  # None: eps / 4 (CIFAR), eps / 8 (SVHN)
-    steps: int = 10
+    attack: Optional[str] = None  # pgd | fgsm-rs | n-fgsm (fsr_hub.train_attacks); None: pgd
+    alpha: Optional[float] = None  # None: pgd eps / 4 (CIFAR), eps / 8 (SVHN); fgsm-rs 1.25 eps; n-fgsm eps
+    steps: Optional[int] = None  # None: 10 (pgd), 1 (fgsm-rs, n-fgsm)
     random_start: bool = True
     epochs: int = 100  # with time_budget: the most epochs
     time_budget: Optional[float] = None  # minutes for the whole run; the epoch count is fixed after the first steps
     batch_size: int = 128  # global batch; split evenly over DDP ranks
-    lr: Optional[float] = None  # None: 0.1 (CIFAR), 0.01 (SVHN)
+    schedule: str = 'piecewise'  # piecewise (the paper) | cyclic (fast AT: per-iteration triangle)
+    lr: Optional[float] = None  # None: 0.1 (CIFAR), 0.01 (SVHN); cyclic: the peak, 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
     milestones: Optional[Tuple[int, ...]] = None  # None: after 75% and 90% of the epochs (natural: 50% and 75%)
@@ -94,11 +96,14 @@ class TrainConfig:
     eval_every: Optional[int] = None  # None: epochs // 10 (>= 1); the last quarter is evaluated every epoch anyway
     eval_steps: int = 20
     eval_batch_size: int = 500
+    eval_amp: Optional[bool] = None  # bf16 held-out evaluation; None: on for the CPU when amp is (CUDA: float32)
+    guard: Optional[bool] = None  # catastrophic-overfitting guard; None: on for attacks with a held-out slice
+    guard_drop: float = 20.0  # points of guard PGD accuracy below its best that stop the run
     max_train_images: Optional[int] = None  # first N training images only (smoke runs)
     seed: int = 0
     device: Optional[str] = None  # None: cuda if available
-    amp: Optional[bool] = None  # bf16 autocast; None: on for CUDA
-    channels_last: Optional[bool] = None  # None: on for CUDA
+    amp: Optional[bool] = None  # bf16 autocast; None: on for CUDA and CPUs with bf16 instructions
+    channels_last: Optional[bool] = None  # None: as amp
     step: Optional[str] = None  # eager | compile | cuda-graph; None: cuda-graph on one CUDA device, else eager
     deterministic: bool = False  # CUDA: cuDNN deterministic algorithms and no autotuning (bit-exact resume)
     fp16: bool = False  # final/best safetensors in float16
@@ -129,8 +134,19 @@ class TrainConfig:
         if self.milestones is not None and any(int(m) < 1 for m in self.milestones):
             raise ValueError(f'milestones must be epoch counts >= 1, got {self.milestones}.')
         for name in ('holdout', 'steps', 'eps'):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
+        attack = self.attack or 'pgd'
+        check_attack(attack, self.objective, self.steps, self.random_start)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f'Unknown schedule {self.schedule!r}; expected one of {", ".join(SCHEDULES)}.')
+        if self.schedule == 'cyclic' and self.milestones:
+            raise ValueError('milestones are for the piecewise schedule, not --schedule cyclic.')
+        if not self.guard_drop > 0:
+            raise ValueError(f'guard_drop must be a positive number of points, got {self.guard_drop}.')
+        if self.guard and (self.objective == 'natural' or self.holdout == 0):
+            raise ValueError('the overfitting guard attacks held-out images: it needs --holdout > 0 and an '
+                             'adversarial objective.')
         if self.max_train_images is not None and self.max_train_images <= 0:
             raise ValueError(f'max_train_images must be positive, got {self.max_train_images}.')
         model_args = _model_args(self.model_args)
@@ -145,17 +161,23 @@ class TrainConfig:
             raise ValueError('the cuda-graph step needs one CUDA device in a single process; use --step eager or '
                              'compile (DDP, CPU).')
         fractions = NATURAL_MILESTONES if self.objective == 'natural' else AT_MILESTONES
+        cyclic = self.schedule == 'cyclic'
+        amp = self.amp if self.amp is not None else fast_precision(device)
         return dataclasses.replace(
             self,
             model_args=model_args,
-            alpha=self.alpha if self.alpha is not None else self.eps / (8 if svhn else 4),
-            lr=self.lr if self.lr is not None else (0.01 if svhn else 0.1),
+            attack=attack,
+            alpha=self.alpha if self.alpha is not None else default_alpha(attack, self.eps, svhn),
+            steps=self.steps if self.steps is not None else (1 if attack in SINGLE_STEP else 10),
+            lr=self.lr if self.lr is not None else (CYCLIC_LR_MAX if cyclic else 0.01 if svhn else 0.1),
             augment=self.augment if self.augment is not None else DATASETS[self.dataset][1],
             device=str(device),
-            amp=self.amp if self.amp is not None else cuda,
-            channels_last=self.channels_last if self.channels_last is not None else cuda,
+            amp=amp,
+            channels_last=self.channels_last if self.channels_last is not None else fast_precision(device),
+            eval_amp=self.eval_amp if self.eval_amp is not None else (amp and not cuda),
+            guard=self.guard is not False and self.holdout > 0 and self.objective != 'natural',
             step=step,
-            milestones=(tuple(int(m) for m in self.milestones) if self.milestones is not None
+            milestones=(() if cyclic else tuple(int(m) for m in self.milestones) if self.milestones is not None
                         else lr_milestones(self.epochs, fractions)),
             eval_every=self.eval_every or default_eval_every(self.epochs),
         )
@@ -164,7 +186,7 @@ class TrainConfig:
         return ObjectiveConfig(
             name=self.objective, beta=self.beta, fsr=self.fsr_loss, lambda_sep=self.lambda_sep,
             lambda_rec=self.lambda_rec, eps=self.eps, alpha=self.alpha, steps=self.steps,
-            random_start=self.random_start)
+            random_start=self.random_start, attack=self.attack)
 
 
 @dataclass
@@ -198,6 +220,7 @@ class _Run:
     prior_seconds: float = 0.0  # wall clock of earlier (resumed) processes
     budget: Optional[Dict[str, Any]] = None  # the time-budget plan, once made
     costs: Dict[str, float] = field(default_factory=lambda: {'evaluation': 0.0, 'checkpoint': 0.0})
+    guard: Optional[OverfitGuard] = None  # made by fsr_hub.guard.check_guard after the first epoch
 
     @property
     def is_main(self) -> bool:
@@ -312,9 +335,12 @@ def train(
         _build_step(run)
         while run.epoch < run.cfg.epochs and not _out_of_time(run):
             metrics = _train_epoch(run, step_callback)
-            is_best = _evaluate(run, metrics) if run.evaluates(run.epoch) else False
+            collapsed = check_guard(run, metrics) if run.cfg.guard else False
+            is_best = _evaluate(run, metrics) if run.evaluates(run.epoch) and not collapsed else False
             _checkpoint(run, metrics, is_best)
             run.epoch += 1
+            if collapsed:
+                break
         summary = _finish(run)
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags
@@ -376,10 +402,12 @@ def _resume(run: _Run) -> None:
         return
     ckpt = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors; weights are copied over
     old = ckpt['config']
-    if old.get('model') != run.cfg.model or old.get('objective') != run.cfg.objective:
+    mine = (run.cfg.model, run.cfg.objective, run.cfg.attack, run.cfg.schedule)
+    theirs = (old.get('model'), old.get('objective'), old.get('attack', 'pgd'), old.get('schedule', 'piecewise'))
+    if theirs != mine:
         raise CheckpointError(
-            f'{path} was written by a {old.get("model")}/{old.get("objective")} run, not '
-            f'{run.cfg.model}/{run.cfg.objective}; use another --out or drop --resume.')
+            f'{path} was written by a {"/".join(map(str, theirs))} run (model/objective/attack/schedule), not '
+            f'{"/".join(mine)}; use another --out or drop --resume.')
     if old.get('model_args', {}) != run.cfg.model_args:
         raise CheckpointError(
             f'{path} was written by a {old.get("model")} run with model_args {old.get("model_args", {})}, not '
@@ -412,19 +440,38 @@ def _build_step(run: _Run) -> None:
 
 
 def _out_of_time(run: _Run) -> bool:
-    """Under a time budget: whether the next epoch, with its evaluation and writes, would end past the deadline
-    (measured on the last epoch). The planned count normally fits; this guards against a machine that slows."""
-    if run.deadline is None or not run.history or run.budget is None:
+    """Under a time budget, at an epoch boundary: when the epochs left no longer fit (the machine slowed down), re-plan
+    fewer epochs; the schedule follows the new count, so the run still ends with its last lr decay (piecewise) or
+    the end of its cycle. True (stop) only when even one more epoch does not fit and the piecewise schedule's last
+    decay is already behind."""
+    if run.deadline is None or not run.history or run.budget is None or run.epoch >= run.cfg.epochs:
         return False
-    need = (run.history[-1]['epoch_seconds'] + 2 * run.costs['checkpoint']
-            + (run.costs['evaluation'] if run.evaluates(run.epoch) else 0.0))
-    stop = _all_reduce_max([float(time.monotonic() + need > run.deadline)], run)[0] > 0
-    if stop:
+    epoch_seconds, elapsed = _all_reduce_max([run.history[-1]['epoch_seconds'], time.monotonic() - run.clock_start],
+                                             run)
+    left = 60.0 * run.raw.time_budget - run.budget['reserve_seconds'] - elapsed
+    epochs, estimate, fits = replan_epochs(left, run.epoch, run.cfg.epochs, epoch_seconds, run.costs['evaluation'],
+                                           run.costs['checkpoint'], run.raw.eval_every, run.cfg.holdout > 0)
+    if not fits and run.cfg.schedule == 'piecewise' and run.cfg.milestones and run.epoch > run.cfg.milestones[-1]:
         run.budget['stopped_after_epoch'] = run.epoch
         if run.is_main:
             print(f'time budget: stopping after epoch {run.epoch} of {run.cfg.epochs} (the next would end past '
-                  f'the deadline)', file=sys.stderr)
-    return stop
+                  f'the deadline; the last lr decay is behind)', file=sys.stderr)
+        return True
+    if epochs < run.cfg.epochs:
+        old = run.cfg.epochs
+        run.cfg = _with_epochs(run.raw, epochs)
+        run.budget['epochs'] = epochs
+        run.budget.setdefault('replans', []).append({
+            'after_epoch': run.epoch, 'from_epochs': old, 'epochs': epochs, 'fits': fits,
+            'seconds_left': round(left, 3), 'epoch_seconds': round(epoch_seconds, 3),
+            'estimated_seconds': round(estimate, 3)})
+        run.budget['reproduce'] = (f're-planned after epoch {run.epoch} (from {old} to {epochs} epochs): the epochs '
+                                   f'before ran under the longer schedule, so --epochs {epochs} alone does not '
+                                   f'reproduce this run')
+        if run.is_main:
+            print(f'time budget: the machine slowed to {epoch_seconds:.1f} s/epoch; re-planned from {old} to '
+                  f'{epochs} epochs after epoch {run.epoch} (schedule compressed)', file=sys.stderr, flush=True)
+    return False
 
 
 def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]]) -> Dict[str, Any]:
@@ -432,7 +479,9 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
     cfg, epoch = run.cfg, run.epoch
     _seed_epoch(cfg.seed, run.rank, epoch)
     run.loader.set_epoch(epoch)
-    lr = lr_at(epoch, cfg.lr, cfg.milestones, cfg.lr_gamma)
+    cyclic = cfg.schedule == 'cyclic'
+    steps_per_epoch = len(run.loader)
+    lr = step_lr(cfg, epoch, 0, steps_per_epoch)
     run.step.set_lr(lr)
     planning = run.raw.time_budget is not None and run.budget is None
     warm = run.step.setup_calls
@@ -442,6 +491,8 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
     bar = tqdm(run.loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (run.is_main and cfg.progress),
                leave=False, file=sys.stderr)
     for i, (x, y) in enumerate(bar):
+        if cyclic and i:
+            run.step.set_lr(step_lr(cfg, epoch, i, steps_per_epoch))
         stats += run.step(x, y)
         if step_callback is not None:
             step_callback(epoch, i)
@@ -462,7 +513,8 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
         per_step = (t0 + seconds - t_warm) / after if after > 0 else seconds / steps
         _plan_budget(run, per_step, steps, t_warm - t0 if after > 0 else seconds)
     loss_sum, n, adv_c, nat_c = stats.tolist()
-    return {'epoch': epoch + 1, 'lr': lr, 'train_loss': round(loss_sum / n, 5),
+    lrs = {'lr': lr, 'lr_end': step_lr(cfg, epoch, steps_per_epoch - 1, steps_per_epoch)} if cyclic else {'lr': lr}
+    return {'epoch': epoch + 1, **lrs, 'train_loss': round(loss_sum / n, 5),
             'train_adv_acc': round(100 * adv_c / n, 2) if adv_c >= 0 else None,
             'train_nat_acc': round(100 * nat_c / n, 2) if nat_c >= 0 else None,
             'epoch_seconds': round(seconds, 3), 'images_per_second': round(n / seconds, 1)}
@@ -516,7 +568,7 @@ def _time_evaluation(run: _Run) -> float:
         synchronize(run.device)
         t = time.perf_counter()
         with strict_float32():
-            _batch_counts(run.model, x, y, run.cfg.eps, run.cfg.eps / 10, steps, amp=False)
+            _batch_counts(run.model, x, y, run.cfg.eps, run.cfg.eps / 10, steps, amp=run.cfg.eval_amp)
         synchronize(run.device)
         seconds = time.perf_counter() - t
     return seconds * len(run.hold_loader)
@@ -533,13 +585,16 @@ def _time_checkpoint(run: _Run) -> float:
 
 
 def _evaluate(run: _Run, metrics: Dict[str, Any]) -> bool:
-    """Evaluation on the held-out slice in float32 (like tools/verify.py: a bf16 attack is weaker and would
-    flatter the checkpoint it picks; TF32 off): PGD accuracy, or clean accuracy for natural training. True on a new best."""
+    """Evaluation on the held-out slice: PGD accuracy, or clean accuracy for natural training. True on a new best.
+
+    float32 with TF32 off (like tools/verify.py: a bf16 attack is weaker and would flatter the checkpoint it picks)
+    unless ``eval_amp`` (the CPU default with bf16 autocast: ~3x cheaper there; it only ranks epochs of one run, the
+    summary says so, and every released number comes from tools/verify.py in float32)."""
     cfg = run.cfg
     t = time.perf_counter()
-    with strict_float32():  # TF32 off too, as in tools/verify.py
+    with strict_float32():
         c, r, m = robust_accuracy(run.model, run.hold_loader, cfg.eps, cfg.eps / 10,
-                                  None if run.natural else cfg.eval_steps, amp=False)
+                                  None if run.natural else cfg.eval_steps, amp=cfg.eval_amp)
     counts = torch.stack([c, r if r is not None else torch.zeros_like(c), m])
     if run.world > 1:
         dist.all_reduce(counts)
@@ -559,13 +614,13 @@ def _state(run: _Run) -> Dict[str, Any]:
     return {
         'format': CKPT_FORMAT, 'epoch': run.epoch + 1, 'model': run.model.state_dict(),
         'optimizer': run.optimizer.state_dict(), 'rng': rng_state(), 'best': run.best, 'best_sha256': run.best_sha,
-        'history': run.history, 'config': _plain_config(run.cfg), 'budget': run.budget,
+        'history': run.history, 'config': plain_config(run.cfg), 'budget': run.budget,
         'wall_clock_seconds': run.prior_seconds + time.time() - run.t_start,
     }
 
 
 def _weights_metadata(run: _Run, epoch: int) -> Dict[str, str]:
-    return {'architecture': _architecture(run), 'epoch': str(epoch)}
+    return {'architecture': architecture(run), 'epoch': str(epoch)}
 
 
 def _checkpoint(run: _Run, metrics: Dict[str, Any], is_best: bool) -> None:
@@ -580,7 +635,7 @@ def _checkpoint(run: _Run, metrics: Dict[str, Any], is_best: bool) -> None:
                                         metadata=_weights_metadata(run, metrics['epoch']))
         save_checkpoint(_state(run), run.out / 'last.pt')
         run.costs['checkpoint'] = time.perf_counter() - t
-        write_json(run.out / 'train_summary.json', _summary(run, final_sha=None))
+        write_json(run.out / 'train_summary.json', train_summary(run, final_sha=None))
     if run.world > 1:
         dist.barrier()
 
@@ -592,55 +647,12 @@ def _finish(run: _Run) -> Dict[str, Any]:
         epoch = run.history[-1]['epoch'] if run.history else 0
         final_sha = save_weights(run.model, run.out / 'final.safetensors', dtype=_weights_dtype(run),
                                  metadata=_weights_metadata(run, epoch))
-        summary = _summary(run, final_sha)
+        summary = train_summary(run, final_sha)
         write_json(run.out / 'train_summary.json', summary)
     if run.world > 1:
         dist.barrier()
     return summary
 
 
-def _plain_config(cfg: TrainConfig) -> Dict[str, Any]:
-    d = asdict(cfg)
-    d['milestones'] = list(d['milestones']) if d['milestones'] is not None else None
-    return d
-
-
-def _architecture(run: _Run) -> str:
-    cfg = getattr(run.model, 'pretrained_cfg', None) or {}
-    return str(cfg.get('architecture', run.cfg.model))
-
-
 def _weights_dtype(run: _Run) -> Optional[torch.dtype]:
     return torch.float16 if run.cfg.fp16 else None
-
-
-def _summary(run: _Run, final_sha: Optional[str]) -> Dict[str, Any]:
-    """``train_summary.json``: complete once the final weights exist; before that, the state after the last epoch."""
-    cfg = run.cfg
-    selected_by = (f'clean accuracy on the last {cfg.holdout} training images (held out, not trained on)' if run.natural
-                   else f'PGD-{cfg.eval_steps} (step eps/10) accuracy on the last {cfg.holdout} training images '
-                        f'(held out, not trained on)')
-    fractions = NATURAL_MILESTONES if run.natural else AT_MILESTONES
-    return {
-        'schema': TRAIN_SCHEMA,
-        'complete': final_sha is not None,
-        'architecture': _architecture(run),
-        'config': _plain_config(cfg),
-        'history': run.history,
-        'best': {**run.best, 'selected_by': selected_by} if run.best['epoch'] > 0 else None,
-        'weights': {'final': {'file': 'final.safetensors', 'sha256': final_sha} if final_sha else None,
-                    'best': {'file': 'best.safetensors', 'sha256': run.best_sha} if run.best_sha else None,
-                    'dtype': 'float16' if cfg.fp16 else 'float32'},
-        'schedule': {'lr': cfg.lr, 'milestones': list(cfg.milestones), 'lr_gamma': cfg.lr_gamma,
-                     'rule': 'lr x lr_gamma after each milestone epoch; default milestones: '
-                             + ' and '.join(f'{f.numerator}/{f.denominator}' for f in fractions) + ' of the epochs'
-                             + (f' ({NATURAL_RECIPE})' if run.natural else ' (the paper, Sec. 4.1)')},
-        'evaluation': {'every': cfg.eval_every, 'epochs': list(eval_epochs(cfg.epochs, cfg.eval_every))
-                       if cfg.holdout else [], 'rule': EVAL_RULE, 'dtype': 'float32'},
-        'budget': run.budget,
-        'epoch_seconds': [h['epoch_seconds'] for h in run.history],  # every epoch, across resumes
-        'wall_clock_seconds': round(run.prior_seconds + time.time() - run.t_start, 3),  # summed over processes
-        'hardware': {'device': hardware_name(run.device), 'world_size': run.world, 'torch': torch.__version__,
-                     'step': cfg.step, 'step_fallback': run.step.fallback if run.step is not None else None},
-        'command': run.command,
-    }

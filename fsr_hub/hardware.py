@@ -1,4 +1,5 @@
-"""The device a measurement ran on, named for reports; device synchronisation for timing; strict float32."""
+"""The device a measurement ran on, named for reports; the CPU's bf16 instruction set and the precision it gets by
+default; device synchronisation for timing; strict float32."""
 import os
 import platform
 from contextlib import contextmanager
@@ -6,7 +7,13 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
-__all__ = ['resolve_device', 'hardware_name', 'synchronize', 'strict_float32']
+__all__ = ['resolve_device', 'hardware_name', 'cpu_model', 'cpu_bf16_isa', 'fast_precision', 'synchronize',
+           'strict_float32', 'BF16_ISAS']
+
+#: CPU flags (``/proc/cpuinfo``) of bf16 arithmetic in hardware, the best first: AMX tiles (Intel Sapphire Rapids
+#: and later), then AVX512-BF16 dot products (Intel Cooper Lake, AMD Zen 4 and later)
+BF16_ISAS = ('amx_bf16', 'avx512_bf16')
+CPUINFO = '/proc/cpuinfo'
 
 
 def resolve_device(name: Optional[str] = None) -> torch.device:
@@ -30,7 +37,39 @@ def hardware_name(device: torch.device) -> str:
     """'NVIDIA H100 80GB HBM3' for a CUDA device; processor, cores and torch threads for the CPU."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    return f'cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)'
+    isa = cpu_bf16_isa() or 'no bf16 instructions'
+    return f'cpu ({cpu_model()}, {isa}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)'
+
+
+def _cpuinfo() -> str:
+    try:
+        with open(CPUINFO) as f:
+            return f.read()
+    except OSError:  # not Linux: no flags known, fp32
+        return ''
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith('model name'):
+            return line.split(':', 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_bf16_isa() -> Optional[str]:
+    """The best bf16 instruction set of this CPU (one of :data:`BF16_ISAS`), or None."""
+    flags = set()
+    for line in _cpuinfo().splitlines():
+        if line.startswith('flags'):
+            flags.update(line.split(':', 1)[1].split())
+    return next((isa for isa in BF16_ISAS if isa in flags), None)
+
+
+def fast_precision(device: torch.device) -> bool:
+    """Whether bf16 autocast and channels_last are the defaults on ``device``: on CUDA, and on a CPU with bf16 in
+    hardware (:func:`cpu_bf16_isa`); float32 and the contiguous format elsewhere."""
+    return device.type == 'cuda' or (device.type == 'cpu' and cpu_bf16_isa() is not None)
 
 
 def synchronize(device: torch.device) -> None:

@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import pgd, trades_pgd
+from .attacks import trades_pgd
 from .losses import fsr_aux_loss
 from .models.base import FSROutput
+from .train_attacks import check_attack, training_attack
 
 __all__ = ['OBJECTIVES', 'ObjectiveConfig', 'at_loss', 'trades_loss', 'mart_loss', 'forward_train',
            'AdversarialObjective']
@@ -38,10 +39,12 @@ class ObjectiveConfig:
     alpha: float = 2 / 255
     steps: int = 10
     random_start: bool = True
+    attack: str = 'pgd'  # one of fsr_hub.train_attacks.TRAIN_ATTACKS (TRADES: pgd only)
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
             raise ValueError(f'Unknown objective {self.name!r}; expected one of {OBJECTIVES}.')
+        check_attack(self.attack, self.name, None, self.random_start)
 
 
 def at_loss(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -104,7 +107,7 @@ class AdversarialObjective(nn.Module):
         try:
             if c.name == 'trades':
                 return trades_pgd(net, x, c.eps, c.alpha, c.steps)
-            return pgd(net, x, y, c.eps, c.alpha, c.steps, random_start=c.random_start)
+            return training_attack(net, x, y, c.attack, c.eps, c.alpha, c.steps, c.random_start)
         finally:
             self.model.train(was_training)
 

@@ -1,17 +1,33 @@
-"""The shape of a training run as functions of its epoch count: learning-rate milestones, which epochs are
-evaluated on the held-out slice, and how many epochs fit a time budget.
+"""The shape of a training run as functions of its epoch count: the learning rate (the paper's piecewise-constant
+schedule, or the cyclic one of fast adversarial training), which epochs are evaluated on the held-out slice, how
+many epochs fit a time budget, and how many still fit when a machine slows down mid-run.
 
 Every function here is pure, so a run planned under a time budget is reproduced exactly by giving the chosen
 epoch count (``--epochs N``): the schedule and the evaluation epochs follow from N alone.
 """
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 __all__ = [
-    'AT_MILESTONES', 'NATURAL_MILESTONES', 'lr_milestones', 'lr_at', 'default_eval_every', 'eval_epochs',
-    'EVAL_RULE', 'BudgetCosts', 'plan_epochs',
+    'AT_MILESTONES', 'NATURAL_MILESTONES', 'NATURAL_RECIPE', 'SCHEDULES', 'CYCLIC_LR_MAX', 'CYCLIC_RULE',
+    'lr_milestones', 'lr_at', 'cyclic_lr', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts',
+    'plan_epochs', 'replan_epochs',
 ]
+
+#: natural training (``objective='natural'``): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop
+#: and flip, lr /10 after 1/2 and 3/4 of the epochs. The schedule is He et al. 2016's CIFAR-10 one (Sec. 4.2:
+#: /10 at 32k and 48k of 64k iterations); weight decay and the rest are the paper's adversarial recipe, so the
+#: natural and adversarial runs differ only in the objective. Best checkpoint: held-out clean accuracy.
+NATURAL_RECIPE = ('SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop + flip; lr x0.1 after 1/2 and '
+                  '3/4 of the epochs (He et al. 2016, Sec. 4.2); best checkpoint by held-out clean accuracy')
+
+#: piecewise: lr x gamma after milestone epochs (the paper); cyclic: a per-iteration triangle (fast AT)
+SCHEDULES = ('piecewise', 'cyclic')
+#: the peak lr of the cyclic schedule when none is given (Wong et al. 2020; de Jorge et al. 2022)
+CYCLIC_LR_MAX = 0.2
+CYCLIC_RULE = ('per iteration: a triangle from 0 up to lr at the middle of the run and back to 0 at its end, '
+               'sampled at the middle of each iteration (Wong et al. 2020, de Jorge et al. 2022)')
 
 #: the paper (Sec. 4.1): lr x0.1 after epochs 75 and 90 of 100
 AT_MILESTONES = (Fraction(3, 4), Fraction(9, 10))
@@ -41,6 +57,26 @@ def lr_milestones(epochs: int, fractions: Sequence[Fraction] = AT_MILESTONES) ->
 def lr_at(epoch: int, base_lr: float, milestones: Sequence[int], gamma: float) -> float:
     """The lr of 0-based ``epoch``: ``base_lr * gamma**k`` with k the milestones already passed (MultiStepLR)."""
     return base_lr * gamma ** sum(epoch >= m for m in milestones)
+
+
+def cyclic_lr(iteration: int, total: int, lr_max: float) -> float:
+    """The lr of 0-based ``iteration`` of ``total``: lr_max * (1 - |2 t - 1|) with t = (iteration + 0.5) / total.
+
+    It rises linearly from ~0 to lr_max at the middle of the run and falls back to ~0 at its end, symmetric, and
+    never exactly 0 (no wasted step). A run re-planned to fewer epochs keeps the shape over its new length.
+    """
+    if total < 1 or not 0 <= iteration < total:
+        raise ValueError(f'iteration must lie in [0, total) with total >= 1, got {iteration} of {total}.')
+    t = (iteration + 0.5) / total
+    return lr_max * (1.0 - abs(2.0 * t - 1.0))
+
+
+def step_lr(cfg: Any, epoch: int, i: int, steps_per_epoch: int) -> float:
+    """The lr of step ``i`` of 0-based ``epoch`` of a resolved ``TrainConfig``: per epoch (piecewise) or per
+    iteration (cyclic)."""
+    if cfg.schedule == 'cyclic':
+        return cyclic_lr(epoch * steps_per_epoch + i, cfg.epochs * steps_per_epoch, cfg.lr)
+    return lr_at(epoch, cfg.lr, cfg.milestones, cfg.lr_gamma)
 
 
 def default_eval_every(epochs: int) -> int:
@@ -97,3 +133,28 @@ def plan_epochs(
         if c <= available:
             return e, c, True
     return 1, cost(1), False
+
+
+def replan_epochs(
+        available: float, done: int, epochs: int, epoch_seconds: float, evaluation: float, checkpoint: float,
+        eval_every: Optional[int] = None, holdout: bool = True,
+) -> Tuple[int, float, bool]:
+    """The most epochs E in [done + 1, ``epochs``] whose remaining cost (epochs done + 1 .. E at the measured
+    ``epoch_seconds``, their evaluations and checkpoints, the final outputs) fits ``available`` seconds.
+
+    The schedule follows E (compressed, not truncated: the run still reaches its last lr decay / the end of its
+    cycle). When none fits: (done + 1, its estimate, False): one more epoch, under the new, shortest schedule.
+    """
+    if not 0 <= done < epochs:
+        raise ValueError(f'replan_epochs needs 0 <= done < epochs, got done={done}, epochs={epochs}.')
+
+    def cost(e: int) -> float:
+        every = eval_every or default_eval_every(e)
+        n_eval = sum(1 for k in eval_epochs(e, every) if k > done) if holdout else 0
+        return (e - done) * (epoch_seconds + checkpoint) + n_eval * (evaluation + checkpoint) + checkpoint
+
+    for e in range(epochs, done, -1):
+        c = cost(e)
+        if c <= available:
+            return e, c, True
+    return done + 1, cost(done + 1), False

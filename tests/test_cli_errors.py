@@ -41,6 +41,11 @@ def test_resolve_device(name, message):
     (['--max-train-images', '0'], 'max_train_images must be positive, got 0'),
     (['--eps', '-1'], 'eps must be >= 0, got -1.0'),
     (['--out', '{file}'], 'is a file, not a folder'),
+    (['--attack', 'fgsm-rs', '--objective', 'trades'], '--attack fgsm-rs with --objective trades: TRADES starts'),
+    (['--attack', 'n-fgsm', '--steps', '3'], '--attack n-fgsm takes one step; --steps 3 is for --attack pgd'),
+    (['--schedule', 'cyclic', '--milestones', '1'], 'milestones are for the piecewise schedule'),
+    (['--guard', '--holdout', '0'], 'the overfitting guard attacks held-out images'),
+    (['--guard-drop', '0'], 'guard_drop must be a positive number of points, got 0.0'),
 ])
 def test_train_refuses_before_training(data, tmp_path, capsys, extra, message):
     (tmp_path / 'a_file').write_text('x')

@@ -5,6 +5,7 @@ twin and FSR side by side, and of PGD-20 evaluation, on whatever device is prese
     python tools/benchmark.py                                  # ResNet-18 at batch 128; CUDA: eager and cuda-graph
     python tools/benchmark.py --paths eager,cuda-graph,compile --seconds 60 --json bench.json
     python tools/benchmark.py --device cpu --batches 2 --batch-size 32
+    python tools/benchmark.py --device cpu --steps 1 --batches 3 --no-eval   # FGSM-RS step: eager vs compile vs fp32
 
 Rows give seconds per 50,000-image epoch and images/s of the PGD-k AT step (random data), after untimed
 warm-up steps that cover each path's one-time set-up (cuDNN autotuning, compilation, graph capture), whose
@@ -12,6 +13,10 @@ time is shown apart. --seconds caps the whole measurement: the FSR model of ever
 the vanilla twins, then evaluation, each on a share of the time left (compile, whose compilation cannot be
 cut short, only starts with 30 s left). --json FILE writes {"device", "paths": {PATH: {"seconds_per_epoch",
 "images_per_second", "status", "vanilla", ...}}, "fastest"}: the path the trainer should use (--step).
+
+On the CPU the default paths are eager and compile, and the precision follows the CPU (bf16 autocast and
+channels_last with amx_bf16 / avx512_bf16 in /proc/cpuinfo, named in the header); whenever that is not float32, a
+float32 eager row of the FSR model is timed too (--no-baseline: not), and every path's speed-up over it is given.
 
 TFLOP/s = 2 x fvcore multiply-adds per image x (passes per image) x images/s, where a training step with a
 PGD-k attack costs about k x (forward + input-gradient backward) + one forward + full backward, counted as
@@ -26,11 +31,12 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from fsr_hub.benchmark import benchmark_eval, benchmark_train_step
-from fsr_hub.hardware import hardware_name, resolve_device
+from fsr_hub.hardware import cpu_bf16_isa, fast_precision, hardware_name, resolve_device
 from fsr_hub.models import VANILLA_TWINS, create
 from fsr_hub.step import STEP_MODES
 
 COMPILE_MIN_SECONDS = 30.0
+BASELINE = 'fp32-eager'  # the float32 eager step, contiguous format: the reference of the speed-ups
 
 
 def _paths(text: str) -> List[str]:
@@ -56,16 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default=None, help='cpu | cuda | cuda:N (default: cuda if available)')
     p.add_argument('--paths', type=_paths, default=None,
                    help=f'comma-separated step paths from {", ".join(STEP_MODES)} (default: eager,cuda-graph on '
-                        f'CUDA, eager on the CPU)')
+                        f'CUDA, eager,compile on the CPU)')
     p.add_argument('--batch-size', type=int, default=128, help='training batch (default: 128)')
     p.add_argument('--eval-batch-size', type=int, default=None, help='evaluation batch (default: 4 x --batch-size)')
     p.add_argument('--batches', type=int, default=20, help='timed steps per measurement (default: 20)')
     p.add_argument('--warmup', type=int, default=None,
                    help="untimed steps first (default: each path's set-up calls + 1); 0 times the set-up too")
     p.add_argument('--steps', type=int, default=10, help='PGD steps of the training attack (default: 10)')
-    p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='bf16 autocast (default: on for CUDA)')
+    p.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
+                   help='bf16 autocast (default: on for CUDA and CPUs with amx_bf16 / avx512_bf16, as the trainer)')
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
-                   help='channels_last memory format (default: on for CUDA)')
+                   help='channels_last memory format (default: as --amp)')
+    p.add_argument('--baseline', action=argparse.BooleanOptionalAction, default=True,
+                   help='also time the float32 eager step of the FSR model when --amp or --channels-last is on, '
+                        'and give each path\'s speed-up over it (default: on)')
     p.add_argument('--eval', action=argparse.BooleanOptionalAction, default=True,
                    help='also time PGD-20 evaluation (eager) (default: on)')
     p.add_argument('--seconds', type=float, default=None, help='cap on the whole measurement, in seconds (default: none)')
@@ -79,7 +89,7 @@ def main(argv=None) -> int:
     try:
         dev = resolve_device(args.device)
         cuda = dev.type == 'cuda'
-        paths = args.paths or (['eager', 'cuda-graph'] if cuda else ['eager'])
+        paths = args.paths or (['eager', 'cuda-graph'] if cuda else ['eager', 'compile'])
         if 'cuda-graph' in paths and not cuda:
             raise ValueError('the cuda-graph path needs a CUDA device.')
         if args.batch_size <= 0 or args.batches <= 0 or args.steps < 0:
@@ -91,8 +101,9 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    amp = cuda if args.amp is None else args.amp
-    cl = cuda if args.channels_last is None else args.channels_last
+    amp = fast_precision(dev) if args.amp is None else args.amp
+    cl = fast_precision(dev) if args.channels_last is None else args.channels_last
+    isa = cpu_bf16_isa() if dev.type == 'cpu' else None
     deadline = None if args.seconds is None else t_start + args.seconds
     names = {'fsr': args.model, 'vanilla': VANILLA_TWINS[args.model]}
     print(f'device: {hardware_name(dev)} | torch {torch.__version__} | bf16 autocast {amp} | channels_last {cl} | '
@@ -100,6 +111,9 @@ def main(argv=None) -> int:
 
     results: Dict[str, Dict[str, Any]] = {p: {'status': 'ok'} for p in paths}
     jobs = [(p, 'fsr') for p in paths] + [(p, 'vanilla') for p in paths]
+    if args.baseline and (amp or cl):
+        results[BASELINE] = {'status': 'ok'}
+        jobs.insert(len(paths), (BASELINE, 'fsr'))
     print(f'{"path":<11} {"model":<16} {"s/epoch (50k)":>13} {"img/s":>9} {"set-up s":>9}  steps')
     for k, (path, which) in enumerate(jobs):
         if results[path]['status'] != 'ok':
@@ -117,8 +131,10 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = create(names[which], num_classes=10)
         try:
-            r = benchmark_train_step(model, 'at', args.batch_size, args.batches, args.warmup, str(dev), amp, cl,
-                                     step=path, steps=args.steps, max_seconds=share)
+            fp32 = path == BASELINE
+            r = benchmark_train_step(model, 'at', args.batch_size, args.batches, args.warmup, str(dev),
+                                     amp and not fp32, cl and not fp32, step='eager' if fp32 else path,
+                                     steps=args.steps, max_seconds=share)
         except Exception as e:  # a failing fast path is reported, and the others still run
             msg = f'failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
             results[path][which] = None
@@ -166,7 +182,7 @@ def main(argv=None) -> int:
             print('TFLOP/s not given: fvcore is not installed')
         else:
             parts = [f'{names[w]}: fvcore {macs[w] / 1e9:.4f} GMAC/img' for w in ('vanilla', 'fsr')]
-            for p in ok:
+            for p in ok + ([BASELINE] if results.get(BASELINE, {}).get('fsr') else []):
                 for w in ('vanilla', 'fsr'):
                     r = results[p].get(w)
                     if r:
@@ -174,6 +190,15 @@ def main(argv=None) -> int:
                         parts.append(f'{p} {names[w]} ~{r["tflops"]:.2f} TFLOP/s')
             print(' | '.join(parts) + f' | MACs x{macs["fsr"] / macs["vanilla"]:.4f}')
 
+    speedups = None
+    base = results.get(BASELINE, {}).get('fsr')
+    if base and ok and not includes_setup:
+        speedups = {p: round(base['seconds_per_epoch'] / results[p]['fsr']['seconds_per_epoch'], 3) for p in ok}
+        flops = f', ~{base["tflops"]:.2f} TFLOP/s' if 'tflops' in base else ''
+        print(f'speed-up over float32 eager ({base["seconds_per_epoch"]:.0f} s/epoch{flops}), {names["fsr"]}: '
+              + ', '.join(f'{p} x{u:.2f}' + (f' (~{results[p]["fsr"]["tflops"]:.2f} TFLOP/s)'
+                                             if 'tflops' in results[p]['fsr'] else '')
+                          for p, u in speedups.items()))
     fastest = None if includes_setup or not ok else min(ok, key=lambda p: results[p]['fsr']['seconds_per_epoch'])
     if fastest is not None:
         base = results.get('eager', {}).get('fsr')
@@ -183,7 +208,7 @@ def main(argv=None) -> int:
               f'{names["fsr"]}')
     if args.json:
         doc = {
-            'device': hardware_name(dev), 'torch': torch.__version__, 'model': names['fsr'],
+            'device': hardware_name(dev), 'cpu_bf16_isa': isa, 'torch': torch.__version__, 'model': names['fsr'],
             'vanilla_model': names['vanilla'], 'batch_size': args.batch_size, 'attack_steps': args.steps,
             'amp': amp, 'channels_last': cl, 'warmup': args.warmup, 'includes_setup': includes_setup,
             'paths': {p: {'status': r['status'],
@@ -192,7 +217,7 @@ def main(argv=None) -> int:
                           'vanilla': r.get('vanilla'), 'vanilla_status': r.get('vanilla_status', 'ok'),
                           'fsr_over_vanilla': ratios.get(p)}
                       for p, r in results.items()},
-            'fastest': fastest, 'eval': evaluation, 'macs_per_image': macs,
+            'speedup_over_fp32_eager': speedups, 'fastest': fastest, 'eval': evaluation, 'macs_per_image': macs,
             'seconds': round(time.monotonic() - t_start, 3),
         }
         with open(args.json, 'w') as f:

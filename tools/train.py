@@ -9,11 +9,23 @@
     python tools/train.py --dataset svhn --data /data/svhn --out runs/svhn      # lr 0.01, step eps/8, no augment
     torchrun --nproc_per_node 4 tools/train.py ...                               # DDP, global batch 128
     python tools/train.py ... --resume                                           # continue from OUT/last.pt
+    python tools/train.py --device cpu --attack fgsm-rs --schedule cyclic --epochs 15 --data /tmp/data --out runs/fast
+    python tools/train.py --device cpu --attack n-fgsm --schedule cyclic --epochs 30 --data /tmp/data --out runs/nfgsm
 
 --time-budget M: the whole run (set-up, training, held-out evaluations, outputs) ends within M minutes. The
 speed is measured on the first steps after the set-up (compilation / graph capture), the epoch count is fixed
-once (at most --epochs) and the lr schedule follows it; train_summary.json records the plan, and the same
-command with --epochs N instead of --time-budget reproduces the run exactly.
+(at most --epochs) and the lr schedule follows it; train_summary.json records the plan, and the same command
+with --epochs N instead of --time-budget reproduces the run exactly. If the machine slows down (other work), the
+remaining epochs are re-planned at an epoch boundary and the schedule compressed, so the run still reaches its
+last lr decay (recorded in the summary's budget.replans).
+
+Fast adversarial training (--attack fgsm-rs | n-fgsm, one attack step per batch) with --schedule cyclic: the lr
+rises per iteration from 0 to --lr (default 0.2) at mid-run and falls back to 0. The catastrophic-overfitting
+guard (PGD-5 on a fixed held-out batch after every epoch) stops a run whose robustness collapses.
+
+Precision: bf16 autocast and channels_last are on by default on CUDA and on CPUs with amx_bf16 or avx512_bf16 in
+/proc/cpuinfo (float32 elsewhere; --no-amp / --no-channels-last turn them off); on the CPU the held-out
+selection evaluation then runs in bf16 as well (--no-eval-amp: float32). train_summary.json records the choice.
 
 One JSON line of metrics per epoch goes to stdout. OUT/ gets last.pt and train_summary.json after every epoch,
 best.safetensors at each new best (held-out slice), final.safetensors at the end; each written atomically.
@@ -33,6 +45,8 @@ from fsr_hub.cli import add_fsr_arguments, fsr_model_args, int_tuple, number  # 
 from fsr_hub.data import DATASETS, DatasetError  # noqa: E402
 from fsr_hub.engine import NATURAL_RECIPE, STEP_MODES, TrainConfig, train  # noqa: E402
 from fsr_hub.objectives import OBJECTIVES  # noqa: E402
+from fsr_hub.schedule import SCHEDULES  # noqa: E402
+from fsr_hub.train_attacks import TRAIN_ATTACKS  # noqa: E402
 from fsr_hub.weights import WeightsError  # noqa: E402
 
 #: help of every TrainConfig field, each naming its default once
@@ -48,12 +62,18 @@ HELP = {
     'lambda_sep': 'weight of L_sep (default: 1)', 'lambda_rec': 'weight of L_rec (default: 1)',
     'beta': 'TRADES / MART robustness weight (default: 6)',
     'eps': 'L-inf radius of the training attack, e.g. 8/255 (default: 8/255)',
-    'alpha': 'attack step (default: eps/4, SVHN eps/8)', 'steps': 'PGD steps of the training attack (default: 10)',
+    'attack': 'training attack: pgd (the paper), fgsm-rs (start U(-eps,eps), one step, projected), n-fgsm (noise '
+              'U(-2eps,2eps), one step, not projected to the eps-ball); TRADES takes pgd only (default: pgd)',
+    'alpha': 'attack step (default: pgd eps/4, SVHN eps/8; fgsm-rs 1.25 eps; n-fgsm eps)',
+    'steps': 'PGD steps of the training attack; fgsm-rs / n-fgsm take 1 (default: 10 for pgd)',
     'random_start': 'uniform random start of the training attack (default: on)',
+    'schedule': 'lr schedule: piecewise (lr x lr-gamma after the milestones, the paper) or cyclic (per-iteration '
+                'triangle 0 -> lr -> 0 peaking mid-run, for fast AT) (default: piecewise)',
     'epochs': 'epochs; with --time-budget the most epochs (default: 100)',
     'time_budget': 'minutes for the whole run: fixes the epoch count after measuring the first steps (default: none)',
     'batch_size': 'global batch size, split over DDP ranks (default: 128)',
-    'lr': 'initial learning rate (default: 0.1, SVHN 0.01)', 'momentum': 'SGD momentum (default: 0.9)',
+    'lr': 'initial learning rate; with --schedule cyclic the peak (default: 0.1, SVHN 0.01; cyclic 0.2, the fast '
+          'AT recipes)', 'momentum': 'SGD momentum (default: 0.9)',
     'weight_decay': 'SGD weight decay (default: 5e-4)',
     'milestones': 'epochs after which lr *= lr-gamma, e.g. 75,90 (default: 75%% and 90%% of the epochs; '
                   'natural: 50%% and 75%%)',
@@ -65,16 +85,25 @@ HELP = {
                   '(default: epochs // 10)',
     'eval_steps': 'PGD steps of the held-out evaluation (default: 20)',
     'eval_batch_size': 'batch size of the held-out evaluation (default: 500)',
+    'eval_amp': 'held-out evaluation in bf16 autocast, recorded in the summary (default: on for the CPU when --amp '
+                'is; float32 on CUDA)',
+    'guard': 'catastrophic-overfitting guard: PGD-5 on a fixed held-out batch after every epoch; a fall of '
+             '--guard-drop points below its best stops the run and keeps the best checkpoint (default: on for '
+             'adversarial objectives with a held-out slice)',
+    'guard_drop': 'points of guard accuracy below its best that stop the run (default: 20)',
     'max_train_images': 'train on the first N images only, for smoke runs (default: all)',
     'seed': 'random seed (default: 0)', 'device': 'cpu | cuda | cuda:N (default: cuda if available)',
-    'amp': 'bf16 autocast (default: on for CUDA)', 'channels_last': 'channels_last memory format (default: on for CUDA)',
-    'step': 'how the training step runs (default: cuda-graph on one CUDA device, else eager)',
+    'amp': 'bf16 autocast (default: on for CUDA and CPUs with amx_bf16 / avx512_bf16)',
+    'channels_last': 'channels_last memory format (default: as --amp)',
+    'step': 'how the training step runs; compile measured slower than eager for fsr_resnet18 on a 2-core CPU '
+            '(README) (default: cuda-graph on one CUDA device, else eager)',
     'deterministic': 'CUDA: deterministic cuDNN algorithms, no autotuning, for bit-exact resume (default: off)',
     'fp16': 'write final/best safetensors in float16 (default: off)',
     'resume': 'continue from OUT/last.pt if it exists (default: off)',
     'progress': 'progress bar on stderr (default: on)',
 }
-CHOICES = {'dataset': sorted(DATASETS), 'objective': OBJECTIVES, 'step': STEP_MODES}
+CHOICES = {'dataset': sorted(DATASETS), 'objective': OBJECTIVES, 'step': STEP_MODES, 'attack': TRAIN_ATTACKS,
+           'schedule': SCHEDULES}
 
 
 def build_parser() -> argparse.ArgumentParser:
