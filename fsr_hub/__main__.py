@@ -99,16 +99,19 @@ def _print_cost(arch: str) -> None:
 
 
 def _table(measured: Mapping[str, float], card: Optional[Mapping[str, Any]], ref: Any, n: int, device: str) -> str:
+    from .card import metric_sample
     from .paper import METRIC_NAMES
 
-    card_n = (card or {}).get('data', {}).get('n')
-    head = ['metric', f'measured here ({n} images, {device})',
-            f'model card ({card_n} images)' if card else 'model card', f'paper ({ref.setting})' if ref else 'paper']
+    other = "; the paper's recipe, not this model's" if ref and ref.other_recipe else ''
+    paper = f'paper ({ref.setting}{other})' if ref else 'paper'
+    head = ['metric', f'measured here ({n} images, {device})', 'model card (test images)', paper]
     rows: List[List[str]] = []
     for key, value in measured.items():
         c = ((card or {}).get('results') or {}).get(key)
+        card_n, whole = metric_sample(c, card.get('data') or {}) if c else (None, False)
         rows.append([METRIC_NAMES.get(key, key), f'{value:.2f}',
-                     f"{c['accuracy']:.2f}" if c else ('not measured' if card else 'no card'),
+                     f"{c['accuracy']:.2f} ({'all' if whole else 'first'} {card_n:,})" if c and card_n else
+                     (f"{c['accuracy']:.2f}" if c else ('not measured' if card else 'no card')),
                      f'{ref.metrics[key]:.2f} ({ref.sources[key]})' if ref and key in ref.metrics else '-'])
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
     fmt = lambda r: '| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |'  # noqa: E731

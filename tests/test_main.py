@@ -61,7 +61,7 @@ def test_release_folder_pgd20_matches_direct_evaluation(tiny_release, capsys):
     out = captured.out
     assert 'batch' in captured.err  # tqdm progress bar
     header = next(l for l in out.splitlines() if l.startswith('| metric'))
-    assert f'measured here ({n} images, cpu)' in header and 'model card (200 images)' in header
+    assert f'measured here ({n} images, cpu)' in header and 'model card (test images)' in header
     # measured numbers equal an independent evaluation of the same weights on the same images
     model = validate_release(tiny_release.folder).model  # a fresh model: the fixture's is never touched
     x, y = load_sample(n)
@@ -76,7 +76,7 @@ def test_release_folder_pgd20_matches_direct_evaluation(tiny_release, capsys):
     for metric, key, correct in (('Clean', 'clean', clean), ('PGD-20', 'pgd20', adv)):
         cells = _row(out, metric)
         assert cells[1] == f'{100 * correct / n:.2f}'
-        assert cells[2] == f"{tiny_release.results['results'][key]['accuracy']:.2f}"
+        assert cells[2] == f"{tiny_release.results['results'][key]['accuracy']:.2f} (first 200)"
         assert cells[3] == f'{ref.metrics[key]:.2f} ({ref.sources[key]})'
     assert not any(l.startswith('| FGSM') for l in out.splitlines())
     assert 'Linf eps 8/255; PGD-20: 20 steps, step eps/10, no random start. 6 images' in out
@@ -158,9 +158,11 @@ def test_python_m_fsr_hub_runs_offline(fresh):
     card = json.loads((folder / 'results.json').read_text())['results']
     for metric, key in (('Clean', 'clean'), ('PGD-20', 'pgd20')):
         cells = _row(run['out'], metric)
-        assert cells[2] == f"{card[key]['accuracy']:.2f}"
+        n = card[key]['n']
+        assert cells[2] == f"{card[key]['accuracy']:.2f} ({'all' if n == 10000 else 'first'} {n:,})"
         # 50 images: the measured number lies within 4 standard errors (<= 28 points) of the card's
         assert abs(float(cells[1]) - card[key]['accuracy']) <= 4 * 50 / 50 ** 0.5, cells
+    assert "the paper's recipe, not this model's" in run['out'].splitlines()[2]
     assert 'PGD-20: 20 steps, step eps/10, no random start. 50 images' in run['out']
 
 
@@ -170,8 +172,8 @@ def test_released_name_pulled_through_huggingface_hub(fresh):
     run, rel = fresh[0]['released'], fresh[1]
     assert run['exit'] == 0, run['err']
     assert f'{REPO_ID} (sha256 {rel.sha256[:12]})' in run['out']
-    assert _row(run['out'], 'Clean')[2] == f"{rel.results['results']['clean']['accuracy']:.2f}"
-    assert _row(run['out'], 'FGSM')[2] == f"{rel.results['results']['fgsm']['accuracy']:.2f}"
+    assert _row(run['out'], 'Clean')[2] == f"{rel.results['results']['clean']['accuracy']:.2f} (first 200)"
+    assert _row(run['out'], 'FGSM')[2] == f"{rel.results['results']['fgsm']['accuracy']:.2f} (first 200)"
     assert 'Linf eps 8/255; FGSM: 1 step. 10 images' in run['out']
 
 
