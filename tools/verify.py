@@ -13,7 +13,9 @@ transfer and black-box attacks and gradient-masking checks, written as an ``fsr-
 
 Presets (stages run cheapest first): quick = clean, FGSM, PGD-20, C&W, PGD-100 and Ensemble on all images, then
 AutoAttack standard on the first 1,000; full = those on all images, the masking checks (first 1,000), AutoAttack
-rand (first 1,000), AutoAttack standard on all images, and the transfer attack when --transfer-from is given.
+rand (first 1,000), AutoAttack standard on all images, and the transfer attack when --transfer-from is given;
+cpu = clean on all images, FGSM, PGD-20 and C&W on the first 2,000, PGD-100 (and so the Ensemble) and AutoAttack
+standard on the first 1,000, and the masking checks (a CPU's hours; continue it with --resume).
 --blackbox adds the paper's Table 3 black-box attacks (opt-in, also nameable in --attacks): TI-FGSM and DI-FGSM
 crafted on the --transfer-from source, and NAttack (at most 40,000 queries per image) on the first --nattack-n
 images (1,000, the paper's protocol); NAttack saves its progress like AutoAttack. The source
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=500)
     p.add_argument('--preset', choices=sorted(PRESETS), default=None,
                    help='quick: the white-box suite on all images, then AutoAttack on the first 1,000; '
-                        'full (the default): everything, masking checks included')
+                        'full (the default): everything, masking checks included; cpu: clean on all images, the '
+                        'rest on the first 2,000 / 1,000 (see above)')
     p.add_argument('--attacks', default=None,
                    help=f'instead of a preset: comma list from {",".join(ATTACKS)} or "all" (all images each; '
                         'nattack: the first --nattack-n); the masking checks still run unless --no-masking-checks')
