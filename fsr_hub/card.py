@@ -123,13 +123,23 @@ def _frac255(v: Any) -> str:
     return f'{v * 255:.3g}/255' if isinstance(v, (int, float)) and not isinstance(v, bool) else '?'
 
 
-def describe_recipe(config: Mapping[str, Any]) -> str:
+def _train_attack(config: Mapping[str, Any]) -> Optional[str]:
+    """The training attack a trainer config names (FGSM-RS, N-FGSM, PGD-k), None when it records none."""
+    if not {'steps', 'eps'} <= set(config):
+        return None
+    steps, attack = config['steps'], config.get('attack')
+    if attack in _TRAIN_ATTACKS:
+        return _TRAIN_ATTACKS[attack]
+    return 'FGSM-RS' if steps == 1 and config.get('random_start') else f'PGD-{steps}'
+
+
+def describe_recipe(config: Mapping[str, Any]) -> Optional[str]:
     """One line of a trainer config (``train_summary.json``'s ``config``): the training attack, objective and FSR
-    loss weights, epochs, optimiser and lr schedule, batch and precision."""
-    steps, start = config.get('steps'), config.get('random_start')
-    attack = config.get('attack')
-    name = _TRAIN_ATTACKS.get(attack) or ('FGSM-RS' if steps == 1 and start and attack in (None, 'pgd')
-                                          else f'PGD-{steps}')
+    loss weights, epochs, optimiser and lr schedule, batch and precision; None when it records no attack."""
+    name = _train_attack(config)
+    if name is None:
+        return None
+    steps, start, attack = config['steps'], config.get('random_start'), config.get('attack')
     start_text = 'from a uniform random start' if start else 'from the clean image'
     if attack == 'n-fgsm':
         start_text = 'from noise U(-2 eps, 2 eps), not projected to the eps-ball'
@@ -308,9 +318,8 @@ def released_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, 
         cells = [f"{_fmt(rows[k]['ours'])} ± {_fmt(rows[k]['ci'])} ({'all ' if rows[k]['whole'] else 'first '}"
                  f"{rows[k]['n']:,})" if rows[k]['ours'] is not None else 'not measured yet' for k in keys]
         training = results.get('training') or {}
-        recipe = training.get('config') or {}
-        what = (f"{describe_recipe(recipe).split(' (')[0]}, {training.get('epochs', '?')} epochs"
-                if {'steps', 'eps'} <= set(recipe) else 'not recorded')
+        attack = _train_attack(training.get('config') or {})
+        what = f"{attack}, {training.get('epochs', '?')} epochs" if attack else 'not recorded'
         lines.append(f'| `{name}` | {what} | ' + ' | '.join(cells) + ' |')
         ref = results.get('paper_reference') or {}
         if ref.get('setting'):
@@ -401,8 +410,8 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
         masking=results.get('masking_checks'), plots=_plots(results, config, folder),
         cost=results.get('cost') or {}, hardware=results.get('hardware') or {}, timing=results.get('timing') or {},
         training=training, training_hardware=thw.get('device', thw) if isinstance(thw, dict) else thw,
-        recipe=describe_recipe(training['config']) if isinstance(training, dict) and isinstance(
-            training.get('config'), dict) and {'steps', 'eps'} <= set(training['config']) else None,
+        recipe=describe_recipe(training['config'])
+        if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
         verify_seconds=_verify_seconds(results),
         training_yaml=yaml.safe_dump(training['config'], sort_keys=True).rstrip()
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
