@@ -14,6 +14,7 @@ import yaml
 from . import paper
 from .models import ALL_MODELS
 from .releases import release_name, robustbench_name
+from .twins import check_twin_section
 from .weights import WEIGHTS_NAME
 
 __all__ = ['TEMPLATE_PATH', 'PLOTS', 'PLOT_DETAILS', 'CardError', 'ci95', 'describe_attack', 'describe_recipe',
@@ -327,7 +328,35 @@ def released_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, 
     for setting, ref in refs.items():
         cells = [_fmt(ref['metrics'][k]) if k in (ref.get('metrics') or {}) else '-' for k in keys]
         lines.append(f'| paper: {setting} | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+    return '\n'.join(lines + _twin_table(releases, keys, head))
+
+
+def _twin_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, Any]]], keys: List[str],
+                head: List[str]) -> List[str]:
+    """FSR minus vanilla for each released twin pair (both in ``releases``), from the stored ``twin`` sections."""
+    pairs = [results['twin'] for name, (results, _) in releases.items() if isinstance(results.get('twin'), dict)
+             and results['twin'].get('fsr', {}).get('name') == name and results['twin']['vanilla'].get('name') in releases]
+    if not pairs:
+        return []
+    lines = ['', 'FSR minus its vanilla twin (same command, model alone changed), in points, on the first test images '
+                 'both were evaluated on, with the paired 95 % interval:', '',
+             '| ' + ' | '.join(['FSR - vanilla', 'training'] + head[2:]) + ' |', '| --- | --- |' + ' ---: |' * len(keys)]
+    for t in pairs:
+        rows = {r['metric']: r for r in t['rows']}
+        cells = [f"{rows[k]['gap']:+.2f} ± {_fmt(rows[k]['ci95'])} ({_n_images(rows[k]['subset'])})"
+                 if k in rows else 'not measured yet' for k in keys]
+        what = f"{t['fsr'].get('epochs', '?')} epochs each"
+        lines.append(f"| `{t['fsr']['name']}` - `{t['vanilla']['name']}` | {what} | " + ' | '.join(cells) + ' |')
+        if any(r.get('paper_gap') is not None for r in t['rows']):
+            cells = [f"{rows[k]['paper_gap']:+.2f}" if rows.get(k, {}).get('paper_gap') is not None else '-' for k in keys]
+            lines.append(f'| paper: FSR - vanilla | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _n_images(subset: str) -> str:
+    """'first 2000' -> 'first 2,000'."""
+    word, _, n = subset.partition(' ')
+    return f'{word} {int(n):,}' if n.isdigit() else subset
 
 
 _ARCH_NAMES = {'fsr_resnet18': 'ResNet-18 + FSR', 'cifar_resnet18': 'ResNet-18', 'fsr_vgg16': 'VGG16-BN + FSR',
@@ -380,6 +409,17 @@ def robustbench_record(results: Mapping[str, Any], config: Mapping[str, Any]) ->
     }
 
 
+def _twin(results: Mapping[str, Any], name: str) -> Optional[Mapping[str, Any]]:
+    section = results.get('twin')
+    if section is None:
+        return None
+    try:
+        check_twin_section(section, name, results)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CardError(f'results.json twin: {e}') from None
+    return section
+
+
 def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: Optional[Path] = None) -> str:
     """The model card (README.md) of a release: huggingface_hub's ModelCard from :data:`TEMPLATE_PATH`.
 
@@ -412,7 +452,7 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
         training=training, training_hardware=thw.get('device', thw) if isinstance(thw, dict) else thw,
         recipe=describe_recipe(training['config'])
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
-        verify_seconds=_verify_seconds(results),
+        verify_seconds=_verify_seconds(results), twin=_twin(results, name),
         training_yaml=yaml.safe_dump(training['config'], sort_keys=True).rstrip()
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
         weights_dtype=_weights_dtype(folder), sha256=results['model'].get('sha256'), fmt=_fmt)

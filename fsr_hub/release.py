@@ -9,7 +9,8 @@ A release folder ``model_cards/<arch>.<tag>/`` is exactly what is uploaded to th
   (``fsr_hub.models.create('hf-hub:<hub_id>')`` for a timm architecture with FSR added, which timm cannot build);
   ``fsr_hub.models.create(architecture, **model_args)`` rebuilds the model,
 * ``results.json``: the verify report (:data:`fsr_hub.schemas.VERIFY_SCHEMA`) plus ``cost`` and
-  ``paper_reference`` (added at card time) and optionally the ``analysis`` of ``tools/analyze.py``,
+  ``paper_reference`` (added at card time), optionally the ``analysis`` of ``tools/analyze.py`` and the ``twin``
+  comparison with its vanilla (or FSR) twin release (:func:`attach_twin`),
 * ``README.md``: the model card, rendered from results.json, config.json and the plots present by
   :mod:`fsr_hub.card` (huggingface_hub's ModelCard and a Jinja template),
 * ``robustbench.json``: RobustBench's ``model_info`` record of the release, rendered from the same files.
@@ -36,11 +37,12 @@ from .data import DATASETS, INPUT_SIZE
 from .models import ALL_MODELS, FSRWrapper, create
 from .releases import CHECKOUT_CARDS, RELEASED, hub_id as make_hub_id, release_name
 from .schemas import VERIFY_SCHEMA
+from .twins import twin_section
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, sha256_file
 
 __all__ = [
     'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'build_config', 'prepare_results', 'assemble_release',
-    'write_card', 'write_robustbench', 'validate_release', 'upload_plan', 'push_release', 'README_MARKERS', 'readme_table',
+    'write_card', 'attach_twin', 'write_robustbench', 'validate_release', 'upload_plan', 'push_release', 'README_MARKERS', 'readme_table',
     'write_readme_table',
 ]
 
@@ -283,6 +285,26 @@ def write_card(folder: PathLike, org: Optional[str] = None) -> Path:
     _write(path, _render(results, config, folder))
     write_robustbench(folder)
     return path
+
+
+def attach_twin(folder: PathLike, twin_folder: PathLike) -> Dict[str, Any]:
+    """Compare two twin releases (FSR and vanilla, same recipe) on the same images: store the ``twin`` section
+    (:func:`fsr_hub.twins.twin_section`) in both results.json files and re-render both cards."""
+    folders = [Path(folder), Path(twin_folder)]
+    pairs = []
+    for f in folders:
+        config, results = _read_json(f / CONFIG_NAME), _read_json(f / RESULTS_NAME)
+        _check_results(results, str(f / RESULTS_NAME))
+        arch = _check_arch(config.get('architecture'), str(f / CONFIG_NAME))
+        pairs.append((release_name(arch, (config.get('pretrained_cfg') or {}).get('tag')), results))
+    try:
+        section = twin_section(*pairs)
+    except ValueError as e:
+        raise ReleaseError(f'{folders[0]} and {folders[1]}: {e}') from None
+    for f, (_, results) in zip(folders, pairs):
+        _write(f / RESULTS_NAME, {**results, 'twin': section})
+        write_card(f)
+    return section
 
 
 def write_robustbench(folder: PathLike) -> Path:
