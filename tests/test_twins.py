@@ -11,7 +11,7 @@ from fsr_hub.autoattack import pack_flags
 from fsr_hub.release import ReleaseError, attach_twin, readme_table, validate_release, write_card
 from fsr_hub.twins import check_twin_section, example_flags, paired_gap, twin_name, twin_section
 
-from release_builders import build_release, edit_json
+from release_builders import build_release, edit_json, load_tool
 
 
 def _report(flags, seed=0, eps=8 / 255, n_total=10):
@@ -93,7 +93,7 @@ def _give_outcomes(folder, flags):
     write_card(folder)
 
 
-def test_attach_renders_both_cards_and_the_readme(tmp_path):
+def test_attach_renders_both_cards_and_the_readme(tmp_path, capsys):
     small = {'layers': [1, 1, 1, 1]}
     fsr = build_release(tmp_path, 'fsr_resnet18', seed=0)
     van = build_release(tmp_path, 'cifar_resnet18', model_args=small, seed=1)
@@ -102,9 +102,15 @@ def test_attach_renders_both_cards_and_the_readme(tmp_path):
                                 'pgd20': [1] * 70 + [0] * 130})
     _give_outcomes(van.folder, {'clean': [1] * 160 + [0] * 40, 'fgsm': [1] * 70 + [0] * 130,
                                 'pgd20': [1] * 60 + [0] * 140})
-    section = attach_twin(van.folder, fsr.folder)
+    tool = load_tool('make_card')
+    with pytest.raises(SystemExit):
+        tool.main(['--readme', 'README.md', '--twin', str(fsr.folder)])  # --twin needs --folder
+    assert '--twin goes with --folder' in capsys.readouterr().err
+    assert tool.main(['--folder', str(van.folder), '--twin', str(fsr.folder)]) == 0
+    section = json.loads((van.folder / 'results.json').read_text())['twin']
     assert [r['metric'] for r in section['rows']] == ['clean', 'fgsm', 'pgd20']
     assert [r['gap'] for r in section['rows']] == [-5.0, 5.0, 5.0] and all(r['n'] == n for r in section['rows'])
+    assert 'FSR - vanilla (fsr_resnet18.at_cifar10 - cifar_resnet18.at_cifar10): Clean -5.00 ± ' in capsys.readouterr().out
     for info in (fsr, van):
         body = ModelCard.load(info.folder / 'README.md').text
         assert '## FSR versus its vanilla twin' in body and '| PGD-20 | 35.00 | 30.00 | +5.00 |' in body
@@ -119,3 +125,5 @@ def test_attach_renders_both_cards_and_the_readme(tmp_path):
         _give_outcomes(fsr.folder, changed)
     with pytest.raises(ReleaseError, match='not twins'):
         attach_twin(fsr.folder, fsr.folder)
+    assert tool.main(['--folder', str(van.folder), '--twin', str(van.folder)]) == 2
+    assert 'not twins' in capsys.readouterr().err

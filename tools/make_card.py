@@ -6,6 +6,8 @@
                               [--model-args '{"fsr_tau": 0.1}'] [--org ORG] [--overwrite]
     # re-render README.md of a release folder from its results.json + config.json
     python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10
+    # compare a release with its twin (FSR vs vanilla, same command) on the same images; both cards show it
+    python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10 --twin model_cards/cifar_resnet18.at_cifar10
     # re-render the project README's table of released weights (between its <!-- released:... --> markers)
     python tools/make_card.py --readme README.md
 
@@ -21,7 +23,8 @@ import json
 import sys
 from pathlib import Path
 
-from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card, write_readme_table
+from fsr_hub.release import (ReleaseError, assemble_release, attach_twin, validate_release, write_card,
+                             write_readme_table)
 
 
 def main(argv=None) -> int:
@@ -35,10 +38,14 @@ def main(argv=None) -> int:
                                                       "(default: the verify report's model.model_args)")
     p.add_argument('--org', help='hub organisation of the release (default fsr-hub; --folder: the stored one)')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty release folder')
+    p.add_argument('--twin', help='with --folder: its twin release folder (FSR vs vanilla, same command); stores '
+                                  'FSR - vanilla on the same images in both results.json files and both cards')
     p.add_argument('--readme', help="rewrite this README's table of released weights (after --folder, or alone)")
     args = p.parse_args(argv)
     if args.results and args.folder or not (args.results or args.folder or args.readme):
         p.error('give a results.json or --folder (or --readme alone)')
+    if args.twin and not args.folder:
+        p.error('--twin goes with --folder')
     try:
         if args.readme and not args.folder and not args.results:
             print(f'wrote {write_readme_table(args.readme)}')
@@ -47,6 +54,11 @@ def main(argv=None) -> int:
             path = write_card(args.folder, org=args.org)
             validate_release(args.folder)
             print(f'wrote {path}')
+            if args.twin:
+                section = attach_twin(args.folder, args.twin)
+                validate_release(args.twin)
+                gaps = ', '.join(f"{r['name']} {r['gap']:+.2f} ± {r['ci95']:.2f}" for r in section['rows'])
+                print(f"FSR - vanilla ({section['fsr']['name']} - {section['vanilla']['name']}): {gaps}")
             if args.readme:
                 print(f'wrote {write_readme_table(args.readme)}')
             return 0
