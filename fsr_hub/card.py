@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import yaml
 
 from . import paper
-from .models import ALL_MODELS
+from .models import ALL_MODELS, VANILLA_TWINS
 from .releases import release_name, robustbench_name
 from .twins import check_twin_section
 from .weights import WEIGHTS_NAME
@@ -394,7 +394,8 @@ def robustbench_record(results: Mapping[str, Any], config: Mapping[str, Any]) ->
     arch = config['architecture']
     return {
         'link': f"https://huggingface.co/{config['hub_id']}",
-        'name': 'Feature Separation and Recalibration for Adversarial Robustness',
+        'name': 'Feature Separation and Recalibration for Adversarial Robustness' + (
+            ' (its vanilla baseline: the same training without FSR)' if arch in VANILLA_TWINS.values() else ''),
         'authors': 'Woo Jae Kim, Yoonki Cho, Junsik Jung, Sung-Eui Yoon',
         'additional_data': False,
         'number_forward_passes': 1,

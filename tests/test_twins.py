@@ -116,6 +116,9 @@ def test_attach_renders_both_cards_and_the_readme(tmp_path, capsys):
         assert '## FSR versus its vanilla twin' in body and '| PGD-20 | 35.00 | 30.00 | +5.00 |' in body
         assert json.loads((info.folder / 'results.json').read_text())['twin'] == section
         validate_release(info.folder)
+    names = {i.folder.name: json.loads((i.folder / 'robustbench.json').read_text())['name'] for i in (fsr, van)}
+    assert names[van.folder.name].endswith('the same training without FSR)')
+    assert names[fsr.folder.name] == 'Feature Separation and Recalibration for Adversarial Robustness'
     table = readme_table(tmp_path / 'model_cards', [fsr.folder.name, van.folder.name])
     assert f'| `{fsr.folder.name}` - `{van.folder.name}` | 100 epochs each | -5.00 ± ' in table
     assert table.count('FSR minus its vanilla twin') == 1
