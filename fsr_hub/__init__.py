@@ -5,7 +5,7 @@
     >>> import fsr_hub, timm
     >>> model = timm.create_model('fsr_resnet18', num_classes=10)
 """
-from .fsr import FSR, FSRAux, gumbel_sigmoid_mask
+from .fsr import FSR, FSRArgs, FSRAux, gumbel_sigmoid_mask
 from .losses import fsr_aux_loss, highest_wrong_class, recalibration_loss, separation_loss
 from .models import (
     CIFAR10_CLASSES, FSR_MODELS, VANILLA_TWINS, FSRNet, FSROutput, FSRPretrainedCfg, FSRWrapper, add_fsr,

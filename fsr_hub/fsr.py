@@ -10,19 +10,82 @@ For analysis (the paper's Table 5a and Fig. 1) the module can pass on another of
 dicts are the same whatever it is set to.
 """
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['FSR', 'FSRAux', 'FSR_OUTPUTS', 'FEATURE_LABELS', 'fsr_output', 'gumbel_sigmoid_mask', 'three_conv_net']
+__all__ = ['FSR', 'FSRArgs', 'FSRAux', 'FSR_OUTPUTS', 'FEATURE_LABELS', 'Position', 'fsr_output', 'gumbel_sigmoid_mask',
+           'resolve_positions', 'three_conv_net']
+
+#: where FSR goes: a module name, or an index into the names a model offers
+Position = Union[str, int]
 
 #: what an FSR module may pass on: ``final`` = f~ = f+ + f~- (the paper's model, default), ``robust`` = f+,
 #: ``non_robust`` = f-, ``recalibrated`` = f~- (Table 5a: "replacing the final feature map f~")
 FSR_OUTPUTS = ('final', 'robust', 'non_robust', 'recalibrated')
 #: the paper's symbols for each output, for tables and plots
 FEATURE_LABELS = {'final': 'f~ (ours)', 'robust': 'f+', 'non_robust': 'f-', 'recalibrated': 'f~-'}
+
+
+@dataclass(frozen=True)
+class FSRArgs:
+    """The settings of an FSR module, shared by every model that inserts FSR: :class:`FSR` takes them as
+    arguments, :class:`~fsr_hub.models.FSRNet` as ``fsr_*`` keywords (``fsr_tau``, ...), and
+    :func:`~fsr_hub.models.add_fsr` as keywords.
+
+    Attributes:
+        tau: Gumbel softmax temperature (paper: 0.1).
+        hidden: width of the Separation / Recalibration nets (paper: 64).
+        separation: keep the Separation stage (False = Table 6 "w/o Sep": m = 0, all of f is recalibrated).
+        recalibration: keep the Recalibration stage (False = Table 6 "w/o Rec": output is f+).
+    """
+    tau: float = 0.1
+    hidden: int = 64
+    separation: bool = True
+    recalibration: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.separation or self.recalibration):
+            raise ValueError('FSR needs at least one of separation / recalibration; use no FSR position instead.')
+        if self.tau <= 0:
+            raise ValueError(f'FSR tau must be > 0, got {self.tau}.')
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+            raise ValueError(f'FSR hidden (the width of its nets) must be a positive integer, got {self.hidden!r}.')
+
+    def build(self, channels: int, num_classes: int) -> 'FSR':
+        """An FSR module with these settings for a ``channels``-channel feature map and ``num_classes`` classes."""
+        return FSR(channels, num_classes, self.tau, self.hidden, self.separation, self.recalibration)
+
+    def model_args(self) -> Dict[str, Any]:
+        """The settings as model keywords: ``fsr_tau``, ``fsr_hidden``, ``fsr_separation``, ``fsr_recalibration``."""
+        return {f'fsr_{k}': v for k, v in asdict(self).items()}
+
+
+def resolve_positions(positions: Union[Position, Sequence[Position]], names: Sequence[str], owner: str,
+                      kind: str = 'stage', listed_as: str = 'stages') -> Tuple[str, ...]:
+    """FSR positions (names, or indices into ``names``) as names in the order of ``names``.
+
+    A ValueError names ``owner`` (the model), the ``kind`` of module a position must be and the valid ones (under
+    ``listed_as``) for an unknown or out-of-range position, or one given twice.
+    """
+    if isinstance(positions, (str, int)):
+        positions = (positions,)
+    listing = ', '.join(names)
+    chosen: List[str] = []
+    for p in positions:
+        if isinstance(p, int) and not isinstance(p, bool):
+            if not -len(names) <= p < len(names):
+                raise ValueError(f'FSR position index {p} out of range for the {len(names)} {kind}s of {owner}: '
+                                 f'{listing}.')
+            p = names[p]
+        if p not in names:
+            raise ValueError(f'Unknown FSR position: {p!r} is not a {kind} of {owner}; {listed_as}: {listing}.')
+        if p in chosen:
+            raise ValueError(f'FSR position {p!r} given twice.')
+        chosen.append(p)
+    return tuple(sorted(chosen, key=list(names).index))
 
 
 @dataclass
@@ -77,10 +140,7 @@ class FSR(nn.Module):
     Args:
         channels: channels C of the feature map it is inserted on.
         num_classes: outputs of the auxiliary linear head h.
-        tau: Gumbel softmax temperature (paper: 0.1).
-        hidden: width of the Separation / Recalibration nets (paper: 64).
-        separation: keep the Separation stage (False = Table 6 "w/o Sep": m = 0, all of f is recalibrated).
-        recalibration: keep the Recalibration stage (False = Table 6 "w/o Rec": output is f+).
+        tau, hidden, separation, recalibration: see :class:`FSRArgs`.
         output: which feature the module passes on, one of :data:`FSR_OUTPUTS` (analysis only; default
             ``'final'``, the paper's f~). Also settable at run time through the ``output`` attribute.
 
@@ -92,19 +152,14 @@ class FSR(nn.Module):
             self,
             channels: int,
             num_classes: int,
-            tau: float = 0.1,
-            hidden: int = 64,
-            separation: bool = True,
-            recalibration: bool = True,
+            tau: float = FSRArgs.tau,
+            hidden: int = FSRArgs.hidden,
+            separation: bool = FSRArgs.separation,
+            recalibration: bool = FSRArgs.recalibration,
             output: str = 'final',
     ):
         super().__init__()
-        if not (separation or recalibration):
-            raise ValueError('FSR needs at least one of separation / recalibration; use no FSR position instead.')
-        if tau <= 0:
-            raise ValueError(f'FSR tau must be > 0, got {tau}.')
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f'FSR hidden (the width of its nets) must be a positive integer, got {hidden!r}.')
+        FSRArgs(tau, hidden, separation, recalibration)  # checks them
         self.channels = channels
         self.tau = tau
         self.separation = three_conv_net(channels, hidden) if separation else None

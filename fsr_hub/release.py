@@ -35,6 +35,7 @@ from .card import CardError, released_table, render_card, robustbench_record
 from .checkpoint import write_json
 from .data import DATASETS, INPUT_SIZE
 from .models import ALL_MODELS, FSRWrapper, create
+from .models.registry import without_weights
 from .releases import CHECKOUT_CARDS, RELEASED, hub_id as make_hub_id, release_name
 from .schemas import VERIFY_SCHEMA
 from .twins import twin_section
@@ -49,9 +50,8 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 CONFIG_NAME, CARD_NAME, RESULTS_NAME, ROBUSTBENCH_NAME = 'config.json', 'README.md', 'results.json', 'robustbench.json'
 REQUIRED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME, ROBUSTBENCH_NAME)
-# pretrained_cfg keys that describe where weights come from; timm fills them in when it loads from the hub.
-_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
-# pretrained_cfg keys about other input sizes than the one verified (a timm backbone's ImageNet settings)
+# pretrained_cfg keys about other input sizes than the one verified (a timm backbone's ImageNet settings); pool_size
+# stays when the verified size is the cfg's own
 _OTHER_SIZE_KEYS = ('test_input_size', 'test_crop_pct', 'min_input_size', 'pool_size')
 
 
@@ -146,13 +146,20 @@ def build_config(model: nn.Module, architecture: str, tag: str, sha256: str,
     whose timm default is not this model's), so ``create(architecture, **model_args)`` rebuilds it.
     ``input_size`` (C, H, W), the images it was verified on, makes the data config raw [0, 1] pixels of that
     size (no normalisation, no crop), as the trainer and verify feed them.
+
+    Not timm's ``save_config_for_hf``: it writes the file itself, records the factory's arguments (``in_chans``,
+    ``img_size``, ``global_pool``, ...) as ``model_args`` where a release records the FSR arguments that
+    ``create`` needs, and resolves a data config from the model where a release states the pixels it was verified
+    on. The pretrained cfg is filtered with timm's ``filter_pretrained_cfg`` (:func:`without_weights`).
     """
-    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if v is not None and k not in _SOURCE_KEYS}
+    cfg = without_weights(model.pretrained_cfg)
     cfg.pop('architecture', None)
     cfg.update(tag=tag, sha256=sha256, num_classes=model.num_classes, custom_load=False)
     if input_size is not None:
+        same_size = tuple(input_size) == tuple(cfg.get('input_size') or ())
         for k in _OTHER_SIZE_KEYS:
-            cfg.pop(k, None)
+            if not (k == 'pool_size' and same_size):
+                cfg.pop(k, None)
         cfg.update(input_size=tuple(input_size), crop_pct=1.0, mean=(0.0,) * input_size[0], std=(1.0,) * input_size[0])
     if cfg.get('label_names') is not None and len(cfg['label_names']) != model.num_classes:
         cfg.pop('label_names')

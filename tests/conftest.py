@@ -1,5 +1,4 @@
 """Shared fixtures of the training / evaluation tests: a tiny FSR network and synthetic datasets on disk."""
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from fsr_hub.models.base import FSRNet, Stage
+from jobs.device.synthetic_unpack import write_batch
 
 
 class TinyFSRNet(FSRNet):
@@ -34,11 +34,9 @@ def write_cifar_batches(root: Path, n_train: int = 60, n_test: int = 20, seed: i
     names = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
     sizes = [n_train // 5] * 5 + [n_test]
     for name, n in zip(names, sizes):
-        entry = {b'batch_label': name.encode(), b'labels': [int(v) for v in rng.integers(0, 10, n)],
-                 b'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b'filenames': [f'{i}.png'.encode() for i in range(n)]}
-        with open(folder / name, 'wb') as f:
-            pickle.dump(entry, f, protocol=2)
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        write_batch(str(folder / name), name, labels, rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    [f'{i}.png' for i in range(n)])
     return Path(root)
 
 

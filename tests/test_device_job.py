@@ -1,5 +1,5 @@
-"""The device job: lease budget, carried wheels, carry folders and size check, staged parts and join, the synthetic
-CIFAR-10 source, the CLI's help, and the end-to-end rehearsal on the CPU."""
+"""The device job (jobs/device/): lease budget, carried wheels, carry folders and size check, staged parts and
+join, the synthetic CIFAR-10 source, the CLI's help, and the end-to-end rehearsal on the CPU."""
 import hashlib
 import json
 import subprocess
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from fsr_hub.data import load_dataset
-from fsr_hub.device_job import (
+from fsr_hub.sources import PYAUTOATTACK_SPEC, natural_resnet18
+from fsr_hub.weights import read_weights
+from jobs.device import (
     CIFAR10_MD5, JobError, JobSettings, LeasePlan, join, job_b, job_verify_source, make_synthetic_source,
     plan_lines, prepare, prepare_verify, rehearse, repack_wheel, split_file, train_seconds,
 )
-from fsr_hub.sources import PYAUTOATTACK_SPEC, natural_resnet18
-from fsr_hub.weights import read_weights
 from tools.device_job import main as device_job_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,3 +214,12 @@ def test_rehearsal_of_a_lease_on_the_cpu(tmp_path, capsys):
     assert report['verify']['transfer_from'] == 'cifar_resnet18:.data/vs/pyautoattack.safetensors'
     assert 'transfer' in report['verify']['results'] or 'transfer' in report['verify']['not_run']
     assert 'The lease plan (device, 15 min):' in out and 'measured per phase' in out and 'cpu' in out
+
+
+def test_the_package_does_not_ship_the_device_job():
+    tomllib = pytest.importorskip('tomllib')
+    setuptools = pytest.importorskip('setuptools')
+    config = tomllib.loads((REPO / 'pyproject.toml').read_text())
+    found = setuptools.find_packages(str(REPO), include=config['tool']['setuptools']['packages']['find']['include'])
+    assert 'fsr_hub' in found and not any(p.split('.')[0] in ('jobs', 'tools', 'tests') for p in found)
+    assert not (REPO / 'fsr_hub' / 'device_job.py').exists()

@@ -119,6 +119,41 @@ def test_reset_classifier_resets_main_and_aux_heads(name):
     assert m(_x()).shape == (2, m.head_hidden_size)
 
 
+def test_pool_size_is_the_final_feature_map(model):
+    name, m = model
+    with torch.no_grad():
+        assert tuple(m.pretrained_cfg['pool_size']) == tuple(m.forward_features(_x(1)).shape[-2:])
+
+
+def test_input_check_follows_the_parameters_dtype():
+    m = timm.create_model('cifar_resnet18', **SMALL['resnet18']).eval()
+    x = _x()
+    with torch.no_grad():
+        m.double()
+        assert m(x.double()).dtype == torch.float64
+        with pytest.raises(ValueError, match=r'convert with x.to\(torch.float64\)'):
+            m(x)
+        torch.nn.Sequential(m).float()  # a conversion of a model holding it
+        assert m(x).dtype == torch.float32
+        state = {k: v.double() if v.is_floating_point() else v for k, v in m.state_dict().items()}
+        m.load_state_dict(state, assign=True)  # new parameter objects
+        assert m(x.double()).dtype == torch.float64
+
+
+@pytest.mark.filterwarnings('ignore:The nodes obtained by tracing the model in train mode')  # FSR's Gumbel noise
+def test_fx_symbolic_trace_keeps_the_forward_and_the_input_check():
+    m = timm.create_model('fsr_resnet18', **SMALL['resnet18']).eval()
+    x = _x()
+    traced = torch.fx.symbolic_trace(m)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), m(x), rtol=0, atol=0)
+        with pytest.raises(ValueError, match='got float64'):
+            traced(x.double())
+        # timm's FX feature extraction: the FSR output f~ after layer4, as forward_intermediates gives it
+        features = timm.models.create_feature_extractor(m, return_nodes={'fsr.layer4.tap': 'f'})(x)['f']
+        torch.testing.assert_close(features, m.forward_intermediates(x, intermediates_only=True)[-1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('name', ['fsr_resnet18', 'cifar_vgg16'])
 def test_num_classes_override(name):
     m = timm.create_model(name, num_classes=100)

@@ -48,6 +48,20 @@ def test_a_released_name_has_its_release_folder(name):
     assert config['hub_id'] == hub_id(name)
 
 
+#: the pretrained-cfg fields timm's tooling reads (data config, feature and head helpers)
+TIMM_CFG_FIELDS = ('input_size', 'pool_size', 'crop_pct', 'interpolation', 'mean', 'std', 'num_classes', 'first_conv',
+                   'classifier')
+
+
+def test_every_registered_cfg_has_timms_fields():
+    names = list(ALL_MODELS) + sorted(ALIASES) + timm.list_pretrained([f'{a}.*' for a in ALL_MODELS])
+    for name in names:
+        cfg = timm.models.get_pretrained_cfg(name)
+        missing = [f for f in TIMM_CFG_FIELDS if getattr(cfg, f) is None]
+        assert not missing, f'{name}: {missing}'
+        assert len(cfg.input_size) == 3 and len(cfg.pool_size) == 2 and len(cfg.mean) == len(cfg.std) == 3
+
+
 def test_hub_org_is_not_read_from_the_environment():
     assert DEFAULT_ORG == 'fsr-hub' and hub_id('fsr_resnet18.at_cifar10') == 'fsr-hub/fsr_resnet18.at_cifar10'
     assert hub_id('fsr_resnet18.at_cifar10', org='me') == 'me/fsr_resnet18.at_cifar10'

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""One lent GPU lease = one release (train, verify, release), in two device calls; a later lease verifies fully.
+"""A short GPU run on a rented machine = one release (train, verify, release), in two device calls; a later run
+verifies fully. The job itself lives in jobs/device/ (not part of the package).
 
-Here (the checkout the device tool sends, on the CPU):
+Here (the checkout that is sent to the machine, on the CPU):
     python tools/device_job.py prepare [--source ../shared/data/cifar10] [--model fsr_resnet18 --tag at_cifar10]
         fills the ignored carry folders .data/a and .data/b (data, md5 list, job settings, wheels), checks each
-        call's tree + carry < 60 MiB, and prints the two device calls (command, carry, timeout_s) as JSON
+        call's tree + carry against what a call may carry, and prints the two device calls (command, carry,
+        timeout_s) as JSON
     python tools/device_job.py prepare-verify model_cards/fsr_resnet18.at_cifar10 [--transfer-from MODEL:WEIGHTS]
         the one call of a full verification (weights + test set), continued from the release's results.json;
         a transfer source (e.g. cifar_resnet18:pyautoattack) needs a call of its own first (verify-source)
@@ -13,15 +15,15 @@ Here (the checkout the device tool sends, on the CPU):
     python tools/device_job.py rehearse
         prepare, a and b end to end on the CPU against a synthetic CIFAR-10 source, with a fake $OUT
 
-On the device (the commands prepare prints; $OUT is set by the tool):
-    python tools/device_job.py a          # wheels, first half of the data, pytest -m cuda, benchmark (< 2 min)
+On the machine ($OUT is the folder whose files come back from the call):
+    python tools/device_job.py a          # wheels, first half of the data, pytest -m cuda, benchmark
     python tools/device_job.py b [--lease-left-s S]   # rest of the data, md5, budgeted training, quick verify,
-                                                       # release; S = lease.budget_left_s of call a's reply
+                                                       # release; S = the device time left when a returned
     python tools/device_job.py verify-source   # lands the transfer source, if prepare-verify was given one
     python tools/device_job.py verify     # the full suite under a deadline, results.json staged as it grows
 
 Released weights in model_cards/ travel with the tree: move them out of the checkout during the calls.
-The minute-by-minute plan of a lease is in model_cards/README.md (and printed by prepare).
+The minute-by-minute plan of a run is in model_cards/README.md (and printed by prepare).
 """
 import time
 
@@ -34,12 +36,15 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from fsr_hub.device_job import (  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # jobs/ is not packaged: it is imported from this checkout
+
+from jobs.device import (  # noqa: E402
     CALL_LIMIT_MIB, JobError, JobSettings, job_a, job_b, job_verify, job_verify_source, join, prepare,
     prepare_verify, rehearse,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT.parent / 'shared' / 'data' / 'cifar10'
 
 

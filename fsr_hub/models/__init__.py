@@ -1,6 +1,7 @@
 """Model registry: importing this package registers every fsr_hub architecture with timm, each released weight
 file as a pretrained tag of its architecture, and each release under its RobustBench name."""
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -9,6 +10,7 @@ import torch.nn as nn
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+from ..fsr import FSRArgs
 from ..releases import RELEASED
 from ..weights import check_pretrained_file, load_weights
 from .base import CIFAR10_CLASSES, FSRNet, FSROutput, FSRPretrainedCfg, Stage
@@ -29,8 +31,7 @@ for _name, _sha256 in RELEASED.items():
 
 #: ``create`` keyword arguments that add FSR to a timm model (fsr_hub's own architectures take them as constructor
 #: arguments); each maps to an :func:`add_fsr` argument
-FSR_ARGS = {'fsr_positions': 'positions', 'fsr_tau': 'tau', 'fsr_hidden': 'hidden',
-            'fsr_separation': 'separation', 'fsr_recalibration': 'recalibration'}
+FSR_ARGS = {'fsr_positions': 'positions', **{f'fsr_{f.name}': f.name for f in fields(FSRArgs)}}
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:

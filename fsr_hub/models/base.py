@@ -6,15 +6,18 @@ Architecture files build their stem and stages and hand them, as :class:`Stage` 
 auxiliary heads, ``feature_info`` and the input checks.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import create_classifier, to_2tuple
 from timm.models import PretrainedCfg, checkpoint
+# timm exports feature_take_indices from no public module; its own models import it from here
+from timm.models._features import feature_take_indices
 
-from ..fsr import FSR, FSRAux
+from ..fsr import FSRArgs, FSRAux, resolve_positions
 
 __all__ = ['FSRNet', 'FSROutput', 'Stage', 'FSRPretrainedCfg', 'CIFAR10_CLASSES', 'cifar_cfg']
 
@@ -31,10 +34,11 @@ class FSRPretrainedCfg(PretrainedCfg):
     sha256: Optional[str] = None
 
 
-def cifar_cfg(**kwargs: Any) -> FSRPretrainedCfg:
-    """Pretrained cfg of a 32x32 CIFAR model fed raw [0, 1] pixels (no normalisation: mean 0, std 1)."""
+def cifar_cfg(pool_size: Tuple[int, int], **kwargs: Any) -> FSRPretrainedCfg:
+    """Pretrained cfg of a 32x32 CIFAR model fed raw [0, 1] pixels (no normalisation: mean 0, std 1);
+    ``pool_size``: the final feature map's size, which the global pooling reduces."""
     base = dict(
-        input_size=(3, 32, 32), fixed_input_size=True, interpolation='bilinear', crop_pct=1.0,
+        input_size=(3, 32, 32), pool_size=pool_size, fixed_input_size=True, interpolation='bilinear', crop_pct=1.0,
         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=10, label_names=CIFAR10_CLASSES,
         first_conv='stem.0', license='mit', paper_name='Feature Separation and Recalibration for Adversarial Robustness',
         paper_ids='arXiv:2303.13846', origin_url='https://github.com/wkim97/FSR',
@@ -65,9 +69,45 @@ class Stage:
     feature: bool = True
 
 
-def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return int(h), int(w)
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def _expected_input(dtype: torch.dtype, in_chans: int, img_size: Tuple[int, int]) -> str:
+    others = '/'.join(n for d, n in _DTYPE_NAMES.items() if d != dtype)
+    return (f'{_dtype_name(dtype)} (or {others} under autocast), shape (B, {in_chans}, {img_size[0]}, {img_size[1]}), '
+            f'raw RGB values in [0, 1]')
+
+
+@torch.fx.wrap  # a leaf of FX traces: it reads metadata the tracer's proxies do not have
+def check_input(x: Any, weight: torch.Tensor, in_chans: int, img_size: Tuple[int, int], any_size: bool,
+                owner: str) -> None:
+    """A ValueError, with a hint to the fix, unless ``x`` is an NCHW batch of ``weight``'s dtype (any float dtype
+    under autocast) with ``in_chans`` channels and, unless ``any_size``, ``img_size``. Reads metadata only."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f'{owner} expects a torch.Tensor: {_expected_input(weight.dtype, in_chans, img_size)}; '
+                         f'got {type(x).__name__}.')
+    dtype_ok = x.dtype == weight.dtype or (x.dtype in _DTYPE_NAMES and torch.is_autocast_enabled(x.device.type))
+    if dtype_ok and x.ndim == 4 and x.shape[1] == in_chans and (any_size or (x.shape[2], x.shape[3]) == img_size):
+        return
+    if not x.is_floating_point():
+        hint = ' (integer images: convert with x.float() / 255)'
+    elif x.ndim == 3:
+        hint = ' (a single image: add the batch dimension with x.unsqueeze(0))'
+    elif x.ndim == 4 and x.shape[-1] == in_chans and x.shape[1] != in_chans:
+        hint = ' (channels last: use x.permute(0, 3, 1, 2))'
+    elif not dtype_ok:
+        hint = f' (convert with x.to({weight.dtype}))'
+    elif x.ndim == 4 and x.shape[1] == in_chans:
+        hint = ' (resize the images, or build the model with img_size=...)'
+    else:
+        hint = ''
+    raise ValueError(f'{owner} expects {_expected_input(weight.dtype, in_chans, img_size)}; got {str(x.dtype)[6:]} '
+                     f'{tuple(x.shape)}{hint}.')
+
+
+def _after_load(model: 'FSRNet', incompatible_keys: Any) -> None:
+    model._find_dtype_ref()
 
 
 class FSRNet(nn.Module):
@@ -82,7 +122,8 @@ class FSRNet(nn.Module):
             for a while, e.g. by an attack that enlarges its inputs (DI-FGSM).
         fsr_positions: stage names (or indices into ``stage_names``) after which an FSR module is inserted;
             empty for a vanilla network.
-        fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration: see :class:`fsr_hub.fsr.FSR`.
+        fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration: the settings of the FSR modules
+            (:class:`fsr_hub.fsr.FSRArgs`).
         global_pool: pooling before the classifier ('avg', 'max', ...; see timm's SelectAdaptivePool2d).
         drop_rate: dropout on the pooled (pre-logits) features, before the main classifier.
         pre_logits: module between the pooling and the classifier (e.g. VGG's MLP); identity if None.
@@ -99,10 +140,10 @@ class FSRNet(nn.Module):
             img_size: Union[int, Sequence[int]] = 32,
             dynamic_img_size: bool = False,
             fsr_positions: Union[str, int, Sequence[Union[str, int]]] = (),
-            fsr_tau: float = 0.1,
-            fsr_hidden: int = 64,
-            fsr_separation: bool = True,
-            fsr_recalibration: bool = True,
+            fsr_tau: float = FSRArgs.tau,
+            fsr_hidden: int = FSRArgs.hidden,
+            fsr_separation: bool = FSRArgs.separation,
+            fsr_recalibration: bool = FSRArgs.recalibration,
             global_pool: str = 'avg',
             drop_rate: float = 0.0,
             pre_logits: Optional[nn.Module] = None,
@@ -115,7 +156,8 @@ class FSRNet(nn.Module):
             raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}.')
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.img_size = _pair(img_size)
+        h, w = to_2tuple(img_size)
+        self.img_size = (int(h), int(w))
         self.dynamic_img_size = dynamic_img_size
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
@@ -134,87 +176,57 @@ class FSRNet(nn.Module):
             dict(num_chs=s.channels, reduction=s.reduction, module=s.name) for s in stages if s.feature]
         self._feature_index = {f['module']: i for i, f in enumerate(self.feature_info)}
 
-        self.fsr_positions = self._resolve_positions(fsr_positions)
-        self.fsr = nn.ModuleDict({
-            name: FSR(channels[name], num_classes, fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration)
-            for name in self.fsr_positions
-        })
+        self.fsr_positions = resolve_positions(fsr_positions, self.stage_names, type(self).__name__)
+        self.fsr = nn.ModuleDict()
+        if self.fsr_positions:  # a vanilla network leaves the FSR settings unused (and unchecked)
+            fsr = FSRArgs(fsr_tau, fsr_hidden, fsr_separation, fsr_recalibration)
+            for name in self.fsr_positions:
+                self.fsr[name] = fsr.build(channels[name], num_classes)
         self.num_features = stages[-1].channels
         self.head_hidden_size = head_hidden_size or self.num_features
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool, fc = create_classifier(self.head_hidden_size, num_classes, pool_type=global_pool)
         self.pre_logits = pre_logits if pre_logits is not None else nn.Identity()
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    # ------------------------------------------------------------------------------------------------------------
-    # construction helpers
-
-    def _resolve_positions(self, positions: Union[str, int, Sequence[Union[str, int]]]) -> Tuple[str, ...]:
-        if isinstance(positions, (str, int)):
-            positions = (positions,)
-        names: List[str] = []
-        for p in positions:
-            if isinstance(p, int) and not isinstance(p, bool):
-                if not -len(self.stage_names) <= p < len(self.stage_names):
-                    raise ValueError(f'FSR position index {p} out of range for stages {self.stage_names}.')
-                p = self.stage_names[p]
-            if p not in self.stage_names:
-                raise ValueError(f'Unknown FSR position {p!r}; valid positions are {self.stage_names}.')
-            if p in names:
-                raise ValueError(f'FSR position {p!r} given twice.')
-            names.append(p)
-        return tuple(sorted(names, key=self.stage_names.index))
+        self.fc = fc
+        self._find_dtype_ref()
+        self.register_load_state_dict_post_hook(_after_load)  # load_state_dict(assign=True) replaces parameters
 
     # ------------------------------------------------------------------------------------------------------------
     # input checks: host metadata only (no device synchronisation, no graph break under torch.compile)
 
+    def _find_dtype_ref(self) -> None:
+        # the parameter whose dtype inputs must have; held in a tuple so that it is not registered a second time
+        self._dtype_ref: Tuple[torch.Tensor, ...] = (next(self.parameters()),)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> 'FSRNet':
+        # every dtype / device conversion (to, half, cuda, ...) of this model or a model holding it passes here; it
+        # may replace the parameters, so the reference parameter of the input check is found again
+        super()._apply(fn, recurse)
+        self._find_dtype_ref()
+        return self
+
     def expected_input(self) -> str:
         """The input ``forward`` accepts, in words."""
-        dtype = next(self.parameters()).dtype
-        others = '/'.join(n for d, n in _DTYPE_NAMES.items() if d != dtype)
-        return (f'{_DTYPE_NAMES.get(dtype, str(dtype))} (or {others} under autocast), shape '
-                f'(B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), raw RGB values in [0, 1]')
+        return _expected_input(self._dtype_ref[0].dtype, self.in_chans, self.img_size)
 
     def _check_input(self, x: Any) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f'{type(self).__name__} expects a torch.Tensor: {self.expected_input()}; '
-                             f'got {type(x).__name__}.')
-        dtype_ok = x.dtype == next(self.parameters()).dtype or (
-            x.dtype in _DTYPE_NAMES and torch.is_autocast_enabled(x.device.type))
-        if dtype_ok and x.ndim == 4 and x.shape[1] == self.in_chans and (
-                self.dynamic_img_size or (x.shape[2], x.shape[3]) == self.img_size):
-            return
-        if not x.is_floating_point():
-            hint = ' (integer images: convert with x.float() / 255)'
-        elif x.ndim == 3:
-            hint = ' (a single image: add the batch dimension with x.unsqueeze(0))'
-        elif x.ndim == 4 and x.shape[-1] == self.in_chans and x.shape[1] != self.in_chans:
-            hint = ' (channels last: use x.permute(0, 3, 1, 2))'
-        elif not dtype_ok:
-            hint = f' (convert with x.to({next(self.parameters()).dtype}))'
-        elif x.ndim == 4 and x.shape[1] == self.in_chans:
-            hint = ' (resize the images, or build the model with img_size=...)'
-        else:
-            hint = ''
-        raise ValueError(f'{type(self).__name__} expects {self.expected_input()}; got {str(x.dtype)[6:]} '
-                         f'{tuple(x.shape)}{hint}.')
+        check_input(x, self._dtype_ref[0], self.in_chans, self.img_size, self.dynamic_img_size, type(self).__name__)
 
     # ------------------------------------------------------------------------------------------------------------
     # forward
 
     def _take_indices(self, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:
+        """timm's feature indices (None: all; int n: the last n; negatives count from the end), with a ValueError
+        naming the features for indices out of range."""
         n = len(self.feature_info)
-        if indices is None:
-            indices = n
-        if isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f'Take the last 1 to {n} features, not {indices}.')
-            take = list(range(n - indices, n))
+        if indices is not None and not isinstance(indices, int) and not len(indices):
+            problem = 'no index given'
         else:
-            take = [i + n if i < 0 else i for i in indices]
-            if not take or any(not 0 <= i < n for i in take):
-                raise ValueError(f'Feature indices {list(indices)} out of range for {n} features '
-                                 f'{[f["module"] for f in self.feature_info]}.')
-        return take, max(take)
+            try:
+                return feature_take_indices(n, indices)
+            except AssertionError as e:  # timm reports it with torch._assert
+                problem = str(e)
+        raise ValueError(f'Feature indices {indices!r} out of range for {n} features '
+                         f'{[f["module"] for f in self.feature_info]}: {problem}.')
 
     def _forward_stages(
             self,
@@ -233,6 +245,8 @@ class FSRNet(nn.Module):
         for name in self.stage_names:
             stage = getattr(self, name)
             if self.grad_checkpointing and not torch.jit.is_scripting():
+                # the whole stage, not its blocks one by one (timm's checkpoint_seq): a forward hook on the stage,
+                # such as add_fsr's on a vanilla twin, must run in the recomputation too
                 x = checkpoint(stage, x)
             else:
                 x = stage(x)
@@ -336,8 +350,9 @@ class FSRNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the main classifier and every FSR auxiliary head with fresh ones of ``num_classes``."""
         self.num_classes = num_classes
+        pool_type = self.global_pool.pool_type if global_pool is None else global_pool
+        pool, self.fc = create_classifier(self.head_hidden_size, num_classes, pool_type=pool_type)
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+            self.global_pool = pool
         for m in self.fsr.values():
             m.reset_aux(num_classes)

@@ -12,15 +12,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..fsr import FSR, FSRAux
+from ..fsr import FSRArgs, FSRAux, Position, resolve_positions
 from .base import FSROutput
+from .registry import without_weights
 
 __all__ = ['FSRWrapper', 'add_fsr']
-
-Position = Union[str, int]
-
-# pretrained-cfg keys that locate weight files: the backbone's files are not this model's weights
-_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag', 'sha256')
 
 
 def _feature_modules(model: nn.Module) -> List[Dict[str, Any]]:
@@ -36,28 +32,6 @@ def _feature_modules(model: nn.Module) -> List[Dict[str, Any]]:
             isinstance(f, dict) and 'module' in f and 'num_chs' in f for f in info):
         raise ValueError(f'feature_info of {arch} must be a non-empty list of dicts with module and num_chs.')
     return list(info)
-
-
-def _resolve_positions(
-        positions: Union[Position, Sequence[Position]], names: Sequence[str], arch: str) -> Tuple[str, ...]:
-    if isinstance(positions, (str, int)):
-        positions = (positions,)
-    if not positions:
-        raise ValueError(f'add_fsr needs at least one position; feature modules of {arch}: {", ".join(names)}.')
-    chosen: List[str] = []
-    for p in positions:
-        if isinstance(p, int) and not isinstance(p, bool):
-            if not -len(names) <= p < len(names):
-                raise ValueError(f'FSR position index {p} out of range for the {len(names)} feature modules of '
-                                 f'{arch}: {", ".join(names)}.')
-            p = names[p]
-        if p not in names:
-            raise ValueError(f'FSR position {p!r} is not a feature module of {arch}; feature_info modules: '
-                             f'{", ".join(names)}.')
-        if p in chosen:
-            raise ValueError(f'FSR position {p!r} given twice.')
-        chosen.append(p)
-    return tuple(sorted(chosen, key=list(names).index))
 
 
 class FSRWrapper(nn.Module):
@@ -78,10 +52,10 @@ class FSRWrapper(nn.Module):
             self,
             model: nn.Module,
             positions: Union[Position, Sequence[Position]],
-            tau: float = 0.1,
-            hidden: int = 64,
-            separation: bool = True,
-            recalibration: bool = True,
+            tau: float = FSRArgs.tau,
+            hidden: int = FSRArgs.hidden,
+            separation: bool = FSRArgs.separation,
+            recalibration: bool = FSRArgs.recalibration,
     ):
         super().__init__()
         arch = type(model).__name__
@@ -93,7 +67,9 @@ class FSRWrapper(nn.Module):
         if fmt != 'NCHW':
             raise ValueError(f'FSR needs NCHW feature maps; the stages of {arch} give {fmt}.')
         names = [f['module'] for f in info]
-        self.fsr_positions = _resolve_positions(positions, names, arch)
+        if not isinstance(positions, (str, int)) and not positions:
+            raise ValueError(f'add_fsr needs at least one position; feature modules of {arch}: {", ".join(names)}.')
+        self.fsr_positions = resolve_positions(positions, names, arch, 'feature module', 'feature_info modules')
         channels = {f['module']: int(f['num_chs']) for f in info}
         stages = {}
         for p in self.fsr_positions:
@@ -105,15 +81,12 @@ class FSRWrapper(nn.Module):
         self.backbone = model
         self._keys = {p: p.replace('.', '_') for p in self.fsr_positions}
         self._channels = {p: channels[p] for p in self.fsr_positions}
-        self.fsr = nn.ModuleDict({
-            self._keys[p]: FSR(channels[p], model.num_classes, tau, hidden, separation, recalibration)
-            for p in self.fsr_positions})
+        fsr = FSRArgs(tau, hidden, separation, recalibration)
+        self.fsr = nn.ModuleDict({self._keys[p]: fsr.build(channels[p], model.num_classes) for p in self.fsr_positions})
         ref = next(model.parameters(), None)
         if ref is not None:
             self.fsr.to(device=ref.device, dtype=ref.dtype)
-        self.fsr_args: Dict[str, Any] = dict(
-            fsr_positions=list(self.fsr_positions), fsr_tau=tau, fsr_hidden=hidden, fsr_separation=separation,
-            fsr_recalibration=recalibration)
+        self.fsr_args: Dict[str, Any] = dict(fsr_positions=list(self.fsr_positions), **fsr.model_args())
         # per-call state of forward / forward_train, read by the hooks (None outside those calls)
         self._aux: Optional[Dict[str, FSRAux]] = None
         self._ran: Optional[List[str]] = None
@@ -206,8 +179,7 @@ class FSRWrapper(nn.Module):
     def pretrained_cfg(self) -> Dict[str, Any]:
         """The backbone's pretrained cfg (architecture, input size, mean / std, ...) without its weight source,
         and with this model's ``classifier`` names."""
-        cfg = {k: v for k, v in dict(getattr(self.backbone, 'pretrained_cfg', None) or {}).items()
-               if k not in _SOURCE_KEYS}
+        cfg = without_weights(getattr(self.backbone, 'pretrained_cfg', None) or {}, remove_null=False)
         cfg['classifier'] = self.classifier_names()
         return cfg
 
@@ -245,10 +217,10 @@ class FSRWrapper(nn.Module):
 def add_fsr(
         model: nn.Module,
         positions: Union[Position, Sequence[Position]],
-        tau: float = 0.1,
-        hidden: int = 64,
-        separation: bool = True,
-        recalibration: bool = True,
+        tau: float = FSRArgs.tau,
+        hidden: int = FSRArgs.hidden,
+        separation: bool = FSRArgs.separation,
+        recalibration: bool = FSRArgs.recalibration,
 ) -> FSRWrapper:
     """Insert the FSR module (Kim et al., CVPR 2023) after the feature stages ``positions`` of a timm classifier.
 
@@ -257,8 +229,8 @@ def add_fsr(
             RegNet, fsr_hub's vanilla twins, ...). It is taken over, not copied.
         positions: ``feature_info[i]['module']`` names (e.g. ``'layer4'``, ``'stages.2'``) or indices into
             ``feature_info``; several at once (Eq. 5 averages their FSR losses, as :func:`fsr_hub.fsr_aux_loss`).
-        tau, hidden, separation, recalibration: see :class:`fsr_hub.fsr.FSR`; the auxiliary heads get the
-            stage's ``num_chs`` inputs and ``model.num_classes`` outputs.
+        tau, hidden, separation, recalibration: the settings of the FSR modules (:class:`fsr_hub.fsr.FSRArgs`);
+            the auxiliary heads get the stage's ``num_chs`` inputs and ``model.num_classes`` outputs.
 
     Returns an :class:`FSRWrapper`: ``forward`` gives logits, ``forward_train`` gives ``FSROutput(logits, aux)``
     with ``aux`` keyed by position, and the eval-mode FSR mask is deterministic.

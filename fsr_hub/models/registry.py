@@ -8,20 +8,36 @@ import timm
 import torch
 import torch.nn as nn
 from timm.models import (
-    DefaultCfg, PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg,
+    DefaultCfg, PretrainedCfg, build_model_with_cfg, filter_pretrained_cfg, generate_default_cfgs, register_model,
+    resolve_pretrained_cfg,
 )
 
 from ..releases import PLANNED, RELEASED, hub_id, release_name, robustbench_name, split_name
 from ..weights import WEIGHTS_NAME, WeightsError, check_fit, check_pretrained_file
 from .base import FSRNet, FSRPretrainedCfg
 
-__all__ = ['build_fsr_model', 'pretrained_cfgs', 'release_cfg', 'register_robustbench_alias', 'ALIASES']
+__all__ = ['build_fsr_model', 'pretrained_cfgs', 'release_cfg', 'register_robustbench_alias', 'without_weights',
+           'ALIASES']
 
 #: RobustBench alias -> release name (``arch.tag``), filled by :func:`register_robustbench_alias`
 ALIASES: Dict[str, str] = {}
 
-#: timm's ``register_model`` reads a model's cfgs from its module's ``default_cfgs``: the aliases' live here
+# timm's public register_model takes only the entrypoint and reads its pretrained cfgs from the entrypoint module's
+# ``default_cfgs`` (timm has no public call that registers a cfg): an alias's cfgs are put here before it is
+# registered, since its entrypoint is made in this module
 default_cfgs: Dict[str, DefaultCfg] = {}
+
+#: pretrained-cfg keys that pin a weight file beside timm's source keys (which ``filter_pretrained_cfg`` drops)
+_PIN_KEYS = ('state_dict', 'tag', 'sha256')
+
+
+def without_weights(cfg: Mapping[str, Any], remove_null: bool = True) -> Dict[str, Any]:
+    """A pretrained cfg without where its weights come from: timm's source keys (``filter_pretrained_cfg``), the
+    state_dict, and the tag and sha256 that pin a file. ``remove_null`` also drops the unset fields (timm keeps
+    pool_size, first_conv and classifier even when unset)."""
+    cfg = filter_pretrained_cfg({k: v for k, v in cfg.items() if k not in _PIN_KEYS}, remove_source=True,
+                                remove_null=False)
+    return {k: v for k, v in cfg.items() if v is not None} if remove_null else cfg
 
 
 def release_cfg(cfg: FSRPretrainedCfg, name: str, sha256: str) -> FSRPretrainedCfg:

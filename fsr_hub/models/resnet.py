@@ -62,8 +62,8 @@ def _create_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> Cif
 
 
 default_cfgs = generate_default_cfgs({
-    **pretrained_cfgs('fsr_resnet18', cifar_cfg(classifier=('fc', 'fsr.layer4.aux'))),
-    **pretrained_cfgs('cifar_resnet18', cifar_cfg(classifier='fc')),
+    **pretrained_cfgs('fsr_resnet18', cifar_cfg((4, 4), classifier=('fc', 'fsr.layer4.aux'))),
+    **pretrained_cfgs('cifar_resnet18', cifar_cfg((4, 4), classifier='fc')),
 })
 
 

@@ -73,8 +73,8 @@ def _create_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarV
 
 
 default_cfgs = generate_default_cfgs({
-    **pretrained_cfgs('fsr_vgg16', cifar_cfg(first_conv='block0.0', classifier=('fc', 'fsr.block3.aux'))),
-    **pretrained_cfgs('cifar_vgg16', cifar_cfg(first_conv='block0.0', classifier='fc')),
+    **pretrained_cfgs('fsr_vgg16', cifar_cfg((2, 2), first_conv='block0.0', classifier=('fc', 'fsr.block3.aux'))),
+    **pretrained_cfgs('cifar_vgg16', cifar_cfg((2, 2), first_conv='block0.0', classifier='fc')),
 })
 
 

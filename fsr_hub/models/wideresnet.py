@@ -76,8 +76,8 @@ def _create_wideresnet(variant: str, pretrained: bool = False, **kwargs: Any) ->
 
 
 default_cfgs = generate_default_cfgs({
-    **pretrained_cfgs('fsr_wrn34_10', cifar_cfg(classifier=('fc', 'fsr.final_norm.aux'))),
-    **pretrained_cfgs('cifar_wrn34_10', cifar_cfg(classifier='fc')),
+    **pretrained_cfgs('fsr_wrn34_10', cifar_cfg((8, 8), classifier=('fc', 'fsr.final_norm.aux'))),
+    **pretrained_cfgs('cifar_wrn34_10', cifar_cfg((8, 8), classifier='fc')),
 })
 
 
