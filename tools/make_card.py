@@ -6,6 +6,9 @@
                               [--model-args '{"fsr_tau": 0.1}'] [--org ORG] [--overwrite]
     # re-render README.md of a release folder from its results.json + config.json
     python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10
+    # a fine-tuned model (its train summary records --init-from): per-class accuracy before / after on the card
+    python tools/make_card.py results.json --tag adml_cifar10 \\
+        --before model_cards/fsr_resnet18.fgsmrs_cifar10/results.json
     # re-render the project README's table of released weights (between its <!-- released:... --> markers)
     python tools/make_card.py --readme README.md
 
@@ -15,13 +18,21 @@ written into results.json under "cost" (the paper's numbers for the setting unde
 card is rendered from results.json and config.json alone (plus the plots of tools/analyze.py present in the
 folder). The hub organisation is stored in config.json ("hub_id"); --org with --folder moves the release to
 another organisation.
+
+The card's per-class section (clean and PGD-20 accuracy per class, from the report's per_class numbers) comes
+with per_class.png, written here (matplotlib, the analysis extra). For a fine-tuned model (--init-from in its
+train summary) the start model's numbers stand beside them: from --before (the start model's results.json), else
+from the start release's folder when it is at hand.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card, write_readme_table
+from fsr_hub.card import PER_CLASS_PNG, per_class_section
+from fsr_hub.release import (
+    CONFIG_NAME, RESULTS_NAME, ReleaseError, assemble_release, validate_release, write_card, write_readme_table,
+)
 
 
 def main(argv=None) -> int:
@@ -35,6 +46,8 @@ def main(argv=None) -> int:
                                                       "(default: the verify report's model.model_args)")
     p.add_argument('--org', help='hub organisation of the release (default fsr-hub; --folder: the stored one)')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty release folder')
+    p.add_argument('--before', help="fine-tuned model: the results.json of the weights it started from (default: "
+                                    "the start release folder's, when at hand)")
     p.add_argument('--readme', help="rewrite this README's table of released weights (after --folder, or alone)")
     args = p.parse_args(argv)
     if args.results and args.folder or not (args.results or args.folder or args.readme):
@@ -44,9 +57,10 @@ def main(argv=None) -> int:
             print(f'wrote {write_readme_table(args.readme)}')
             return 0
         if args.folder:
-            path = write_card(args.folder, org=args.org)
+            path = write_card(args.folder, org=args.org, before=args.before)
             validate_release(args.folder)
             print(f'wrote {path}')
+            _note_per_class(Path(args.folder))
             if args.readme:
                 print(f'wrote {write_readme_table(args.readme)}')
             return 0
@@ -64,12 +78,22 @@ def main(argv=None) -> int:
         if not weights:
             raise ReleaseError(f'{args.results}: model.weights is empty; pass --weights.')
         info = assemble_release(args.out, weights, results, model_args=model_args, tag=args.tag, org=args.org,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, before=args.before)
     except ReleaseError as e:
         print(f'make_card: error: {e}', file=sys.stderr)
         return 2
     print(f'wrote release folder {info.folder} (sha256 {info.sha256})')
+    _note_per_class(info.folder)
     return 0
+
+
+def _note_per_class(folder: Path) -> None:
+    """Say why the card has no per-class section when the report has per-class numbers but no figure came."""
+    results = json.loads((folder / RESULTS_NAME).read_text())
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    if per_class_section(results, config) is not None and not (folder / PER_CLASS_PNG).is_file():
+        print(f"make_card: note: {PER_CLASS_PNG} not written (matplotlib is not installed: pip install "
+              f"'fsr-hub[analysis]'), so the card has no per-class section.", file=sys.stderr)
 
 
 if __name__ == '__main__':
