@@ -1,5 +1,6 @@
 """``train_summary.json`` of a training run, and the plain-JSON forms of its config and records: what ran (model,
-attack, schedule, precision, guard, time budget), what came out (history, best and final weights), and where."""
+attack, schedule, precision, guard, time budget, the weights it started from, ADML's recipe label), what came out
+(history, best and final weights), and where."""
 import time
 from dataclasses import asdict
 from typing import Any, Dict, Optional
