@@ -177,6 +177,27 @@ def test_a_run_that_departs_from_the_papers_recipe_is_labelled_reduced():
     assert scratch['label'] == 'reduced' and scratch['departures'][0].startswith('no --init-from')
 
 
+def test_card_recipe_line_and_verify_report_carry_the_label_and_the_start_weights():
+    from fsr_hub.card import describe_recipe
+    from fsr_hub.evaluate import training_section
+    from fsr_hub.schemas import TRAIN_SCHEMA
+
+    cpu = vars(TrainConfig(device='cpu', objective='adml', init_from='x.safetensors', attack='fgsm-rs', epochs=2,
+                           max_train_images=2048, amp=False).resolved())
+    line = describe_recipe(cpu)
+    assert 'ADML fine-tuning objective (AT on the first half of each batch + FSR losses' in line
+    assert 'adml lr triangle peaking at 0.001 after 20% of the iterations' in line
+    assert line.endswith('a reduced ADML recipe (FGSM-RS instead of PGD-10; 2 epochs instead of 10; the first 2048 '
+                         'training images only)')
+    paper = vars(TrainConfig(device='cpu', objective='adml', init_from='x.safetensors').resolved())
+    assert describe_recipe(paper).endswith('the official ADML recipe (Lee et al., Adversarial Double Machine '
+                                           'Learning, ICCV 2023)')
+    init = {'source': 'x.safetensors', 'sha256': 'a' * 64}
+    summary = {'schema': TRAIN_SCHEMA, 'weights': {'final': {'sha256': 'b' * 64}}, 'init_from': init}
+    assert training_section(summary, 'b' * 64)['init_from'] == init
+    assert 'init_from' not in training_section({**summary, 'init_from': None}, 'b' * 64)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # --init-from
 
