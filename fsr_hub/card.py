@@ -7,18 +7,19 @@ The card is a function of those files (:func:`render_card`); :func:`fsr_hub.rele
 it and compares bytes, so every number the card shows comes from results.json.
 """
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import yaml
 
 from . import paper
-from .models import ALL_MODELS, VANILLA_TWINS
+from .models import ALL_MODELS, CIFAR10_CLASSES, VANILLA_TWINS
 from .releases import release_name, robustbench_name
 from .twins import check_twin_section
 from .weights import WEIGHTS_NAME
 
-__all__ = ['TEMPLATE_PATH', 'PLOTS', 'PLOT_DETAILS', 'CardError', 'ci95', 'describe_attack', 'describe_recipe',
-           'metric_sample', 'released_table', 'render_card', 'robustbench_record']
+__all__ = ['TEMPLATE_PATH', 'PLOTS', 'PLOT_DETAILS', 'PER_CLASS_PNG', 'PER_CLASS_METRICS', 'CardError', 'ci95',
+           'describe_attack', 'describe_recipe', 'metric_sample', 'per_class_section', 'write_per_class_plot',
+           'released_table', 'render_card', 'robustbench_record']
 
 TEMPLATE_PATH = Path(__file__).parent / 'templates' / 'model_card.md'
 #: results.json ``analysis`` key -> (PNG file, FSR models only, title). The entry is the section
@@ -45,6 +46,10 @@ PLOT_DETAILS: Dict[str, Tuple[str, ...]] = {
     'ib_split': ('n', 'batches', 'stage', 'stage_choice', 'split', 'inversion'),
     'ib_attack': ('n', 'batches', 'stage', 'threat_model', 'attack'),
 }
+#: the per-class section: its figure (written by :func:`write_per_class_plot`; the card shows the section when the
+#: release folder holds it) and the verify-report metrics it shows per class
+PER_CLASS_PNG = 'per_class.png'
+PER_CLASS_METRICS = ('clean', 'pgd20')
 _EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer (PGD-20)',
                   'ti_fgsm': 'TI-FGSM (black-box)', 'di_fgsm': 'DI-FGSM (black-box)', 'nattack': 'NAttack (black-box)'}
 _SOURCE_ATTACKS = ('transfer', 'ti_fgsm', 'di_fgsm')
@@ -149,17 +154,30 @@ def describe_recipe(config: Mapping[str, Any]) -> Optional[str]:
     objective = str(config.get('objective', 'at'))
     fsr = (f" + FSR losses (lambda_sep {config.get('lambda_sep')}, lambda_rec {config.get('lambda_rec')})"
            if config.get('fsr_loss') else ' without the FSR losses')
-    bits.append(f"{objective.upper()} objective{fsr}")
+    if objective == 'adml':
+        base = str(config.get('adml_base') or 'at').upper()
+        bits.append(f"ADML fine-tuning objective ({base} on the first half of each batch{fsr})")
+    else:
+        bits.append(f"{objective.upper()} objective{fsr}")
+    bits.append(f"{config.get('epochs')} epochs, SGD momentum {config.get('momentum')}, weight decay "
+                f"{config.get('weight_decay')}, {_lr_text(config)}, batch {config.get('batch_size')}")
+    bits.append('bf16 autocast' if config.get('amp') else 'float32')
+    if objective == 'adml':
+        departures = paper.adml_departures(config)
+        bits.append(f"a reduced ADML recipe ({'; '.join(departures)})" if departures else
+                    f"the official ADML recipe ({paper.ADML_PAPER})")
+    return '; '.join(bits)
+
+
+def _lr_text(config: Mapping[str, Any]) -> str:
     schedule = config.get('schedule', 'piecewise')
     if schedule == 'piecewise':
-        lr = (f"lr {config.get('lr')} x{config.get('lr_gamma')} after epochs "
-              f"{' and '.join(str(m) for m in config.get('milestones') or []) or 'none'}")
-    else:
-        lr = f"{schedule} lr peaking at {config.get('lr')}"
-    bits.append(f"{config.get('epochs')} epochs, SGD momentum {config.get('momentum')}, weight decay "
-                f"{config.get('weight_decay')}, {lr}, batch {config.get('batch_size')}")
-    bits.append('bf16 autocast' if config.get('amp') else 'float32')
-    return '; '.join(bits)
+        return (f"lr {config.get('lr')} x{config.get('lr_gamma')} after epochs "
+                f"{' and '.join(str(m) for m in config.get('milestones') or []) or 'none'}")
+    if schedule == 'adml':
+        return (f"adml lr triangle peaking at {config.get('lr')} after {float(paper.ADML_WARMUP):.0%} of the "
+                f"iterations")
+    return f"{schedule} lr peaking at {config.get('lr')}"
 
 
 def _verify_seconds(results: Mapping[str, Any]) -> Optional[float]:
@@ -293,6 +311,99 @@ def _plots(results: Mapping[str, Any], config: Mapping[str, Any], folder: Option
         header, rows = _plot_table(key, entry)
         out.append(dict(file=file, title=title, details=details, header=header, rows=rows))
     return out
+
+
+def _class_names(config: Mapping[str, Any], results: Mapping[str, Any], k: int) -> List[str]:
+    names = config.get('label_names')
+    if isinstance(names, list) and len(names) == k:
+        return [str(n) for n in names]
+    if k == len(CIFAR10_CLASSES) and results['data'].get('dataset', 'cifar10') == 'cifar10':
+        return list(CIFAR10_CLASSES)
+    return [f'class {i}' for i in range(k)]
+
+
+def _pct(v: Any) -> str:
+    return f'{v:.2f}' if isinstance(v, (int, float)) and not isinstance(v, bool) else 'n/a'
+
+
+def _images(entry: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    n, whole = metric_sample(entry, data)
+    return f"{'all' if whole else 'first'} {n:,}" if n else 'images not recorded'
+
+
+class _Column(NamedTuple):
+    series: str  # the name of its bars in the figure ('' for the change column, which has none)
+    header: str  # its name in the table, with the images it was measured on
+    values: List[Any]  # per class
+    start_model: bool = False  # the start model's numbers (drawn faded)
+
+
+def _per_class_columns(results: Mapping[str, Any]) -> List[_Column]:
+    """The columns of the per-class section: each metric of :data:`PER_CLASS_METRICS` the report has per class;
+    with the start model's report attached, its numbers before this model's and the change after them."""
+    measured, data = results['results'], results['data']
+    before = results.get('per_class_before') if isinstance(results.get('per_class_before'), dict) else {}
+    start = before.get('results') or {}
+    columns: List[_Column] = []
+    for m in PER_CLASS_METRICS:
+        entry = measured.get(m) or {}
+        if not isinstance(entry.get('per_class'), list):
+            continue
+        name, now = paper.METRIC_NAMES[m], entry['per_class']
+        old = start.get(m) if isinstance(start.get(m), dict) else None
+        if old is None or len(old.get('per_class') or []) != len(now):
+            columns.append(_Column(name, f'{name} ({_images(entry, data)})', now))
+            continue
+        change = [f'{a - b:+.2f}' if isinstance(a, (int, float)) and isinstance(b, (int, float)) else 'n/a'
+                  for a, b in zip(now, old['per_class'])]
+        columns += [_Column(f'{name} before', f"{name} before ({_images(old, before.get('data') or {})})",
+                            old['per_class'], True),
+                    _Column(f'{name} after', f'{name} after ({_images(entry, data)})', now),
+                    _Column('', f'{name} change (points)', change)]
+    return columns
+
+
+def per_class_section(results: Mapping[str, Any], config: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The card's per-class section from results.json: per class, clean and PGD-20 accuracy; for a fine-tuned model
+    whose start model's report is attached (``per_class_before``, :func:`fsr_hub.release.attach_before`) the start
+    model's beside them and the change. None when results.json has no per-class numbers for these metrics."""
+    columns = _per_class_columns(results)
+    if not columns:
+        return None
+    k = len(columns[0].values)
+    names = _class_names(config, results, k)
+    rows = [[names[i]] + [c.values[i] if not c.series else _pct(c.values[i]) for c in columns] for i in range(k)]
+    before = results.get('per_class_before') if isinstance(results.get('per_class_before'), dict) else None
+    start = None
+    if before is not None:
+        model = before.get('model') or {}
+        start = dict(name=release_name(model.get('architecture') or 'model', model.get('tag')),
+                     sha256=str(model.get('sha256') or '')[:12])
+    return dict(file=PER_CLASS_PNG, header=['class'] + [c.header for c in columns], rows=rows, classes=names,
+                series={c.series: c.values for c in columns if c.series},
+                faded=[c.series for c in columns if c.start_model], before=start)
+
+
+def write_per_class_plot(results: Mapping[str, Any], config: Mapping[str, Any], folder: Path) -> Optional[Path]:
+    """Write ``per_class.png`` of the per-class section into ``folder``; None (nothing written) when results.json
+    has no per-class numbers or matplotlib (the ``analysis`` extra) is not installed."""
+    section = per_class_section(results, config)
+    if section is None:
+        return None
+    try:
+        from .analysis.plots import plot_per_class
+        return plot_per_class(section['classes'], section['series'], Path(folder) / PER_CLASS_PNG,
+                              faded=section['faded'])
+    except ImportError:
+        return None
+
+
+def _per_class(results: Mapping[str, Any], config: Mapping[str, Any], folder: Optional[Path]) -> Optional[Dict]:
+    """The per-class section when the release folder holds its figure (as the analysis plots: the card shows what
+    the folder holds), else None."""
+    if folder is None or not (folder / PER_CLASS_PNG).is_file():
+        return None
+    return per_class_section(results, config)
 
 
 def _weights_dtype(folder: Optional[Path]) -> str:
@@ -449,6 +560,7 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
         data=results['data'], eps=_eps_255(results.get('eps')), paper=results.get('paper_reference') or {},
         metrics=_metric_rows(results), commands=results.get('commands') or [results.get('command', 'not recorded')],
         masking=results.get('masking_checks'), plots=_plots(results, config, folder),
+        per_class=_per_class(results, config, folder),
         cost=results.get('cost') or {}, hardware=results.get('hardware') or {}, timing=results.get('timing') or {},
         training=training, training_hardware=thw.get('device', thw) if isinstance(thw, dict) else thw,
         recipe=describe_recipe(training['config'])

@@ -43,15 +43,17 @@ from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
 from .guard import OverfitGuard, check_guard
 from .hardware import fast_precision, resolve_device, strict_float32, synchronize
 from .models import create
-from .objectives import OBJECTIVES, AdversarialObjective, ObjectiveConfig
+from .init_from import load_init
+from .objectives import ADML_BASES, OBJECTIVES, AdversarialObjective, ObjectiveConfig, adml_split
+from .paper import ADML_BETA, ADML_EPOCHS, ADML_LR
 from .schedule import (
-    AT_MILESTONES, CYCLIC_LR_MAX, NATURAL_MILESTONES, NATURAL_RECIPE, SCHEDULES, BudgetCosts, default_eval_every,
-    eval_epochs, lr_milestones, plan_epochs, replan_epochs, step_lr,
+    AT_MILESTONES, CYCLIC_LR_MAX, NATURAL_MILESTONES, NATURAL_RECIPE, PER_ITERATION, SCHEDULES,
+    BudgetCosts, default_eval_every, eval_epochs, lr_milestones, plan_epochs, replan_epochs, step_lr,
 )
 from .schemas import CKPT_FORMAT
 from .step import STEP_MODES, TrainStep, autocast, build_optimizer, default_step_mode, load_optimizer_state
 from .train_attacks import SINGLE_STEP, check_attack, default_alpha
-from .train_summary import architecture, plain_config, train_summary
+from .train_summary import architecture, architecture_of, plain_config, train_summary
 from .weights import save_weights
 
 __all__ = [
@@ -72,21 +74,27 @@ class TrainConfig:
     dataset: str = 'cifar10'
     data: str = 'data'
     out: str = 'runs/train'
-    objective: str = 'at'
+    #: weights to start from (fine-tuning): a release folder, a released ``arch.tag`` or a safetensors file
+    #: (:mod:`fsr_hub.init_from`); None: a fresh initialisation
+    init_from: Optional[str] = None
+    objective: str = 'at'  # at | trades | mart | natural | adml (fine-tuning; sets its own defaults below)
     fsr_loss: bool = True
     lambda_sep: float = 1.0
     lambda_rec: float = 1.0
-    beta: float = 6.0
+    beta: Optional[float] = None  # None: 6 (adml: 2, the official code's)
+    adml_base: Optional[str] = None  # adml only: the first half's objective, at | trades | mart; None: at
     eps: float = 8 / 255
     attack: Optional[str] = None  # pgd | fgsm-rs | n-fgsm (fsr_hub.train_attacks); None: pgd
     alpha: Optional[float] = None  # None: pgd eps / 4 (CIFAR), eps / 8 (SVHN); fgsm-rs 1.25 eps; n-fgsm eps
     steps: Optional[int] = None  # None: 10 (pgd), 1 (fgsm-rs, n-fgsm)
     random_start: bool = True
-    epochs: int = 100  # with time_budget: the most epochs
+    epochs: Optional[int] = None  # None: 100 (adml: 10); with time_budget: the most epochs
     time_budget: Optional[float] = None  # minutes for the whole run; the epoch count is fixed after the first steps
     batch_size: int = 128  # global batch; split evenly over DDP ranks
-    schedule: str = 'piecewise'  # piecewise (the paper) | cyclic (fast AT: per-iteration triangle)
-    lr: Optional[float] = None  # None: 0.1 (CIFAR), 0.01 (SVHN); cyclic: the peak, 0.2
+    #: piecewise (the paper) | cyclic (fast AT: per-iteration triangle) | adml (per-iteration warm-up and decay);
+    #: None: piecewise (adml: adml)
+    schedule: Optional[str] = None
+    lr: Optional[float] = None  # None: 0.1 (CIFAR), 0.01 (SVHN); cyclic: the peak, 0.2; adml: the peak, 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
     milestones: Optional[Tuple[int, ...]] = None  # None: after 75% and 90% of the epochs (natural: 50% and 75%)
@@ -118,12 +126,25 @@ class TrainConfig:
         cfg = cls(dataset=dataset, **overrides)
         return cfg.resolved()
 
-    def resolved(self) -> 'TrainConfig':
-        """A copy with every dataset-, device- and epoch-dependent default (None) filled in, after validation."""
-        if self.dataset not in DATASETS:
-            raise ValueError(f'Unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}.')
+    def with_objective_defaults(self) -> 'TrainConfig':
+        """A copy with the objective's epoch count and schedule filled in where None (ADML fine-tuning: 10 epochs
+        of its own schedule; otherwise 100 epochs, piecewise), the rest as given."""
         if self.objective not in OBJECTIVES:
             raise ValueError(f'Unknown objective {self.objective!r}; expected one of {OBJECTIVES}.')
+        adml = self.objective == 'adml'
+        return dataclasses.replace(
+            self, epochs=self.epochs if self.epochs is not None else (ADML_EPOCHS if adml else 100),
+            schedule=self.schedule if self.schedule is not None else ('adml' if adml else 'piecewise'))
+
+    def resolved(self) -> 'TrainConfig':
+        """A copy with every objective-, dataset-, device- and epoch-dependent default (None) filled in, after
+        validation."""
+        return self.with_objective_defaults()._resolved()
+
+    def _resolved(self) -> 'TrainConfig':
+        if self.dataset not in DATASETS:
+            raise ValueError(f'Unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}.')
+        self._check_adml()
         for name in ('epochs', 'batch_size', 'eval_batch_size'):
             if getattr(self, name) <= 0:
                 raise ValueError(f'{name} must be positive, got {getattr(self, name)}.')
@@ -140,8 +161,8 @@ class TrainConfig:
         check_attack(attack, self.objective, self.steps, self.random_start)
         if self.schedule not in SCHEDULES:
             raise ValueError(f'Unknown schedule {self.schedule!r}; expected one of {", ".join(SCHEDULES)}.')
-        if self.schedule == 'cyclic' and self.milestones:
-            raise ValueError('milestones are for the piecewise schedule, not --schedule cyclic.')
+        if self.schedule in PER_ITERATION and self.milestones:
+            raise ValueError(f'milestones are for the piecewise schedule, not --schedule {self.schedule}.')
         if not self.guard_drop > 0:
             raise ValueError(f'guard_drop must be a positive number of points, got {self.guard_drop}.')
         if self.guard and (self.objective == 'natural' or self.holdout == 0):
@@ -161,15 +182,18 @@ class TrainConfig:
             raise ValueError('the cuda-graph step needs one CUDA device in a single process; use --step eager or '
                              'compile (DDP, CPU).')
         fractions = NATURAL_MILESTONES if self.objective == 'natural' else AT_MILESTONES
-        cyclic = self.schedule == 'cyclic'
+        per_iteration = self.schedule in PER_ITERATION
+        adml = self.objective == 'adml'
         amp = self.amp if self.amp is not None else fast_precision(device)
         return dataclasses.replace(
             self,
             model_args=model_args,
             attack=attack,
-            alpha=self.alpha if self.alpha is not None else default_alpha(attack, self.eps, svhn),
+            alpha=self.alpha if self.alpha is not None else default_alpha(attack, self.eps, svhn, adml=adml),
             steps=self.steps if self.steps is not None else (1 if attack in SINGLE_STEP else 10),
-            lr=self.lr if self.lr is not None else (CYCLIC_LR_MAX if cyclic else 0.01 if svhn else 0.1),
+            lr=self.lr if self.lr is not None else self._default_lr(svhn),
+            beta=self.beta if self.beta is not None else (ADML_BETA if adml else 6.0),
+            adml_base=(self.adml_base or 'at') if adml else None,
             augment=self.augment if self.augment is not None else DATASETS[self.dataset][1],
             device=str(device),
             amp=amp,
@@ -177,16 +201,36 @@ class TrainConfig:
             eval_amp=self.eval_amp if self.eval_amp is not None else (amp and not cuda),
             guard=self.guard is not False and self.holdout > 0 and self.objective != 'natural',
             step=step,
-            milestones=(() if cyclic else tuple(int(m) for m in self.milestones) if self.milestones is not None
-                        else lr_milestones(self.epochs, fractions)),
+            milestones=(() if per_iteration else tuple(int(m) for m in self.milestones)
+                        if self.milestones is not None else lr_milestones(self.epochs, fractions)),
             eval_every=self.eval_every or default_eval_every(self.epochs),
         )
+
+    def _check_adml(self) -> None:
+        """ValueError for ADML settings without ADML, or a per-process batch ADML cannot split in halves."""
+        if self.objective != 'adml':
+            if self.adml_base is not None:
+                raise ValueError(f'--adml-base {self.adml_base} is for --objective adml, not {self.objective}.')
+            return
+        if self.adml_base is not None and self.adml_base not in ADML_BASES:
+            raise ValueError(f'Unknown ADML base {self.adml_base!r}; expected one of {", ".join(ADML_BASES)}.')
+        if self.batch_size > 0:
+            adml_split(self.batch_size // _dist_info()[1])
+
+    def _default_lr(self, svhn: bool) -> float:
+        """The lr (a peak for the per-iteration schedules) when none is given: ADML fine-tuning 1e-3, cyclic 0.2,
+        otherwise 0.1 (SVHN 0.01)."""
+        if self.objective == 'adml' or self.schedule == 'adml':
+            return ADML_LR
+        if self.schedule == 'cyclic':
+            return CYCLIC_LR_MAX
+        return 0.01 if svhn else 0.1
 
     def objective_config(self) -> ObjectiveConfig:
         return ObjectiveConfig(
             name=self.objective, beta=self.beta, fsr=self.fsr_loss, lambda_sep=self.lambda_sep,
             lambda_rec=self.lambda_rec, eps=self.eps, alpha=self.alpha, steps=self.steps,
-            random_start=self.random_start, attack=self.attack)
+            random_start=self.random_start, attack=self.attack, adml_base=self.adml_base or 'at')
 
 
 @dataclass
@@ -199,7 +243,8 @@ class TrainResult:
 @dataclass
 class _Run:
     """The state of one training process, passed between the named steps of :func:`train`."""
-    raw: TrainConfig  # as given: re-resolved when a time budget fixes the epoch count
+    raw: TrainConfig  # as given (with the objective's epochs and schedule): re-resolved when a time budget fixes
+    # the epoch count
     cfg: TrainConfig  # resolved
     device: torch.device
     rank: int
@@ -221,6 +266,7 @@ class _Run:
     budget: Optional[Dict[str, Any]] = None  # the time-budget plan, once made
     costs: Dict[str, float] = field(default_factory=lambda: {'evaluation': 0.0, 'checkpoint': 0.0})
     guard: Optional[OverfitGuard] = None  # made by fsr_hub.guard.check_guard after the first epoch
+    init: Optional[Dict[str, Any]] = None  # the weights the run started from (--init-from), as the summary records
 
     @property
     def is_main(self) -> bool:
@@ -369,6 +415,7 @@ def _setup(config: TrainConfig, model: Optional[nn.Module], data, command: Optio
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     if model is None:
         model = create(cfg.model, num_classes=DATASETS[cfg.dataset][0], **cfg.model_args)
+    init = load_init(model, cfg.init_from, architecture_of(model, cfg.model)) if cfg.init_from else None
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -390,9 +437,10 @@ def _setup(config: TrainConfig, model: Optional[nn.Module], data, command: Optio
         hold_x, hold_y, cfg.eval_batch_size, device=device, rank=rank, world_size=world,
         channels_last=cfg.channels_last) if cfg.holdout else None
     optimizer = build_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.step, device)
-    return _Run(raw=config, cfg=cfg, device=device, rank=rank, world=world, out=Path(cfg.out), model=model,
-                optimizer=optimizer, loader=loader, hold_loader=hold_loader, clock_start=clock_start,
-                command=command if command is not None else ' '.join(sys.argv))
+    return _Run(raw=config.with_objective_defaults(), cfg=cfg, device=device, rank=rank, world=world,
+                out=Path(cfg.out), model=model, optimizer=optimizer, loader=loader, hold_loader=hold_loader,
+                clock_start=clock_start, command=command if command is not None else ' '.join(sys.argv),
+                init=init.record() if init is not None else None)
 
 
 def _resume(run: _Run) -> None:
@@ -479,7 +527,7 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
     cfg, epoch = run.cfg, run.epoch
     _seed_epoch(cfg.seed, run.rank, epoch)
     run.loader.set_epoch(epoch)
-    cyclic = cfg.schedule == 'cyclic'
+    per_iteration = cfg.schedule in PER_ITERATION
     steps_per_epoch = len(run.loader)
     lr = step_lr(cfg, epoch, 0, steps_per_epoch)
     run.step.set_lr(lr)
@@ -491,7 +539,7 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
     bar = tqdm(run.loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (run.is_main and cfg.progress),
                leave=False, file=sys.stderr)
     for i, (x, y) in enumerate(bar):
-        if cyclic and i:
+        if per_iteration and i:
             run.step.set_lr(step_lr(cfg, epoch, i, steps_per_epoch))
         stats += run.step(x, y)
         if step_callback is not None:
@@ -513,7 +561,9 @@ def _train_epoch(run: _Run, step_callback: Optional[Callable[[int, int], None]])
         per_step = (t0 + seconds - t_warm) / after if after > 0 else seconds / steps
         _plan_budget(run, per_step, steps, t_warm - t0 if after > 0 else seconds)
     loss_sum, n, adv_c, nat_c = stats.tolist()
-    lrs = {'lr': lr, 'lr_end': step_lr(cfg, epoch, steps_per_epoch - 1, steps_per_epoch)} if cyclic else {'lr': lr}
+    lrs = {'lr': lr}
+    if per_iteration:
+        lrs['lr_end'] = step_lr(cfg, epoch, steps_per_epoch - 1, steps_per_epoch)
     return {'epoch': epoch + 1, **lrs, 'train_loss': round(loss_sum / n, 5),
             'train_adv_acc': round(100 * adv_c / n, 2) if adv_c >= 0 else None,
             'train_nat_acc': round(100 * nat_c / n, 2) if nat_c >= 0 else None,

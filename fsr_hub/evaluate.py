@@ -772,6 +772,8 @@ def training_section(summary: Dict[str, Any], weights_sha256: str,
                          f'sha256 {trained} (re-save the released file with the trainer, or verify that file).')
     epoch_seconds = summary.get('epoch_seconds') or []
     extra = {'cast': {'from': selected[0], 'from_sha256': trained, 'dtype': cast['dtype']}} if cast else {}
+    if summary.get('init_from'):  # a fine-tuned model: the weights it started from
+        extra['init_from'] = summary['init_from']
     return {**extra, 
         'config': summary.get('config'),
         'command': summary.get('command'),

@@ -8,12 +8,18 @@ Metric keys are the ones of the verify report (``results.json``): ``clean``, ``f
 ``di_fgsm`` (transferred from a naturally trained ResNet-50) and ``nattack`` (1,000 images, 40,000 queries).
 Results on WideResNet-34-10 are only in the paper's supplementary material, which is not reproduced here, so
 there is no reference for ``fsr_wrn34_10``.
+
+Also here: the recipe of ADML fine-tuning (Lee et al., ICCV 2023) as its official code runs it, and how a trainer
+config departs from it (a "reduced" run).
 """
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from fractions import Fraction
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 __all__ = ['PaperReference', 'PAPER', 'PAPER_COST', 'PAPER_RECIPE', 'FAST_RECIPES', 'METRICS', 'METRIC_NAMES',
-           'BLACKBOX_METRICS', 'paper_reference', 'split_tag']
+           'BLACKBOX_METRICS', 'paper_reference', 'split_tag', 'ADML_PAPER', 'ADML_RECIPE', 'ADML_EPOCHS', 'ADML_LR',
+           'ADML_WARMUP', 'ADML_BATCH', 'ADML_PGD_STEPS', 'ADML_PGD_STEP', 'ADML_BETA', 'adml_departures',
+           'adml_recipe']
 
 PAPER = 'Kim et al., Feature Separation and Recalibration for Adversarial Robustness, CVPR 2023'
 
@@ -90,6 +96,20 @@ FAST_RECIPES: Dict[str, Tuple[str, str]] = {
 }
 PAPER_RECIPE = '100 epochs of PGD-10 adversarial training (Sec. 4.1)'
 
+#: ADML fine-tuning as its official code runs it (repo Double-Debiased-Adversary); the trainer's ``--objective
+#: adml`` defaults to these numbers, and a run that departs from them is labelled reduced (:func:`adml_recipe`)
+ADML_PAPER = 'Lee et al., Adversarial Double Machine Learning, ICCV 2023'
+ADML_EPOCHS = 10
+ADML_LR = 1e-3  # the peak of the per-iteration triangle (SGD momentum 0.9, weight decay 5e-4)
+ADML_WARMUP = Fraction(1, 5)  # the peak after 2 of the 10 epochs
+ADML_BATCH = 128  # in two halves of 64
+ADML_PGD_STEPS = 10
+ADML_PGD_STEP = 0.00722  # for eps 8/255, from a uniform random start
+ADML_BETA = 2.0  # TRADES / MART weight of the first half
+ADML_RECIPE = (f'{ADML_EPOCHS} epochs of ADML fine-tuning of an adversarially trained model: PGD-{ADML_PGD_STEPS} '
+               f'(eps 8/255, step {ADML_PGD_STEP}, uniform start), batch {ADML_BATCH} in halves, SGD momentum 0.9, '
+               f'weight decay 5e-4, per-iteration lr triangle 0 -> {ADML_LR:g} over 2 epochs, -> 0 over 8')
+
 _BACKBONES = {'fsr_resnet18': ('resnet18', True), 'cifar_resnet18': ('resnet18', False),
               'fsr_vgg16': ('vgg16', True), 'cifar_vgg16': ('vgg16', False)}
 _TABLE_OF = {'resnet18': 'Table 1', 'vgg16': 'Table 2'}
@@ -163,3 +183,49 @@ def paper_reference(architecture: str, tag: Optional[str]) -> Optional[PaperRefe
     return PaperReference(
         setting=setting, metrics=metrics, sources=sources,
         cost=PAPER_COST[backbone]['fsr' if with_fsr else 'vanilla'], cost_source='Table 7', other_recipe=other_recipe)
+
+
+def _adml_attack_departure(config: Mapping[str, Any]) -> Optional[str]:
+    attack, steps, alpha = config.get('attack', 'pgd'), config.get('steps'), config.get('alpha')
+    if attack != 'pgd' or steps != ADML_PGD_STEPS:
+        name = {'fgsm-rs': 'FGSM-RS', 'n-fgsm': 'N-FGSM'}.get(attack, f'PGD-{steps}')
+        return f'{name} instead of PGD-{ADML_PGD_STEPS}'
+    if config.get('eps') == 8 / 255 and alpha is not None and abs(alpha - ADML_PGD_STEP) > 1e-9:
+        return f'PGD step {alpha:.5g} instead of {ADML_PGD_STEP}'
+    return None
+
+
+def adml_departures(config: Mapping[str, Any]) -> List[str]:
+    """How a resolved trainer config (``train_summary.json``'s ``config``) departs from :data:`ADML_RECIPE`, one
+    phrase each; empty for the paper's recipe."""
+    out = []
+    if config.get('init_from') is None:
+        out.append('no --init-from: trained from a fresh initialisation, not fine-tuned')
+    attack = _adml_attack_departure(config)
+    if attack:
+        out.append(attack)
+    if config.get('eps') != 8 / 255:
+        out.append(f"eps {config.get('eps')} instead of 8/255")
+    if config.get('epochs') != ADML_EPOCHS:
+        out.append(f"{config.get('epochs')} epochs instead of {ADML_EPOCHS}")
+    if config.get('max_train_images') is not None:
+        out.append(f"the first {config['max_train_images']} training images only")
+    if config.get('batch_size') != ADML_BATCH:
+        out.append(f"batch {config.get('batch_size')} instead of {ADML_BATCH}")
+    if config.get('schedule') != 'adml':
+        out.append(f"{config.get('schedule')} lr schedule instead of ADML's triangle")
+    for key, value in (('lr', ADML_LR), ('momentum', 0.9), ('weight_decay', 5e-4)):
+        if config.get(key) != value:
+            out.append(f'{key} {config.get(key)} instead of {value:g}')
+    if config.get('adml_base') in ('trades', 'mart') and config.get('beta') != ADML_BETA:
+        out.append(f"beta {config.get('beta')} instead of {ADML_BETA:g}")
+    return out
+
+
+def adml_recipe(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The recipe record of an ADML run (``train_summary.json``'s ``recipe``): ``label`` is ``'paper'`` for the
+    official recipe and ``'reduced'`` for any departure (e.g. the CPU mode: FGSM-RS, fewer epochs, a subset of
+    the training set), each listed under ``departures``."""
+    departures = adml_departures(config)
+    return {'name': 'adml', 'base': config.get('adml_base'), 'paper': ADML_PAPER, 'paper_recipe': ADML_RECIPE,
+            'label': 'reduced' if departures else 'paper', 'departures': departures}

@@ -9,8 +9,11 @@ A release folder ``model_cards/<arch>.<tag>/`` is exactly what is uploaded to th
   (``fsr_hub.models.create('hf-hub:<hub_id>')`` for a timm architecture with FSR added, which timm cannot build);
   ``fsr_hub.models.create(architecture, **model_args)`` rebuilds the model,
 * ``results.json``: the verify report (:data:`fsr_hub.schemas.VERIFY_SCHEMA`) plus ``cost`` and
-  ``paper_reference`` (added at card time), optionally the ``analysis`` of ``tools/analyze.py`` and the ``twin``
-  comparison with its vanilla (or FSR) twin release (:func:`attach_twin`),
+  ``paper_reference`` (added at card time), optionally the ``analysis`` of ``tools/analyze.py``, the ``twin``
+  comparison with its vanilla (or FSR) twin release (:func:`attach_twin`) and, for a fine-tuned model,
+  ``per_class_before``: the per-class numbers of the weights it started from (:func:`attach_before`),
+* ``per_class.png``: the per-class accuracy the card tabulates (:func:`fsr_hub.card.write_per_class_plot`), written
+  with the card when matplotlib is installed,
 * ``README.md``: the model card, rendered from results.json, config.json and the plots present by
   :mod:`fsr_hub.card` (huggingface_hub's ModelCard and a Jinja template),
 * ``robustbench.json``: RobustBench's ``model_info`` record of the release, rendered from the same files.
@@ -31,20 +34,20 @@ import torch.nn as nn
 
 from . import paper
 from .autoattack import AA_KEYS, departures
-from .card import CardError, released_table, render_card, robustbench_record
+from .card import PER_CLASS_METRICS, CardError, released_table, render_card, robustbench_record, write_per_class_plot
 from .checkpoint import write_json
 from .data import DATASETS, INPUT_SIZE
 from .models import ALL_MODELS, FSRWrapper, create
 from .models.registry import without_weights
-from .releases import CHECKOUT_CARDS, RELEASED, hub_id as make_hub_id, release_name
+from .releases import CHECKOUT_CARDS, RELEASED, hub_id as make_hub_id, local_release, release_name
 from .schemas import VERIFY_SCHEMA
 from .twins import twin_section
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, sha256_file
 
 __all__ = [
-    'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'build_config', 'prepare_results', 'assemble_release',
-    'write_card', 'attach_twin', 'write_robustbench', 'validate_release', 'upload_plan', 'push_release', 'README_MARKERS', 'readme_table',
-    'write_readme_table',
+    'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'build_config', 'prepare_results', 'attach_before',
+    'init_report', 'assemble_release', 'write_card', 'attach_twin', 'write_robustbench', 'validate_release', 'upload_plan',
+    'push_release', 'README_MARKERS', 'readme_table', 'write_readme_table',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -205,6 +208,77 @@ def _check_results(results: Mapping[str, Any], where: str) -> None:
         sha = (entry.get('model') or {}).get('sha256') if isinstance(entry, dict) else None
         if sha not in (None, results['model']['sha256']):
             raise ReleaseError(f'{where}: analysis.{key} was measured on other weights (sha256 {sha}).')
+    if 'per_class_before' in results:
+        before = results['per_class_before']
+        sha = (before.get('model') or {}).get('sha256') if isinstance(before, dict) else None
+        if sha is None or sha != _init_sha256(results):
+            raise ReleaseError(f'{where}: per_class_before (sha256 {sha}) is not the report of the weights the '
+                               f'training section says this model started from ({_init_sha256(results)}).')
+
+
+def _init_sha256(results: Mapping[str, Any]) -> Optional[str]:
+    """The sha256 of the weights a fine-tuned model started from (``training.init_from``), None if not recorded."""
+    training = results.get('training') if isinstance(results.get('training'), dict) else {}
+    init = training.get('init_from') if isinstance(training.get('init_from'), dict) else {}
+    return init.get('sha256')
+
+
+def attach_before(results: Mapping[str, Any], before: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """Copy of ``results`` with ``per_class_before``: the per-class numbers (:data:`fsr_hub.card.PER_CLASS_METRICS`)
+    of ``before``, the verify report of the weights this fine-tuned model started from (``where`` names it in
+    errors). ``before`` must be a verify report of exactly those weights (``training.init_from.sha256``), on the
+    same dataset and split."""
+    _check_results(before, where)
+    init = _init_sha256(results)
+    if init is None:
+        raise ReleaseError(f'{where}: a start model\'s report is for a fine-tuned model, and results.json records '
+                           f'no training.init_from (verify it with --train-summary of the fine-tuning run).')
+    if before['model']['sha256'] != init:
+        raise ReleaseError(f"{where}: describes weights with sha256 {before['model']['sha256']}, but this model "
+                           f"was fine-tuned from {init}.")
+    for key in ('dataset', 'split'):
+        if before['data'].get(key) != results['data'].get(key):
+            raise ReleaseError(f"{where}: measured on {key} {before['data'].get(key)!r}, this model on "
+                               f"{results['data'].get(key)!r}.")
+    kept = ('accuracy', 'per_class', 'n', 'subset')
+    metrics = {m: {k: e[k] for k in kept if k in e} for m, e in before['results'].items()
+               if m in PER_CLASS_METRICS and isinstance(e, dict) and isinstance(e.get('per_class'), list)}
+    if not metrics:
+        raise ReleaseError(f'{where}: has no per-class numbers for {", ".join(PER_CLASS_METRICS)}.')
+    model = {k: before['model'].get(k) for k in ('architecture', 'tag', 'sha256')}
+    return {**results, 'per_class_before': {'model': model, 'data': dict(before['data']), 'results': metrics}}
+
+
+def init_report(results: Mapping[str, Any]) -> Optional[Path]:
+    """The results.json of the release a fine-tuned model started from, when its folder is at hand (the folder
+    the train summary recorded, or the checkout's folder of the release name) and it describes exactly those
+    weights; else None."""
+    training = results.get('training') if isinstance(results.get('training'), dict) else {}
+    init = training.get('init_from') if isinstance(training.get('init_from'), dict) else {}
+    folders = [Path(init['release_folder'])] if init.get('release_folder') else []
+    if init.get('release') and local_release(init['release']) is not None:
+        folders.append(local_release(init['release']))
+    for folder in folders:
+        path = folder / RESULTS_NAME
+        try:
+            model = _read_json(path).get('model')
+        except ReleaseError:
+            continue
+        if isinstance(model, dict) and model.get('sha256') is not None and model['sha256'] == init.get('sha256'):
+            return path
+    return None
+
+
+def _attach_start_report(folder: Path, results: Dict[str, Any], before: Optional[PathLike]) -> Dict[str, Any]:
+    """``results`` with the start model's per-class numbers from ``before`` (a results.json), or, when none is
+    given and none is attached yet, from :func:`init_report`; results.json is rewritten when they are attached."""
+    if before is None and 'per_class_before' not in results:
+        before = init_report(results)
+    if before is None:
+        return results
+    results = attach_before(results, _read_json(Path(before)), str(before))
+    _write(folder / RESULTS_NAME, results)
+    return results
 
 
 def prepare_results(results: Mapping[str, Any], model: nn.Module, architecture: str, tag: str,
@@ -231,12 +305,14 @@ def prepare_results(results: Mapping[str, Any], model: nn.Module, architecture: 
 
 def assemble_release(out_dir: PathLike, weights: PathLike, results: Mapping[str, Any],
                      model_args: Optional[Mapping[str, Any]] = None, tag: Optional[str] = None,
-                     org: Optional[str] = None, overwrite: bool = False) -> ReleaseInfo:
+                     org: Optional[str] = None, overwrite: bool = False,
+                     before: Optional[PathLike] = None) -> ReleaseInfo:
     """Build a release folder from a verified weight file and its verify report; returns the validated info.
 
     ``out_dir`` is the parent (``model_cards``): the folder ``<arch>.<tag>`` is created inside it. ``model_args``
     (the constructor arguments besides ``num_classes``, which the report's dataset gives) default to those the
-    report records (``model.model_args``); given beside them, they must be equal.
+    report records (``model.model_args``); given beside them, they must be equal. ``before``: the results.json of
+    the weights a fine-tuned model started from (see :func:`write_card`).
     """
     _check_results(results, 'results')
     arch = _check_arch(results['model']['architecture'], 'results model.architecture')
@@ -265,15 +341,18 @@ def assemble_release(out_dir: PathLike, weights: PathLike, results: Mapping[str,
     config = build_config(model, arch, tag, sha, model_args, org, input_size=INPUT_SIZE.get(dataset))
     _write(folder / CONFIG_NAME, config)
     _write(folder / RESULTS_NAME, prepare_results(results, model, arch, tag, config['pretrained_cfg']['input_size']))
-    write_card(folder)
+    write_card(folder, before=before)
     return validate_release(folder, pin=sha)
 
 
-def write_card(folder: PathLike, org: Optional[str] = None) -> Path:
-    """(Re)render ``README.md`` of a release folder from its results.json and config.json.
+def write_card(folder: PathLike, org: Optional[str] = None, before: Optional[PathLike] = None) -> Path:
+    """(Re)render ``README.md`` of a release folder from its results.json and config.json, with ``per_class.png``.
 
     ``org`` moves the release to another hub organisation (config.json ``hub_id``) first. results.json lacking
-    ``cost``/``paper_reference`` is completed first (the model is built to count cost).
+    ``cost``/``paper_reference`` is completed first (the model is built to count cost). For a fine-tuned model,
+    the per-class numbers of the weights it started from are attached to results.json (:func:`attach_before`)
+    from ``before`` (their results.json), else from the start release's folder when it is at hand
+    (:func:`init_report`).
     """
     folder = Path(folder)
     config, results = _read_json(folder / CONFIG_NAME), _read_json(folder / RESULTS_NAME)
@@ -288,6 +367,8 @@ def write_card(folder: PathLike, org: Optional[str] = None) -> Path:
         size = (config.get('pretrained_cfg') or {}).get('input_size') or (3, 32, 32)
         results = prepare_results(results, model, arch, tag, size)
         _write(folder / RESULTS_NAME, results)
+    results = _attach_start_report(folder, results, before)
+    write_per_class_plot(results, config, folder)
     path = folder / CARD_NAME
     _write(path, _render(results, config, folder))
     write_robustbench(folder)

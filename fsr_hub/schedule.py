@@ -1,6 +1,7 @@
 """The shape of a training run as functions of its epoch count: the learning rate (the paper's piecewise-constant
-schedule, or the cyclic one of fast adversarial training), which epochs are evaluated on the held-out slice, how
-many epochs fit a time budget, and how many still fit when a machine slows down mid-run.
+schedule, the cyclic one of fast adversarial training, or the warm-up-and-decay triangle of ADML fine-tuning),
+which epochs are evaluated on the held-out slice, how many epochs fit a time budget, and how many still fit when a
+machine slows down mid-run.
 
 Every function here is pure, so a run planned under a time budget is reproduced exactly by giving the chosen
 epoch count (``--epochs N``): the schedule and the evaluation epochs follow from N alone.
@@ -9,9 +10,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Optional, Sequence, Tuple
 
+from .paper import ADML_EPOCHS, ADML_LR, ADML_WARMUP
+
 __all__ = [
-    'AT_MILESTONES', 'NATURAL_MILESTONES', 'NATURAL_RECIPE', 'SCHEDULES', 'CYCLIC_LR_MAX', 'CYCLIC_RULE',
-    'lr_milestones', 'lr_at', 'cyclic_lr', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts',
+    'AT_MILESTONES', 'NATURAL_MILESTONES', 'NATURAL_RECIPE', 'SCHEDULES', 'PER_ITERATION', 'CYCLIC_LR_MAX',
+    'CYCLIC_RULE', 'ADML_RULE', 'lr_milestones', 'lr_at', 'triangle_lr',
+    'cyclic_lr', 'adml_lr', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts',
     'plan_epochs', 'replan_epochs',
 ]
 
@@ -22,12 +26,19 @@ __all__ = [
 NATURAL_RECIPE = ('SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop + flip; lr x0.1 after 1/2 and '
                   '3/4 of the epochs (He et al. 2016, Sec. 4.2); best checkpoint by held-out clean accuracy')
 
-#: piecewise: lr x gamma after milestone epochs (the paper); cyclic: a per-iteration triangle (fast AT)
-SCHEDULES = ('piecewise', 'cyclic')
+#: piecewise: lr x gamma after milestone epochs (the paper); cyclic: a per-iteration triangle (fast AT); adml: the
+#: per-iteration warm-up-and-decay triangle of ADML fine-tuning
+SCHEDULES = ('piecewise', 'cyclic', 'adml')
+#: the schedules that set the lr every iteration (the others once per epoch)
+PER_ITERATION = ('cyclic', 'adml')
 #: the peak lr of the cyclic schedule when none is given (Wong et al. 2020; de Jorge et al. 2022)
 CYCLIC_LR_MAX = 0.2
 CYCLIC_RULE = ('per iteration: a triangle from 0 up to lr at the middle of the run and back to 0 at its end, '
                'sampled at the middle of each iteration (Wong et al. 2020, de Jorge et al. 2022)')
+
+#: ADML fine-tuning (Lee et al., ICCV 2023; its numbers: :mod:`fsr_hub.paper`)
+ADML_RULE = ('per iteration: a triangle from 0 up to lr after the first 20 % of the iterations (2 of 10 epochs) '
+             'and down to 0 at the end of the run, sampled at the middle of each iteration (ADML, Lee et al. 2023)')
 
 #: the paper (Sec. 4.1): lr x0.1 after epochs 75 and 90 of 100
 AT_MILESTONES = (Fraction(3, 4), Fraction(9, 10))
@@ -59,23 +70,35 @@ def lr_at(epoch: int, base_lr: float, milestones: Sequence[int], gamma: float) -
     return base_lr * gamma ** sum(epoch >= m for m in milestones)
 
 
-def cyclic_lr(iteration: int, total: int, lr_max: float) -> float:
-    """The lr of 0-based ``iteration`` of ``total``: lr_max * (1 - |2 t - 1|) with t = (iteration + 0.5) / total.
-
-    It rises linearly from ~0 to lr_max at the middle of the run and falls back to ~0 at its end, symmetric, and
-    never exactly 0 (no wasted step). A run re-planned to fewer epochs keeps the shape over its new length.
-    """
+def triangle_lr(iteration: int, total: int, lr_max: float, peak: float = 0.5) -> float:
+    """The lr of 0-based ``iteration`` of ``total`` on a triangle that rises linearly from 0 to ``lr_max`` at the
+    fraction ``peak`` of the run and falls linearly back to 0 at its end, sampled at t = (iteration + 0.5) / total
+    (so never exactly 0: no wasted step). A run re-planned to fewer epochs keeps the shape over its new length."""
     if total < 1 or not 0 <= iteration < total:
         raise ValueError(f'iteration must lie in [0, total) with total >= 1, got {iteration} of {total}.')
+    if not 0 < peak < 1:
+        raise ValueError(f'peak must lie in (0, 1), got {peak}.')
     t = (iteration + 0.5) / total
-    return lr_max * (1.0 - abs(2.0 * t - 1.0))
+    return lr_max * (t / peak if t <= peak else (1.0 - t) / (1.0 - peak))
+
+
+def cyclic_lr(iteration: int, total: int, lr_max: float) -> float:
+    """The cyclic (fast AT) lr: :func:`triangle_lr` peaking at the middle of the run, lr_max * (1 - |2 t - 1|)."""
+    return triangle_lr(iteration, total, lr_max, 0.5)
+
+
+def adml_lr(iteration: int, total: int, lr_max: float) -> float:
+    """The ADML fine-tuning lr: :func:`triangle_lr` peaking after :data:`ADML_WARMUP` of the iterations (2 of 10
+    epochs; the same 20 % / 80 % split for any epoch count)."""
+    return triangle_lr(iteration, total, lr_max, float(ADML_WARMUP))
 
 
 def step_lr(cfg: Any, epoch: int, i: int, steps_per_epoch: int) -> float:
     """The lr of step ``i`` of 0-based ``epoch`` of a resolved ``TrainConfig``: per epoch (piecewise) or per
-    iteration (cyclic)."""
-    if cfg.schedule == 'cyclic':
-        return cyclic_lr(epoch * steps_per_epoch + i, cfg.epochs * steps_per_epoch, cfg.lr)
+    iteration (cyclic, adml)."""
+    if cfg.schedule in PER_ITERATION:
+        fn = cyclic_lr if cfg.schedule == 'cyclic' else adml_lr
+        return fn(epoch * steps_per_epoch + i, cfg.epochs * steps_per_epoch, cfg.lr)
     return lr_at(epoch, cfg.lr, cfg.milestones, cfg.lr_gamma)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .attacks import ce_loss, pgd
+from .paper import ADML_PGD_STEP
 
 __all__ = ['TRAIN_ATTACKS', 'SINGLE_STEP', 'default_alpha', 'check_attack', 'n_fgsm', 'training_attack']
 
@@ -23,8 +24,11 @@ TRAIN_ATTACKS = ('pgd', 'fgsm-rs', 'n-fgsm')
 SINGLE_STEP = ('fgsm-rs', 'n-fgsm')
 
 
-def default_alpha(attack: str, eps: float, svhn: bool = False) -> float:
-    """The attack's step: PGD eps/4 (SVHN eps/8, the paper), FGSM-RS 1.25 eps, N-FGSM eps."""
+def default_alpha(attack: str, eps: float, svhn: bool = False, adml: bool = False) -> float:
+    """The attack's step: PGD eps/4 (SVHN eps/8, the paper; ADML fine-tuning :data:`ADML_PGD_STEP` scaled by
+    eps / (8/255)), FGSM-RS 1.25 eps, N-FGSM eps."""
+    if attack == 'pgd' and adml:
+        return ADML_PGD_STEP if eps == 8 / 255 else ADML_PGD_STEP * eps / (8 / 255)
     return {'pgd': eps / (8 if svhn else 4), 'fgsm-rs': 1.25 * eps, 'n-fgsm': eps}[attack]
 
 

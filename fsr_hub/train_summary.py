@@ -1,5 +1,6 @@
 """``train_summary.json`` of a training run, and the plain-JSON forms of its config and records: what ran (model,
-attack, schedule, precision, guard, time budget), what came out (history, best and final weights), and where."""
+attack, schedule, precision, guard, time budget, the weights it started from, ADML's recipe label), what came out
+(history, best and final weights), and where."""
 import time
 from dataclasses import asdict
 from typing import Any, Dict, Optional
@@ -8,10 +9,13 @@ import torch
 
 from .guard import GUARD_BATCH, GUARD_STEPS, OverfitGuard
 from .hardware import cpu_bf16_isa, hardware_name
-from .schedule import AT_MILESTONES, CYCLIC_RULE, EVAL_RULE, NATURAL_MILESTONES, NATURAL_RECIPE, eval_epochs
+from .paper import adml_recipe
+from .schedule import (
+    ADML_RULE, AT_MILESTONES, CYCLIC_RULE, EVAL_RULE, NATURAL_MILESTONES, NATURAL_RECIPE, PER_ITERATION, eval_epochs,
+)
 from .schemas import TRAIN_SCHEMA
 
-__all__ = ['plain_config', 'architecture', 'train_summary']
+__all__ = ['plain_config', 'architecture_of', 'architecture', 'train_summary']
 
 
 def plain_config(cfg: Any) -> Dict[str, Any]:
@@ -21,10 +25,15 @@ def plain_config(cfg: Any) -> Dict[str, Any]:
     return d
 
 
+def architecture_of(model: Any, configured: str) -> str:
+    """The architecture weights of ``model`` are for: its timm ``pretrained_cfg`` name, else ``configured``."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return str(cfg.get('architecture', configured))
+
+
 def architecture(run: Any) -> str:
-    """The architecture the weights are for: the model's timm ``pretrained_cfg`` name, else the configured one."""
-    cfg = getattr(run.model, 'pretrained_cfg', None) or {}
-    return str(cfg.get('architecture', run.cfg.model))
+    """The architecture the run's weights are for (:func:`architecture_of` its model and configured name)."""
+    return architecture_of(run.model, run.cfg.model)
 
 
 def _attack(cfg: Any) -> Optional[Dict[str, Any]]:
@@ -37,8 +46,9 @@ def _attack(cfg: Any) -> Optional[Dict[str, Any]]:
 
 def _schedule(run: Any) -> Dict[str, Any]:
     cfg = run.cfg
-    if cfg.schedule == 'cyclic':
-        return {'name': 'cyclic', 'lr_max': cfg.lr, 'iterations': cfg.epochs * len(run.loader), 'rule': CYCLIC_RULE}
+    if cfg.schedule in PER_ITERATION:
+        return {'name': cfg.schedule, 'lr_max': cfg.lr, 'iterations': cfg.epochs * len(run.loader),
+                'rule': CYCLIC_RULE if cfg.schedule == 'cyclic' else ADML_RULE}
     fractions = NATURAL_MILESTONES if run.natural else AT_MILESTONES
     return {'name': 'piecewise', 'lr': cfg.lr, 'milestones': list(cfg.milestones), 'lr_gamma': cfg.lr_gamma,
             'rule': 'lr x lr_gamma after each milestone epoch; default milestones: '
@@ -77,6 +87,8 @@ def train_summary(run: Any, final_sha: Optional[str]) -> Dict[str, Any]:
                     'dtype': 'float16' if cfg.fp16 else 'float32'},
         'attack': _attack(cfg),
         'schedule': _schedule(run),
+        'init_from': run.init,  # the weights the run started from (sha256 checked), None: a fresh initialisation
+        'recipe': adml_recipe(plain_config(cfg)) if cfg.objective == 'adml' else None,
         'evaluation': {'every': cfg.eval_every, 'epochs': list(eval_epochs(cfg.epochs, cfg.eval_every))
                        if cfg.holdout else [], 'rule': EVAL_RULE, 'dtype': eval_dtype},
         'guard': guard.record(min(GUARD_BATCH, cfg.holdout, cfg.eval_batch_size), GUARD_STEPS) if cfg.guard else None,

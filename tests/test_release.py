@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 
 from fsr_hub import paper, release
 from fsr_hub.models import create
-from fsr_hub.card import PLOTS
+from fsr_hub.card import PER_CLASS_PNG, PLOTS
 from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card
 from fsr_hub.releases import DEFAULT_ORG
 from fsr_hub.sample import SAMPLE_PATH, SampleError, load_sample, read_sample, write_sample
@@ -49,7 +49,7 @@ def _body(folder: Path) -> str:
 
 
 def test_release_folder_layout(rel):
-    assert sorted(p.name for p in rel.folder.iterdir()) == sorted(release.REQUIRED_FILES)
+    assert sorted(p.name for p in rel.folder.iterdir()) == sorted(list(release.REQUIRED_FILES) + [PER_CLASS_PNG])
     assert rel.folder.name == 'fsr_resnet18.at_cifar10'
     assert {t.dtype for t in read_weights(rel.folder / 'model.safetensors').values() if t.is_floating_point()} \
         == {torch.float16}
@@ -208,13 +208,13 @@ def test_card_embeds_plots_with_their_numbers(rel):
     assert '| IB-robust units (%) | 3.125 |' in body and '| NRF | 100 | 0.4124 |' in body
     assert body.count('- measured on: cifar10 test (n = 1000), NVIDIA H100, 12.5 s') == len(PLOTS)
     assert [p['path'] for p in release.upload_plan(info.folder)] == sorted(
-        list(release.REQUIRED_FILES) + [f for f, _, _ in PLOTS.values()])
+        list(release.REQUIRED_FILES) + [f for f, _, _ in PLOTS.values()] + [PER_CLASS_PNG])
 
 
 def test_plot_needs_both_png_and_numbers(rel):
     _add_plots(rel.folder, ['eps_curve'], rel.sha256, pngs=['knn'])  # curve numbers without PNG, a PNG without numbers
     body = _body(rel.folder)
-    assert '## Analysis' not in body and '.png' not in body and '62.25' not in body
+    assert '## Analysis' not in body and not any(f in body for f, _, _ in PLOTS.values()) and '62.25' not in body
     validate_release(rel.folder)
     tiny_png(rel.folder / 'eps_curve.png')  # the PNG arrives: the card must be re-rendered to show it
     with pytest.raises(ReleaseError, match='differs from the card rendered'):
@@ -251,6 +251,80 @@ def test_card_shows_only_complete_analyses_that_name_the_weights(rel):
     body = _body(rel.folder)
     assert '![Robust accuracy vs eps](eps_curve.png)' in body and 'gradcam.png' in body
     assert 'knn.png' not in body and 'feature_swap.png' not in body and '45.50' not in body
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-class accuracy (issue 30 item 3): the card's table and per_class.png, before / after for a fine-tuned model
+
+CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+
+
+def _row(body: str, name: str) -> list:
+    line = next(l for l in body.splitlines() if l.startswith(f'| {name} |'))
+    return [c.strip() for c in line.strip('|').split('|')]
+
+
+def test_card_shows_clean_and_pgd20_per_class_with_its_figure(rel):
+    from PIL import Image
+
+    results = json.loads((rel.folder / 'results.json').read_text())['results']
+    body = _body(rel.folder)
+    assert '## Per-class accuracy' in body and '![Per-class accuracy](per_class.png)' in body
+    assert '| class | Clean (first 200) | PGD-20 (first 200) |' in body
+    for i, name in enumerate(CLASSES):
+        assert _row(body, name) == [name, f"{results['clean']['per_class'][i]:.2f}",
+                                    f"{results['pgd20']['per_class'][i]:.2f}"]
+    assert Image.open(rel.folder / PER_CLASS_PNG).size[0] == 800
+    validate_release(rel.folder)
+    (rel.folder / PER_CLASS_PNG).unlink()  # as for the analysis plots: no figure, no section
+    with pytest.raises(ReleaseError, match='differs from the card rendered'):
+        validate_release(rel.folder)
+    write_card(rel.folder)
+    assert (rel.folder / PER_CLASS_PNG).is_file() and '## Per-class accuracy' in _body(rel.folder)
+
+
+def _fine_tuned(folder: Path, start_sha: str, **init) -> None:
+    record = {'source': 'start.safetensors', 'kind': 'file', 'file': 'start.safetensors', 'sha256': start_sha,
+              'pinned': False, 'release': None, 'release_folder': None, **init}
+    edit_json(folder / 'results.json', lambda d: d['training'].__setitem__('init_from', record))
+
+
+def test_card_shows_per_class_before_and_after_fine_tuning(rel, tmp_path, capsys):
+    from decimal import Decimal
+
+    start = make_results('a' * 64, 'start.safetensors', seed=7)
+    before = tmp_path / 'before.json'
+    before.write_text(json.dumps(start))
+    with pytest.raises(ReleaseError, match='records no training.init_from'):
+        write_card(rel.folder, before=before)
+    _fine_tuned(rel.folder, 'b' * 64)
+    with pytest.raises(ReleaseError, match=f'describes weights with sha256 a{{64}}, but this model was fine-tuned '
+                                           f'from b{{64}}'):
+        write_card(rel.folder, before=before)
+    _fine_tuned(rel.folder, 'a' * 64)
+    assert load_tool('make_card').main(['--folder', str(rel.folder), '--before', str(before)]) == 0
+    after = json.loads((rel.folder / 'results.json').read_text())
+    assert after['per_class_before']['model']['sha256'] == 'a' * 64
+    body = _body(rel.folder)
+    assert ('| class | Clean before (first 200) | Clean after (first 200) | Clean change (points) | '
+            'PGD-20 before (first 200) | PGD-20 after (first 200) | PGD-20 change (points) |') in body
+    old, new = start['results']['pgd20']['per_class'][3], after['results']['pgd20']['per_class'][3]
+    change = Decimal(str(new)) - Decimal(str(old))
+    assert _row(body, 'cat')[4:] == [f'{old:.2f}', f'{new:.2f}', f"{'+' if change >= 0 else ''}{change:.2f}"]
+    assert "Fine-tuned from `start.safetensors` (sha256 `aaaaaaaaaaaa`)." in body
+    assert '"Before" is `fsr_resnet18.at_cifar10` (sha256 `aaaaaaaaaaaa`)' in body
+    validate_release(rel.folder)
+    edit_json(rel.folder / 'results.json', lambda d: d['training']['init_from'].__setitem__('sha256', 'c' * 64))
+    with pytest.raises(ReleaseError, match='per_class_before .* is not the report of the weights'):
+        validate_release(rel.folder)
+
+
+def test_start_release_folder_gives_the_before_numbers(rel, _rel_template):
+    _fine_tuned(rel.folder, _rel_template.sha256, release_folder=str(_rel_template.folder))
+    write_card(rel.folder)  # no --before: the start release's results.json, which describes those weights
+    before = json.loads((rel.folder / 'results.json').read_text())['per_class_before']
+    assert before['model']['sha256'] == _rel_template.sha256
+    assert 'Clean before (first 200)' in _body(rel.folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -415,7 +489,7 @@ def test_push_calls_the_api(rel):
                             {'private': True, 'exist_ok': True, 'repo_type': 'model'})
     up = api.calls[1][1]
     assert up['repo_id'] == 'myorg/fsr_resnet18.at_cifar10' and Path(up['folder_path']) == rel.folder
-    assert sorted(up['allow_patterns']) == sorted(release.REQUIRED_FILES)
+    assert sorted(up['allow_patterns']) == sorted(list(release.REQUIRED_FILES) + [PER_CLASS_PNG])
 
 
 def test_push_refuses_a_card_rendered_for_another_org(rel, capsys):

@@ -8,6 +8,9 @@
     python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10
     # compare a release with its twin (FSR vs vanilla, same command) on the same images; both cards show it
     python tools/make_card.py --folder model_cards/fsr_resnet18.at_cifar10 --twin model_cards/cifar_resnet18.at_cifar10
+    # a fine-tuned model (its train summary records --init-from): per-class accuracy before / after on the card
+    python tools/make_card.py results.json --tag adml_cifar10 \\
+        --before model_cards/fsr_resnet18.fgsmrs_cifar10/results.json
     # re-render the project README's table of released weights (between its <!-- released:... --> markers)
     python tools/make_card.py --readme README.md
 
@@ -17,14 +20,22 @@ written into results.json under "cost" (the paper's numbers for the setting unde
 card is rendered from results.json and config.json alone (plus the plots of tools/analyze.py present in the
 folder). The hub organisation is stored in config.json ("hub_id"); --org with --folder moves the release to
 another organisation.
+
+The card's per-class section (clean and PGD-20 accuracy per class, from the report's per_class numbers) comes
+with per_class.png, written here (matplotlib, the analysis extra). For a fine-tuned model (--init-from in its
+train summary) the start model's numbers stand beside them: from --before (the start model's results.json), else
+from the start release's folder when it is at hand.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from fsr_hub.release import (ReleaseError, assemble_release, attach_twin, validate_release, write_card,
-                             write_readme_table)
+from fsr_hub.card import PER_CLASS_PNG, per_class_section
+from fsr_hub.release import (
+    CONFIG_NAME, RESULTS_NAME, ReleaseError, assemble_release, attach_twin, validate_release, write_card,
+    write_readme_table,
+)
 
 
 def main(argv=None) -> int:
@@ -40,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty release folder')
     p.add_argument('--twin', help='with --folder: its twin release folder (FSR vs vanilla, same command); stores '
                                   'FSR - vanilla on the same images in both results.json files and both cards')
+    p.add_argument('--before', help="fine-tuned model: the results.json of the weights it started from (default: "
+                                    "the start release folder's, when at hand)")
     p.add_argument('--readme', help="rewrite this README's table of released weights (after --folder, or alone)")
     args = p.parse_args(argv)
     if args.results and args.folder or not (args.results or args.folder or args.readme):
@@ -51,7 +64,7 @@ def main(argv=None) -> int:
             print(f'wrote {write_readme_table(args.readme)}')
             return 0
         if args.folder:
-            path = write_card(args.folder, org=args.org)
+            path = write_card(args.folder, org=args.org, before=args.before)
             validate_release(args.folder)
             print(f'wrote {path}')
             if args.twin:
@@ -59,6 +72,7 @@ def main(argv=None) -> int:
                 validate_release(args.twin)
                 gaps = ', '.join(f"{r['name']} {r['gap']:+.2f} ± {r['ci95']:.2f}" for r in section['rows'])
                 print(f"FSR - vanilla ({section['fsr']['name']} - {section['vanilla']['name']}): {gaps}")
+            _note_per_class(Path(args.folder))
             if args.readme:
                 print(f'wrote {write_readme_table(args.readme)}')
             return 0
@@ -76,12 +90,22 @@ def main(argv=None) -> int:
         if not weights:
             raise ReleaseError(f'{args.results}: model.weights is empty; pass --weights.')
         info = assemble_release(args.out, weights, results, model_args=model_args, tag=args.tag, org=args.org,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, before=args.before)
     except ReleaseError as e:
         print(f'make_card: error: {e}', file=sys.stderr)
         return 2
     print(f'wrote release folder {info.folder} (sha256 {info.sha256})')
+    _note_per_class(info.folder)
     return 0
+
+
+def _note_per_class(folder: Path) -> None:
+    """Say why the card has no per-class section when the report has per-class numbers but no figure came."""
+    results = json.loads((folder / RESULTS_NAME).read_text())
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    if per_class_section(results, config) is not None and not (folder / PER_CLASS_PNG).is_file():
+        print(f"make_card: note: {PER_CLASS_PNG} not written (matplotlib is not installed: pip install "
+              f"'fsr-hub[analysis]'), so the card has no per-class section.", file=sys.stderr)
 
 
 if __name__ == '__main__':

@@ -11,6 +11,9 @@
     python tools/train.py ... --resume                                           # continue from OUT/last.pt
     python tools/train.py --device cpu --attack fgsm-rs --schedule cyclic --epochs 15 --data /tmp/data --out runs/fast
     python tools/train.py --device cpu --attack n-fgsm --schedule cyclic --epochs 30 --data /tmp/data --out runs/nfgsm
+    python tools/train.py --objective adml --init-from fsr_resnet18.fgsmrs_cifar10 --data /tmp/data --out runs/adml
+    python tools/train.py --objective adml --init-from model_cards/fsr_resnet18.fgsmrs_cifar10 --device cpu \\
+        --attack fgsm-rs --epochs 2 --max-train-images 2048 --data /tmp/data --out runs/adml_cpu  # reduced CPU mode
 
 --time-budget M: the whole run (set-up, training, held-out evaluations, outputs) ends within M minutes. The
 speed is measured on the first steps after the set-up (compilation / graph capture), the epoch count is fixed
@@ -22,6 +25,13 @@ last lr decay (recorded in the summary's budget.replans).
 Fast adversarial training (--attack fgsm-rs | n-fgsm, one attack step per batch) with --schedule cyclic: the lr
 rises per iteration from 0 to --lr (default 0.2) at mid-run and falls back to 0. The catastrophic-overfitting
 guard (PGD-5 on a fixed held-out batch after every epoch) stops a run whose robustness collapses.
+
+ADML fine-tuning (--objective adml, Lee et al., ICCV 2023) starts from --init-from (a release folder, a released
+arch.tag or a safetensors file; loaded strictly, its sha256 held to the release pin and recorded) and defaults to
+the official recipe: PGD-10 (step 0.00722), 10 epochs, lr 1e-3 on a per-iteration triangle (0 -> lr over the
+first 20 % of the iterations, -> 0 over the rest: --schedule adml), batch 128 in halves; --adml-base picks the
+first half's loss (at, trades, mart; beta 2). Any departure, e.g. the reduced CPU mode above (FGSM-RS, 2 epochs,
+a subset), is labelled "reduced" in train_summary.json's recipe, with the departures listed.
 
 Precision: bf16 autocast and channels_last are on by default on CUDA and on CPUs with amx_bf16 or avx512_bf16 in
 /proc/cpuinfo (float32 elsewhere; --no-amp / --no-channels-last turn them off); on the CPU the held-out
@@ -44,7 +54,8 @@ from fsr_hub.checkpoint import CheckpointError  # noqa: E402
 from fsr_hub.cli import add_fsr_arguments, fsr_model_args, int_tuple, number  # noqa: E402
 from fsr_hub.data import DATASETS, DatasetError  # noqa: E402
 from fsr_hub.engine import NATURAL_RECIPE, STEP_MODES, TrainConfig, train  # noqa: E402
-from fsr_hub.objectives import OBJECTIVES  # noqa: E402
+from fsr_hub.objectives import ADML_BASES, OBJECTIVES  # noqa: E402
+from fsr_hub.paper import ADML_RECIPE  # noqa: E402
 from fsr_hub.schedule import SCHEDULES  # noqa: E402
 from fsr_hub.train_attacks import TRAIN_ATTACKS  # noqa: E402
 from fsr_hub.weights import WeightsError  # noqa: E402
@@ -56,24 +67,28 @@ HELP = {
     'dataset': 'training set (default: cifar10)',
     'data': 'dataset root: CIFAR-10 in DIR/cifar-10-batches-py, SVHN in DIR/train_32x32.mat (default: data)',
     'out': 'output folder (default: runs/train)',
+    'init_from': 'start from these weights (fine-tuning): a release folder, a released arch.tag or a safetensors '
+                 'file; loaded strictly, sha256 checked against the release pin (default: a fresh initialisation)',
     'objective': f'training objective (default: at); natural: clean cross-entropy, no attack, recipe: '
-                 f'{NATURAL_RECIPE}',
+                 f'{NATURAL_RECIPE}; adml: ADML fine-tuning ({ADML_RECIPE})',
     'fsr_loss': 'add the FSR separation/recalibration losses (ignored by vanilla models) (default: on)',
     'lambda_sep': 'weight of L_sep (default: 1)', 'lambda_rec': 'weight of L_rec (default: 1)',
-    'beta': 'TRADES / MART robustness weight (default: 6)',
+    'beta': 'TRADES / MART robustness weight (default: 6; adml: 2)',
+    'adml_base': 'adml: the loss of the first half of each batch, at | trades | mart (default: at)',
     'eps': 'L-inf radius of the training attack, e.g. 8/255 (default: 8/255)',
     'attack': 'training attack: pgd (the paper), fgsm-rs (start U(-eps,eps), one step, projected), n-fgsm (noise '
               'U(-2eps,2eps), one step, not projected to the eps-ball); TRADES takes pgd only (default: pgd)',
-    'alpha': 'attack step (default: pgd eps/4, SVHN eps/8; fgsm-rs 1.25 eps; n-fgsm eps)',
+    'alpha': 'attack step (default: pgd eps/4, SVHN eps/8, adml 0.00722 at eps 8/255; fgsm-rs 1.25 eps; n-fgsm eps)',
     'steps': 'PGD steps of the training attack; fgsm-rs / n-fgsm take 1 (default: 10 for pgd)',
     'random_start': 'uniform random start of the training attack (default: on)',
-    'schedule': 'lr schedule: piecewise (lr x lr-gamma after the milestones, the paper) or cyclic (per-iteration '
-                'triangle 0 -> lr -> 0 peaking mid-run, for fast AT) (default: piecewise)',
-    'epochs': 'epochs; with --time-budget the most epochs (default: 100)',
+    'schedule': 'lr schedule: piecewise (lr x lr-gamma after the milestones, the paper), cyclic (per-iteration '
+                'triangle 0 -> lr -> 0 peaking mid-run, for fast AT) or adml (per-iteration triangle peaking after '
+                '20%% of the iterations) (default: piecewise; adml: adml)',
+    'epochs': 'epochs; with --time-budget the most epochs (default: 100; adml: 10)',
     'time_budget': 'minutes for the whole run: fixes the epoch count after measuring the first steps (default: none)',
     'batch_size': 'global batch size, split over DDP ranks (default: 128)',
-    'lr': 'initial learning rate; with --schedule cyclic the peak (default: 0.1, SVHN 0.01; cyclic 0.2, the fast '
-          'AT recipes)', 'momentum': 'SGD momentum (default: 0.9)',
+    'lr': 'initial learning rate; with --schedule cyclic / adml the peak (default: 0.1, SVHN 0.01; cyclic 0.2, the '
+          'fast AT recipes; adml 1e-3)', 'momentum': 'SGD momentum (default: 0.9)',
     'weight_decay': 'SGD weight decay (default: 5e-4)',
     'milestones': 'epochs after which lr *= lr-gamma, e.g. 75,90 (default: 75%% and 90%% of the epochs; '
                   'natural: 50%% and 75%%)',
@@ -103,7 +118,7 @@ HELP = {
     'progress': 'progress bar on stderr (default: on)',
 }
 CHOICES = {'dataset': sorted(DATASETS), 'objective': OBJECTIVES, 'step': STEP_MODES, 'attack': TRAIN_ATTACKS,
-           'schedule': SCHEDULES}
+           'schedule': SCHEDULES, 'adml_base': ADML_BASES}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -227,7 +227,8 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
 
     def report_of(evaluation: Dict[str, Any]) -> Dict[str, Any]:
         # what a release's results.json adds to the report stays when it is continued (the same weights: sha256)
-        report = {k: v for k, v in (previous or {}).items() if k in ('cost', 'paper_reference', 'training', 'analysis')}
+        report = {k: v for k, v in (previous or {}).items()
+                  if k in ('cost', 'paper_reference', 'training', 'analysis', 'per_class_before')}
         report.update(build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command,
                                    preset=preset_name, deadline_minutes=args.deadline_minutes))
         if previous is not None:  # the runs that built the report, oldest first

@@ -11,7 +11,7 @@ from ..releases import release_name
 from .common import AnalysisError, require, save_figure
 
 __all__ = ['model_label', 'read_eps_curve', 'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'plot_ib_split',
-           'plot_ib_attack']
+           'plot_ib_attack', 'plot_per_class']
 
 _WIDTH_IN, _DPI = 8.0, 100
 _METRIC_NAMES = {'clean': 'Natural', 'fgsm': 'FGSM', 'pgd20': 'PGD-20', 'pgd100': 'PGD-100', 'cw': 'C&W',
@@ -123,6 +123,37 @@ def plot_knn(section: Mapping[str, Any], path: Union[str, Path]) -> Path:
     title = f"Weighted k-NN, PGD-20 examples (Table 5b), n = {section['n_test']}, $\\gamma$ = {section['gamma']:g}"
     return _grouped_bars([_MATH_LABELS.get(f, FEATURE_LABELS.get(f, f)) for f in features], series,
                          'feature of the adversarial example', 'top-1 accuracy (%)', title, path)
+
+
+def plot_per_class(classes: Sequence[str], series: Mapping[str, Sequence[Optional[float]]], path: Union[str, Path],
+                   faded: Sequence[str] = (),
+                   title: str = 'Accuracy per class (the per-class table of the card)') -> Path:
+    """Per-class accuracy as grouped bars: one group per class, one bar per series (e.g. Clean and PGD-20; before
+    and after fine-tuning). Series named in ``faded`` (the start model's) are drawn translucent in the colour of the
+    series that follows them; a missing value (a class without images) gets no bar."""
+    if not classes or not series:
+        raise AnalysisError('no per-class accuracy to plot.')
+    fig = _figure(4.6)
+    ax = fig.add_subplot()
+    n = len(series)
+    width = 0.8 / n
+    colour = 0
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (n - 1) / 2) * width for g in range(len(classes))]
+        fade = name in faded
+        ax.bar(xs, [v if v is not None else 0.0 for v in values], width=width * 0.95, label=name,
+               color=f'C{colour}', alpha=0.4 if fade else 1.0)
+        colour += 0 if fade else 1
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, fontsize=10, rotation=30, ha='right')
+    ax.set_ylabel('accuracy (%)', fontsize=12)
+    ax.set_ylim(0, 100)
+    ax.tick_params(axis='y', labelsize=11)
+    ax.grid(True, axis='y', alpha=0.3)
+    ax.set_title(title, fontsize=12)
+    ax.legend(fontsize=10, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def _bars(ax: Any, names: Sequence[str], values: Sequence[Optional[float]], ylabel: str, title: str,
