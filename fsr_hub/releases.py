@@ -21,6 +21,7 @@ DEFAULT_ORG = 'fsr-hub'
 #: ``arch.tag`` -> sha256 of the released ``model.safetensors``
 RELEASED: Dict[str, str] = {
     'fsr_resnet18.fgsmrs_cifar10': '7eefb5d1d572af58b0c24d6097a8c73608311c268e668591265932fd9253d3b9',
+    'cifar_resnet18.fgsmrs_cifar10': '0dd1c6815b435656bb6278b783f356e4c6638e4d8a08f13e260fbafe175eb30a',
 }
 
 #: releases the project plans; not registered with timm until they appear in :data:`RELEASED`
