@@ -131,15 +131,16 @@ def _b_verify(root: Path, settings: JobSettings, weights: Path, b_end: float, lo
 
 
 def _b_release(root: Path, settings: JobSettings, log: Log, stager: Stager) -> None:
-    """Call b's release folder (make_card), staged: config.json, results.json, the card and the weight parts."""
+    """Call b's release folder (make_card), staged: config.json, results.json, the card, its plots and the weight
+    parts."""
     rc = log.phase('release folder', lambda: run(
         [sys.executable, 'tools/make_card.py', str(RUN / 'results.json'), '--out', str(RUN / 'cards'),
          '--overwrite'], root, log))
     folder = root / RUN / 'cards' / settings.name
     if rc or not (folder / 'README.md').is_file():
         raise JobError(f'make_card failed (exit {rc}); weights, summary and results.json are staged.')
-    for name in ('config.json', 'results.json', 'README.md'):
-        stager.stage(folder / name, name)
+    for name in ['config.json', 'results.json', 'README.md'] + sorted(p.name for p in folder.glob('*.png')):
+        stager.stage(folder / name, name)  # the plots the card embeds (per_class.png) travel with it
     stager.stage(folder / WEIGHTS, WEIGHTS)
     stager.check_limits()
 
