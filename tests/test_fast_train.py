@@ -10,6 +10,9 @@ import torch
 import fsr_hub.engine as engine
 import fsr_hub.guard as guard_module
 import fsr_hub.hardware as hardware
+import fsr_hub.train_budget as train_budget
+import fsr_hub.train_checkpoint as train_checkpoint
+import fsr_hub.train_holdout as train_holdout
 from fsr_hub.attacks import linf_violation
 from fsr_hub.engine import TrainConfig, train
 from fsr_hub.guard import OverfitGuard, guard_accuracy
@@ -188,8 +191,9 @@ def test_replan_epochs():
 def test_a_slowed_budgeted_run_replans_and_completes_its_schedule(tmp_path, monkeypatch):
     # a fake clock: 1 s per step for three epochs, then 3 s per step (other work slows the machine 3x)
     clock = [0.0]
-    monkeypatch.setattr(engine, 'time', types.SimpleNamespace(monotonic=lambda: clock[0],
-                                                              perf_counter=lambda: clock[0], time=time.time))
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=lambda: clock[0], time=time.time)
+    for module in (engine, train_budget, train_checkpoint, train_holdout):  # every part of the engine that times
+        monkeypatch.setattr(module, 'time', fake_time)
 
     def tick(epoch, step):
         clock[0] += 1.0 if epoch < 3 else 3.0

@@ -16,7 +16,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..data import DeviceLoader
-from ..engine import robust_accuracy
+from ..train_holdout import robust_accuracy
 from ..hardware import strict_float32, synchronize
 from ..objectives import AdversarialObjective, ObjectiveConfig
 from ..schedule import lr_at, lr_milestones
