@@ -2,16 +2,6 @@
 training (clean cross-entropy, no attack) and ADML fine-tuning (Lee et al., ICCV 2023), each optionally with the
 FSR losses (paper Eq. 5).
 
-ADML splits each batch in order into halves: the first ``floor(B / 2)`` examples take the base objective's loss
-(AT, TRADES or MART: ``adml_base``), the other ``ceil(B / 2)`` the debiasing loss of :func:`adml_debias_loss`.
-Its adversarial examples come from the training attack (``attack``: PGD, FGSM-RS or N-FGSM, cross-entropy) for
-every base, as in the official code.
-
-The FSR term ``(1/|L|) sum_l (lambda_sep L_sep + lambda_rec L_rec)`` is computed on the ADVERSARIAL forward
-(the original FSR code applies it to adversarial examples; for TRADES / MART this is the forward that carries
-the robustness term), and for natural training on the clean forward. ``y'`` of L_sep is the highest wrong
-class of that same forward.
-
 :class:`AdversarialObjective` is an ``nn.Module`` whose ``forward(x_nat, x_adv, y)`` returns the loss: wrapping
 it (not the model) in DDP makes one DDP forward per step even for TRADES / MART, which need two model forwards.
 """
@@ -126,7 +116,18 @@ def forward_train(model: nn.Module, x: torch.Tensor) -> FSROutput:
 
 
 class AdversarialObjective(nn.Module):
-    """Adversarial example generation plus the training loss of one objective for ``model``."""
+    """Adversarial example generation plus the training loss of one objective for ``model``.
+
+    The FSR term ``(1/|L|) sum_l (lambda_sep L_sep + lambda_rec L_rec)`` is computed on the adversarial forward
+    (the original FSR code applies it to adversarial examples; for TRADES / MART this is the forward that carries
+    the robustness term), and for natural training on the clean forward. ``y'`` of L_sep is the highest wrong
+    class of that same forward.
+
+    ADML splits each batch in order into halves: the first ``floor(B / 2)`` examples take the base objective's loss
+    (AT, TRADES or MART: ``adml_base``), the other ``ceil(B / 2)`` the debiasing loss of :func:`adml_debias_loss`.
+    Its adversarial examples come from the training attack (``attack``: PGD, FGSM-RS or N-FGSM, cross-entropy) for
+    every base, as in the official code.
+    """
 
     def __init__(self, model: nn.Module, cfg: ObjectiveConfig):
         super().__init__()

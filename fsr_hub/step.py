@@ -1,17 +1,10 @@
 """One training step, shared by the trainer and the benchmark: the attack, the loss, the backward pass and the
-SGD update, run in one of three ways (:data:`STEP_MODES`).
+SGD update, run in one of three ways (:data:`STEP_MODES`):
 
 - ``eager``: plain PyTorch, the reference.
 - ``compile``: the attacked model and the objective's forward through ``torch.compile``; fused SGD on CUDA.
-- ``cuda-graph``: the WHOLE step, attack included, captured once as a CUDA graph and replayed for every batch.
-  A PGD-10 step of ResNet-18 at batch 128 is bound by its thousands of kernel launches, which one replay
-  removes. It needs static shapes (the trainer drops the last incomplete batch; a batch of another shape is
-  refused), randomness from the global CUDA generator (the random start and the FSR Gumbel noise: torch's
-  Philox generator is graph-safe, every replay draws fresh numbers from the generator's current seed and
-  offset, so re-seeding between replays works), optimizer state and lr on the device (fused SGD with a
-  tensor lr that :meth:`TrainStep.set_lr` fills in place), and autocast without its weight cache. The first
-  steps run eagerly on a side stream (cuDNN autotuning, lazy initialisation, the momentum buffers) before the
-  capture; they are real training steps, so no step is wasted or repeated.
+- ``cuda-graph``: the whole step, attack included, captured once as a CUDA graph and replayed for every batch,
+  which removes the launch overhead of the attack's many small kernels (its requirements: :class:`TrainStep`).
 
 Nothing in a step synchronises with the host: it returns its statistics as a device tensor.
 """
@@ -83,6 +76,14 @@ class TrainStep:
         loss_module: what computes the update's loss, e.g. a DDP wrapper of ``objective`` (default: ``objective``).
         compile_backend: the ``torch.compile`` backend of the compile mode ('eager' only traces: cheap tests).
         graph_warmup: eager steps before the capture (cuda-graph).
+
+    The cuda-graph mode needs static shapes (the trainer drops the last incomplete batch; a batch of another shape
+    is refused), randomness from the global CUDA generator (the random start and the FSR Gumbel noise: torch's
+    Philox generator is graph-safe, every replay draws fresh numbers from the generator's current seed and offset,
+    so re-seeding between replays works), optimizer state and lr on the device (fused SGD with a tensor lr that
+    :meth:`set_lr` fills in place) and autocast without its weight cache. The first steps run eagerly on a side
+    stream (cuDNN autotuning, lazy initialisation, the momentum buffers) before the capture; they are real training
+    steps, so no step is wasted or repeated.
     """
 
     def __init__(

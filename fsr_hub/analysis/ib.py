@@ -2,22 +2,10 @@
 model or timm CNN: the per-batch split, the predictions of the network's tail on each part, inversions of the parts,
 and, on FSR models, how the split compares with FSR's own mask.
 
-The network is cut at one ``feature_info`` stage (:class:`FeatureCut`): z = that stage's output, the "tail" = the
-rest of the network from z to the logits. On an FSR model the cut is by default the FSR position and z is the
-feature FSR separates (the stage output, FSR's input), so the FSR module is in the tail: tail(z) is the model's own
-computation, and the IB split and FSR's mask act on the same tensor. A cut at a stage FSR follows always includes
-that FSR module in the tail, whether the network is an fsr_hub model or a timm CNN with :func:`fsr_hub.add_fsr`.
-A model without FSR is cut by default at its last feature stage: to compare a vanilla twin with its FSR model at
-the same place, give the FSR model's position (``layer4`` for ResNet-18, ``block3`` for VGG-16, ``final_norm`` for
-WRN-34-10). The official code cut VGG-16 and WRN-28-10 at a late feature map (before the last ReLU); the stage
-outputs here are after it.
-
-The split (the official code's ``find_features``): sigma = softplus(lambda), lambda (B, C, 1, 1) from 0; Adam
-(lr 0.1, 200 steps) on CE(tail(z + sigma * e), y) + 0.3 * mean_{b,c} KL, where e ~ N(0, 1) is drawn per (image,
-channel) and shared over H x W (the shape of lambda, as the official code draws it), fresh each step, and
-KL = 0.5 [v / sigma^2 + ln(sigma^2 / v) - 1] with v the unbiased spatial variance of z per (image, channel)
-(+1e-10 in both terms). A unit (image, channel) is robust where sigma^2 > M, M = the largest v over the batch: the
-split depends on the batch, so the batch size is part of the result.
+The network is cut at one ``feature_info`` stage (:func:`feature_cut`): z = that stage's output, the "tail" = the
+rest of the network from z to the logits. The split (:func:`ib_split_batch`, the official code's ``find_features``)
+learns per-unit noise on z under an IB objective; a unit (image, channel) is robust where its noise variance exceeds
+the largest feature variance in the batch, so the split depends on the batch and the batch size is part of the result.
 """
 import math
 from contextlib import contextmanager
@@ -153,7 +141,16 @@ def default_stage(model: nn.Module) -> Tuple[str, str]:
 def feature_cut(model: nn.Module, x: torch.Tensor, stage: Optional[str] = None) -> Tuple[FeatureCut, str]:
     """The network cut at ``stage`` (a ``feature_info`` module name; None: :func:`default_stage`) and why that
     stage. Checks on the images ``x`` (up to 8) that z is an (B, C, H, W) map with H * W >= 2 and that
-    tail(head(x)) gives the network's logits."""
+    tail(head(x)) gives the network's logits.
+
+    On an FSR model the default cut is the FSR position and z is the feature FSR separates (the stage output, FSR's
+    input), so the FSR module is in the tail: tail(z) is the model's own computation, and the IB split and FSR's
+    mask act on the same tensor. A cut at a stage FSR follows always includes that FSR module in the tail, whether
+    the network is an fsr_hub model or a timm CNN with :func:`fsr_hub.add_fsr`. A model without FSR is cut by
+    default at its last feature stage: to compare a vanilla twin with its FSR model at the same place, give the FSR
+    model's position (``layer4`` for ResNet-18, ``block3`` for VGG-16, ``final_norm`` for WRN-34-10). The official
+    code cut VGG-16 and WRN-28-10 at a late feature map (before the last ReLU); the stage outputs here are after it.
+    """
     names = _feature_modules(model)
     why = 'given'
     if stage is None:
@@ -208,7 +205,14 @@ class IBSplit:
 
 def ib_split_batch(cut: FeatureCut, x: torch.Tensor, y: torch.Tensor, steps: int = IB_STEPS, lr: float = IB_LR,
                    beta: float = IB_BETA, generator: Optional[torch.Generator] = None) -> IBSplit:
-    """The IB split of the batch (x, y) at ``cut`` (see the module docstring); ``generator`` draws the noise."""
+    """The IB split of the batch (x, y) at ``cut``; ``generator`` draws the noise.
+
+    As the official code's ``find_features``: sigma = softplus(lambda), lambda (B, C, 1, 1) from 0; Adam (``lr``,
+    ``steps``) on CE(tail(z + sigma * e), y) + ``beta`` * mean_{b,c} KL (:func:`kl_term`), where e ~ N(0, 1) is
+    drawn per (image, channel) and shared over H x W (the shape of lambda, as the official code draws it), fresh each
+    step, and v is the unbiased spatial variance of z per (image, channel). A unit (image, channel) is robust where
+    sigma^2 > M, M = the largest v over the batch.
+    """
     with torch.no_grad():
         z = cut.head(x)
     v = z.var(dim=(2, 3))

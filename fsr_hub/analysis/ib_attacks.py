@@ -2,18 +2,9 @@
 they extend, as L2 minimum-distortion attacks: a success rate and the L2 distortion it took. They are outside the
 L-inf 8/255 threat model of the accuracy table and are reported apart from it.
 
-Per batch (the split of :mod:`fsr_hub.analysis.ib` on the clean images with their labels, shared by the four
-feature attacks): the image is x' = (tanh w + 1) / 2, w0 = atanh(2x - 1) after clamping x to [1e-6, 1 - 1e-6]
-(so pixels at exactly 0 or 1 start finite and can move; x' always lies in [0, 1]); Adam (lr 0.1, 200 steps) on
-
-    cost = sum_b ||x'_b - x_b||^2 + 0.1 * sum_b f_b  -/+  ||u * g||_2
-
-with f = max(Z_y - max_{i != y} Z_i, 0) on the logits Z, g = d(-sum f)/dz at the cut feature z (detached) and
-u = 1 - r (NRF: -, NRF2: +) or r (RF: -, RF2: +), r the robust units; the norm is over the whole batch (as the
-official code). The feature term's value is ||u * g||_2 and its gradient in z is u * g / ||u * g||_2: descending
-the cost with "-" moves z along u * g, against the margin, on those units only. CW-L2 is the same loop without the
-term. Each image keeps its misclassified x' of smallest L2; the loop stops early when the cost rose since the
-previous check (every steps // 3 steps).
+Per batch, the split of :mod:`fsr_hub.analysis.ib` on the clean images with their labels is shared by the four
+feature attacks (NRF, NRF2 on the non-robust units, RF, RF2 on the robust ones); each is CW-L2 in tanh space plus a
+feature term that pushes the cut feature against the margin on those units only (:func:`l2_attack`).
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -72,8 +63,21 @@ def feature_term(z: torch.Tensor, g: torch.Tensor, units: torch.Tensor) -> torch
 def l2_attack(cut: FeatureCut, x: torch.Tensor, y: torch.Tensor, units: Optional[torch.Tensor] = None,
               sign: float = 0.0, steps: int = ATTACK_STEPS, lr: float = ATTACK_LR,
               c: float = ATTACK_C) -> Tuple[torch.Tensor, int]:
-    """One batch of the loop in the module docstring; ``units`` (B, C) selects the feature term's units (None: no
-    term, CW-L2). Returns the adversarial images (x where no misclassified x' was found) and the steps run."""
+    """One batch of the attack; ``units`` (B, C) selects the feature term's units (None: no term, CW-L2). Returns
+    the adversarial images (x where no misclassified x' was found) and the steps run.
+
+    The image is x' = (tanh w + 1) / 2, w0 = atanh(2x - 1) after clamping x to [1e-6, 1 - 1e-6] (so pixels at
+    exactly 0 or 1 start finite and can move; x' always lies in [0, 1]); Adam (``lr``, ``steps``) on
+
+        cost = sum_b ||x'_b - x_b||^2 + c * sum_b f_b  -/+  ||u * g||_2
+
+    with f = max(Z_y - max_{i != y} Z_i, 0) on the logits Z (:func:`margin`), g = d(-sum f)/dz at the cut feature
+    z (detached) and u = 1 - r (NRF: -, NRF2: +) or r (RF: -, RF2: +), r the robust units; the norm is over the
+    whole batch (as the official code). The feature term's value is ||u * g||_2 and its gradient in z is
+    u * g / ||u * g||_2 (:func:`feature_term`): descending the cost with "-" moves z along u * g, against the
+    margin, on those units only. Each image keeps its misclassified x' of smallest L2; the loop stops early when
+    the cost rose since the previous check (every steps // 3 steps).
+    """
     w = to_tanh_space(x).requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
     best, best_l2 = x.clone(), torch.full((len(x),), float('inf'), device=x.device)
