@@ -12,6 +12,9 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 import yaml
 
 from . import paper
+from .attack_registry import (
+    ATTACKS, AUTOATTACK, AUTOATTACK_VERSIONS, CLEAN, DISPLAY_NAMES, ENSEMBLE, NATTACK, SOURCE_ATTACKS, names,
+)
 from .models import ALL_MODELS, CIFAR10_CLASSES, VANILLA_TWINS
 from .releases import release_name, robustbench_name
 from .twins import check_twin_section
@@ -49,10 +52,9 @@ PLOT_DETAILS: Dict[str, Tuple[str, ...]] = {
 #: the per-class section: its figure (written by :func:`write_per_class_plot`; the card shows the section when the
 #: release folder holds it) and the verify-report metrics it shows per class
 PER_CLASS_PNG = 'per_class.png'
-PER_CLASS_METRICS = ('clean', 'pgd20')
-_EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer (PGD-20)',
-                  'ti_fgsm': 'TI-FGSM (black-box)', 'di_fgsm': 'DI-FGSM (black-box)', 'nattack': 'NAttack (black-box)'}
-_SOURCE_ATTACKS = ('transfer', 'ti_fgsm', 'di_fgsm')
+PER_CLASS_METRICS = names(lambda a: a.per_class)
+_EXTRA_METRICS = {a: DISPLAY_NAMES[a] for a in ATTACKS if a not in paper.METRICS}
+_SOURCE_ATTACKS = SOURCE_ATTACKS
 _DATASET_NAMES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'svhn': 'SVHN', 'tiny_imagenet': 'Tiny ImageNet'}
 
 
@@ -89,13 +91,13 @@ def describe_attack(key: str, entry: Mapping[str, Any], eps: Any = None) -> str:
     """Short protocol of one verify-report attack entry, e.g. ``'20 steps, step eps/10, no random start'``, with
     the source of a transfer attack and the subset when the attack ran on the first n images only."""
     p = entry.get('params') or {}
-    if key == 'ensemble':
+    if key == ENSEMBLE:
         attacks = entry.get('attacks') or []
         return f"per example: correct under all of {', '.join(attacks)}" if attacks else ''
     bits = []
-    if key.startswith('autoattack'):
+    if key in AUTOATTACK_VERSIONS:
         bits.append(_autoattack_protocol(key, entry, p.get('eps', eps)))
-    elif key == 'nattack':
+    elif key == NATTACK:
         q = p.get('max_queries')
         bits.append(f"at most {q:,} queries per image" if isinstance(q, int) else 'queries not recorded')
         bits.extend(f'{k} {p[k]}' for k in ('npop', 'sigma', 'lr') if k in p)
@@ -231,8 +233,8 @@ def _card_data(results: Mapping[str, Any], config: Mapping[str, Any], name: str)
     eps = _eps_255(results.get('eps'))
 
     def metric_name(row: Mapping[str, Any]) -> str:
-        what = 'clean accuracy' if row['key'] == 'clean' else f"robust accuracy, {row['name']}, Linf {eps}"
-        if row['key'] == 'autoattack' and row['protocol'].startswith('standard'):
+        what = 'clean accuracy' if row['key'] == CLEAN else f"robust accuracy, {row['name']}, Linf {eps}"
+        if row['key'] == AUTOATTACK and row['protocol'].startswith('standard'):
             what = f'robust accuracy, AutoAttack (standard), Linf {eps}'
         return what + ('' if row['whole'] else f", first {row['n']} {split} images (n = {row['n']})")
 
@@ -492,10 +494,10 @@ def robustbench_record(results: Mapping[str, Any], config: Mapping[str, Any]) ->
                      f"(± {ci95(entry['accuracy'], n):.2f}, 95 %); RobustBench evaluates all of them.")
         return ''
 
-    clean = whole_set('clean', 'Clean accuracy')
-    aa = whole_set('autoattack', 'AutoAttack (standard)')
-    if isinstance(measured.get('autoattack'), dict):
-        protocol = _autoattack_protocol('autoattack', measured['autoattack'], results.get('eps'))
+    clean = whole_set(CLEAN, 'Clean accuracy')
+    aa = whole_set(AUTOATTACK, 'AutoAttack (standard)')
+    if isinstance(measured.get(AUTOATTACK), dict):
+        protocol = _autoattack_protocol(AUTOATTACK, measured[AUTOATTACK], results.get('eps'))
         if not protocol.startswith('standard'):
             aa = ''
             notes.append(f'The AutoAttack run was {protocol}.')

@@ -93,6 +93,19 @@ def test_parameters_equal_the_ones_written_out_before_in_the_report_order():
             params_at('cw', EPS, {'steps': 5})
 
 
+def _string_constants(path: Path):
+    return {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)}
+
+
+def test_each_attack_name_is_written_in_at_most_two_modules():
+    """The declaration and at most one table: everything else names attacks through the registry."""
+    strings = {p.relative_to(PACKAGE).as_posix(): _string_constants(p) for p in PACKAGE.rglob('*.py')}
+    for name in R.SPECS:
+        modules = sorted(m for m, s in strings.items() if name in s)
+        assert 'attack_registry.py' in modules and len(modules) <= 2, (name, modules)
+
+
 def test_the_registry_is_pure_data():
     """The command line reads it before torch is needed: standard library only."""
     tree = ast.parse((PACKAGE / 'attack_registry.py').read_text())
