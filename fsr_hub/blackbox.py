@@ -1,20 +1,15 @@
 """Black-box L-inf attacks of the paper's Table 3, on raw [0, 1] inputs, shaped like :mod:`fsr_hub.attacks`:
 ``attack(model, x, y, eps, ...) -> x_adv`` with ``||x_adv - x||_inf <= eps`` and ``0 <= x_adv <= 1``.
 
-- **TI-FGSM** (Dong et al., CVPR 2019, "Evading defenses to transferable adversarial examples by
-  translation-invariant attacks"): ``x + eps * sign(W * grad)``, the input gradient convolved with a Gaussian
-  kernel W. Crafted on a *source* model and transferred (the paper's source: a naturally trained ResNet-50).
-- **DI-FGSM** (Xie et al., CVPR 2019, "Improving transferability of adversarial examples with input
-  diversity"), i.e. DI2-FGSM: iterative FGSM whose every gradient is taken on a randomly resized and padded
-  copy of the image (with probability ``diversity_prob``). Also crafted on a source model.
+- **TI-FGSM** (Dong et al., CVPR 2019): ``x + eps * sign(W * grad)``, the input gradient convolved with a
+  Gaussian kernel W, crafted on a *source* model and transferred.
+- **DI-FGSM** (Xie et al., CVPR 2019), i.e. DI2-FGSM: iterative FGSM whose every gradient is taken on a randomly
+  resized and padded copy of the image; also crafted on a source model.
 - **NAttack** (Li et al., ICML 2019): query-based; learns a Gaussian over perturbations in tanh space with
-  natural-evolution-strategy updates, using the target's output probabilities only.
+  natural-evolution-strategy updates, using the target's output probabilities only (after the paper's Algorithm 1).
 
-TI-FGSM and DI-FGSM run the maintained implementations of the ``torchattack`` package (the ``analysis`` extra);
-NAttack has no maintained package implementation, so it is written here after the paper's Algorithm 1 and the
-authors' CIFAR-10 settings. The defaults below (:data:`BLACKBOX_PARAMS`) are those of the verify suite
-(:func:`fsr_hub.evaluate.attack_params`, which records them in every report). Attacks do not change the model's
-mode: attack in eval mode.
+TI-FGSM and DI-FGSM run ``torchattack`` (the ``analysis`` extra). The defaults are the verify suite's, declared
+in :mod:`fsr_hub.attack_registry`. Attacks do not change the model's mode: attack in eval mode.
 """
 import contextlib
 from dataclasses import dataclass

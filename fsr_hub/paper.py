@@ -1,13 +1,9 @@
 """Reference numbers of the FSR paper (Kim et al., CVPR 2023) as data, each with the table it comes from.
 
-Accuracies are percentages on the full CIFAR-10 / SVHN test set under L-inf eps = 8/255, with the paper's
-protocol: FGSM, PGD-20 and PGD-100 (step eps/10, no random start), C&W-inf (PGD-30 on the margin loss),
-Ensemble (per example, correct under clean and all four attacks) and AutoAttack (Table 3 / Table 4).
-Metric keys are the ones of the verify report (``results.json``): ``clean``, ``fgsm``, ``pgd20``, ``pgd100``,
-``cw``, ``ensemble``, ``autoattack``, and for ResNet-18 on CIFAR-10 Table 3's black-box columns ``ti_fgsm``,
-``di_fgsm`` (transferred from a naturally trained ResNet-50) and ``nattack`` (1,000 images, 40,000 queries).
-Results on WideResNet-34-10 are only in the paper's supplementary material, which is not reproduced here, so
-there is no reference for ``fsr_wrn34_10``.
+Accuracies are percentages on the full CIFAR-10 / SVHN test set under L-inf eps = 8/255 with the paper's
+protocol, keyed as the verify report's ``results`` (the columns are declared in :mod:`fsr_hub.attack_registry`):
+Tables 1 and 2 (clean, FGSM, PGD-20, PGD-100, C&W, Ensemble), and for ResNet-18 on CIFAR-10 Table 3's AutoAttack
+and black-box columns. WideResNet-34-10's results are only in the supplementary material, not reproduced here.
 
 Also here: the recipe of ADML fine-tuning (Lee et al., ICCV 2023) as its official code runs it, and how a trainer
 config departs from it (a "reduced" run).
