@@ -9,20 +9,24 @@ exits 0; a name that is neither released nor planned is an error.
     python -m fsr_hub [--model ARCH.TAG] [--weights FILE | --release FOLDER]
                       [--attack pgd20|fgsm|clean] [--n 50] [--batch-size 50] [--device cpu]
 """
-# Only the standard library at module level: the evaluation stack (attacks, evaluation, release, sample, fvcore)
-# loads once the arguments are parsed. torch and timm are loaded before this module by ``import fsr_hub`` itself,
-# which registers the models with timm and which ``python -m fsr_hub`` always runs first.
+# Only the standard library (and the attack registry, itself pure data) at module level: the evaluation stack
+# (attacks, evaluation, release, sample, fvcore) loads once the arguments are parsed. torch and timm are loaded
+# before this module by ``import fsr_hub`` itself, which registers the models with timm and which
+# ``python -m fsr_hub`` always runs first.
 import argparse
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .attack_registry import CLEAN, FGSM, PGD20
+
 __all__ = ['main', 'DEFAULT_N', 'EPS']
 
 DEFAULT_N = 50
 EPS = 8 / 255
-ATTACKS = ('pgd20', 'fgsm', 'clean')
+#: the attacks a CPU check of the sample affords
+ATTACKS = (PGD20, FGSM, CLEAN)
 
 
 class _Fail(Exception):
@@ -35,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument('--weights', help='a local safetensors file for --model (no card numbers)')
     src.add_argument('--release', help='a local release folder (model_cards/<arch>.<tag>); validated first')
-    p.add_argument('--attack', default='pgd20', choices=ATTACKS, help='attack besides clean (default pgd20)')
+    p.add_argument('--attack', default=PGD20, choices=ATTACKS, help=f'attack besides clean (default {PGD20})')
     p.add_argument('--n', type=int, default=DEFAULT_N, help=f'sample images, 1..200 (default {DEFAULT_N})')
     p.add_argument('--batch-size', type=int, default=50, help='images per attack batch (default 50)')
     p.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1', ...")
@@ -167,13 +171,13 @@ def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
         raise _Fail(str(e)) from e
     print(f'{release_name(arch, tag) if tag else arch}: {source}')
     t0 = time.perf_counter()
-    attacks = ('clean',) if args.attack == 'clean' else ('clean', args.attack)  # the verify suite's attacks
+    attacks = (CLEAN,) if args.attack == CLEAN else (CLEAN, args.attack)  # the verify suite's attacks
     report = evaluate(model.eval(), x, y, attacks=attacks, eps=EPS, batch_size=args.batch_size, device=device,
                       masking_checks=False, progress=not args.no_progress)
     measured = {k: report['results'][k]['accuracy'] for k in attacks}
     seconds = time.perf_counter() - t0
     print(f'\n{_table(measured, card, paper_reference(arch, tag), len(x), str(device))}\n')
-    protocol = [f"{METRIC_NAMES[k]}: {describe_attack(k, report['results'][k])}" for k in attacks if k != 'clean']
+    protocol = [f"{METRIC_NAMES[k]}: {describe_attack(k, report['results'][k])}" for k in attacks if k != CLEAN]
     print((f"Linf eps {round(EPS * 255)}/255; {'; '.join(protocol)}. " if protocol else 'Clean accuracy only. ') +
           f'{len(x)} images of the shipped CIFAR-10 test sample (standard error up to {50 / len(x) ** 0.5:.1f} '
           f'points); {seconds:.1f} s.')

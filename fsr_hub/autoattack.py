@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .attack_registry import AUTOATTACK_VERSIONS
 from .attacks import linf_violation
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 
 AA_VERSIONS = ('standard', 'rand')
 #: verify-report key -> the AutoAttack version it holds
-AA_KEYS = {'autoattack': 'standard', 'autoattack_rand': 'rand'}
+AA_KEYS: Dict[str, str] = dict(AUTOATTACK_VERSIONS)
 _APGD = {'n_iter': 100, 'n_restarts': 1, 'eot_iter': 1, 'rho': 0.75}
 #: the original AutoAttack's sub-attacks and parameters of each version (Croce & Hein 2020, fra31/auto-attack),
 #: in the form :func:`autoattack_config` records them; a result is "standard" only if it ran exactly these

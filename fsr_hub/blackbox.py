@@ -1,20 +1,15 @@
 """Black-box L-inf attacks of the paper's Table 3, on raw [0, 1] inputs, shaped like :mod:`fsr_hub.attacks`:
 ``attack(model, x, y, eps, ...) -> x_adv`` with ``||x_adv - x||_inf <= eps`` and ``0 <= x_adv <= 1``.
 
-- **TI-FGSM** (Dong et al., CVPR 2019, "Evading defenses to transferable adversarial examples by
-  translation-invariant attacks"): ``x + eps * sign(W * grad)``, the input gradient convolved with a Gaussian
-  kernel W. Crafted on a *source* model and transferred (the paper's source: a naturally trained ResNet-50).
-- **DI-FGSM** (Xie et al., CVPR 2019, "Improving transferability of adversarial examples with input
-  diversity"), i.e. DI2-FGSM: iterative FGSM whose every gradient is taken on a randomly resized and padded
-  copy of the image (with probability ``diversity_prob``). Also crafted on a source model.
+- **TI-FGSM** (Dong et al., CVPR 2019): ``x + eps * sign(W * grad)``, the input gradient convolved with a
+  Gaussian kernel W, crafted on a *source* model and transferred.
+- **DI-FGSM** (Xie et al., CVPR 2019), i.e. DI2-FGSM: iterative FGSM whose every gradient is taken on a randomly
+  resized and padded copy of the image; also crafted on a source model.
 - **NAttack** (Li et al., ICML 2019): query-based; learns a Gaussian over perturbations in tanh space with
-  natural-evolution-strategy updates, using the target's output probabilities only.
+  natural-evolution-strategy updates, using the target's output probabilities only (after the paper's Algorithm 1).
 
-TI-FGSM and DI-FGSM run the maintained implementations of the ``torchattack`` package (the ``analysis`` extra);
-NAttack has no maintained package implementation, so it is written here after the paper's Algorithm 1 and the
-authors' CIFAR-10 settings. The defaults below (:data:`BLACKBOX_PARAMS`) are those of the verify suite
-(:func:`fsr_hub.evaluate.attack_params`, which records them in every report). Attacks do not change the model's
-mode: attack in eval mode.
+TI-FGSM and DI-FGSM run ``torchattack`` (the ``analysis`` extra). The defaults are the verify suite's, declared
+in :mod:`fsr_hub.attack_registry`. Attacks do not change the model's mode: attack in eval mode.
 """
 import contextlib
 from dataclasses import dataclass
@@ -23,6 +18,7 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 import torch.nn as nn
 
+from . import attack_registry as registry
 from .attacks import project
 
 __all__ = [
@@ -31,22 +27,19 @@ __all__ = [
     'run_nattack', 'NAttackResult', 'nattack_loss', 'nes_update', 'require_torchattack',
 ]
 
-#: TI-FGSM as defined in Dong et al.: one step of size eps (alpha = eps / steps) with their Gaussian kernel (15x15,
-#: radius 3 sigma, the paper's best setting and torchattack's default); no momentum, no input diversity
-TI_FGSM: Dict[str, Any] = {'steps': 1, 'kern_len': 15, 'n_sig': 3}
-#: DI2-FGSM as in Xie et al.: p = 0.5; resize to rnd x rnd, rnd uniform in [W, W * 330/299), then zero-pad at a
-#: random place to W * 330/299 (their 299 -> [299, 330) -> 330, scaled to CIFAR: 32 -> {32, 33, 34} -> 35, nearest
-#: neighbour as in torchattack); step 1/255 and N = min(eps + 4, 1.25 eps) iterations (eps in 0-255 units: 10 at
-#: 8/255), no momentum
-DI_FGSM: Dict[str, Any] = {'steps': 10, 'alpha': 1 / 255, 'resize_rate': 330 / 299, 'diversity_prob': 0.5}
-#: NAttack's CIFAR-10 settings (authors' code): population 300, sigma 0.1, learning rate 0.02, mean initialised
-#: N(0, 0.001^2); at most 40,000 queries per image (the FSR paper's protocol, after CAS)
-NATTACK: Dict[str, Any] = {'max_queries': 40_000, 'npop': 300, 'sigma': 0.1, 'lr': 0.02, 'init_std': 0.001}
-#: the FSR paper's NAttack protocol (after CAS) runs on 1,000 CIFAR-10 test images (here: the first 1,000)
-NATTACK_N = 1000
-BLACKBOX_ATTACKS = ('ti_fgsm', 'di_fgsm', 'nattack')
-#: every key is a keyword argument of the attack function (``ti_fgsm`` also takes ``alpha``, default eps / steps)
-BLACKBOX_PARAMS = {'ti_fgsm': TI_FGSM, 'di_fgsm': DI_FGSM, 'nattack': NATTACK}
+
+def _defaults(name: str) -> Dict[str, Any]:
+    # the declared parameters but those relative to eps (TI-FGSM's alpha: eps / steps unless given)
+    return {k: v for k, v in registry.spec(name).params.items() if not isinstance(v, registry.EpsFraction)}
+
+
+#: each attack's default parameters besides eps (every key is a keyword argument of the attack function)
+TI_FGSM: Dict[str, Any] = _defaults(registry.TI_FGSM)
+DI_FGSM: Dict[str, Any] = _defaults(registry.DI_FGSM)
+NATTACK: Dict[str, Any] = _defaults(registry.NATTACK)
+NATTACK_N = registry.NATTACK_N
+BLACKBOX_ATTACKS = registry.BLACKBOX_ATTACKS
+BLACKBOX_PARAMS = {name: _defaults(name) for name in BLACKBOX_ATTACKS}
 
 
 def require_torchattack():

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from .attack_registry import AUTOATTACK, CLEAN
 from .card_metrics import PER_CLASS_METRICS, ci95, describe_attack, eps_255, format_number, metric_rows, metric_sample
 from .card_plots import (
     PER_CLASS_PNG, PLOT_DETAILS, PLOTS, per_class_section, plot_sections, shown_per_class_section, write_per_class_plot,
@@ -56,8 +57,8 @@ def _card_data(results: Mapping[str, Any], config: Mapping[str, Any], name: str)
     eps = eps_255(results.get('eps'))
 
     def metric_name(row: Mapping[str, Any]) -> str:
-        what = 'clean accuracy' if row['key'] == 'clean' else f"robust accuracy, {row['name']}, Linf {eps}"
-        if row['key'] == 'autoattack' and row['protocol'].startswith('standard'):
+        what = 'clean accuracy' if row['key'] == CLEAN else f"robust accuracy, {row['name']}, Linf {eps}"
+        if row['key'] == AUTOATTACK and row['protocol'].startswith('standard'):
             what = f'robust accuracy, AutoAttack (standard), Linf {eps}'
         return what + ('' if row['whole'] else f", first {row['n']} {split} images (n = {row['n']})")
 

@@ -4,6 +4,7 @@ images it was measured on, the 95 % interval, the paper's number) and each attac
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import paper
+from .attack_registry import ATTACKS, AUTOATTACK_VERSIONS, DISPLAY_NAMES, ENSEMBLE, NATTACK, SOURCE_ATTACKS, names
 
 __all__ = ['PER_CLASS_METRICS', 'ci95', 'metric_sample', 'autoattack_protocol', 'describe_attack', 'format_number',
            'eps_255', 'metric_rows']
@@ -11,10 +12,9 @@ __all__ = ['PER_CLASS_METRICS', 'ci95', 'metric_sample', 'autoattack_protocol', 
 #: PER_CLASS_METRICS: the metrics the per-class section shows per class (:mod:`fsr_hub.card_plots`);
 #: _EXTRA_METRICS: those the card's table shows after the paper's (:data:`fsr_hub.paper.METRICS`) when measured;
 #: _SOURCE_ATTACKS: the attacks crafted on a source model (their protocol names it)
-PER_CLASS_METRICS = ('clean', 'pgd20')
-_EXTRA_METRICS = {'autoattack_rand': 'AutoAttack (rand)', 'transfer': 'Transfer (PGD-20)',
-                  'ti_fgsm': 'TI-FGSM (black-box)', 'di_fgsm': 'DI-FGSM (black-box)', 'nattack': 'NAttack (black-box)'}
-_SOURCE_ATTACKS = ('transfer', 'ti_fgsm', 'di_fgsm')
+PER_CLASS_METRICS = names(lambda a: a.per_class)
+_EXTRA_METRICS = {a: DISPLAY_NAMES[a] for a in ATTACKS if a not in paper.METRICS}
+_SOURCE_ATTACKS = SOURCE_ATTACKS
 
 
 def ci95(accuracy: float, n: int) -> float:
@@ -46,13 +46,13 @@ def describe_attack(key: str, entry: Mapping[str, Any], eps: Any = None) -> str:
     """Short protocol of one verify-report attack entry, e.g. ``'20 steps, step eps/10, no random start'``, with
     the source of a transfer attack and the subset when the attack ran on the first n images only."""
     p = entry.get('params') or {}
-    if key == 'ensemble':
+    if key == ENSEMBLE:
         attacks = entry.get('attacks') or []
         return f"per example: correct under all of {', '.join(attacks)}" if attacks else ''
     bits = []
-    if key.startswith('autoattack'):
+    if key in AUTOATTACK_VERSIONS:
         bits.append(autoattack_protocol(key, entry, p.get('eps', eps)))
-    elif key == 'nattack':
+    elif key == NATTACK:
         q = p.get('max_queries')
         bits.append(f"at most {q:,} queries per image" if isinstance(q, int) else 'queries not recorded')
         bits.extend(f'{k} {p[k]}' for k in ('npop', 'sigma', 'lr') if k in p)

@@ -5,6 +5,7 @@ release (:func:`robustbench_record`).
 from typing import Any, Dict, List, Mapping, Tuple
 
 from . import paper
+from .attack_registry import AUTOATTACK, CLEAN
 from .card_metrics import autoattack_protocol, ci95, eps_255, format_number, metric_rows, metric_sample
 from .card_recipe import train_attack_name
 from .models import VANILLA_TWINS
@@ -87,10 +88,10 @@ def robustbench_record(results: Mapping[str, Any], config: Mapping[str, Any]) ->
                      f"(± {ci95(entry['accuracy'], n):.2f}, 95 %); RobustBench evaluates all of them.")
         return ''
 
-    clean = whole_set('clean', 'Clean accuracy')
-    aa = whole_set('autoattack', 'AutoAttack (standard)')
-    if isinstance(measured.get('autoattack'), dict):
-        protocol = autoattack_protocol('autoattack', measured['autoattack'], results.get('eps'))
+    clean = whole_set(CLEAN, 'Clean accuracy')
+    aa = whole_set(AUTOATTACK, 'AutoAttack (standard)')
+    if isinstance(measured.get(AUTOATTACK), dict):
+        protocol = autoattack_protocol(AUTOATTACK, measured[AUTOATTACK], results.get('eps'))
         if not protocol.startswith('standard'):
             aa = ''
             notes.append(f'The AutoAttack run was {protocol}.')

@@ -1,13 +1,9 @@
 """Reference numbers of the FSR paper (Kim et al., CVPR 2023) as data, each with the table it comes from.
 
-Accuracies are percentages on the full CIFAR-10 / SVHN test set under L-inf eps = 8/255, with the paper's
-protocol: FGSM, PGD-20 and PGD-100 (step eps/10, no random start), C&W-inf (PGD-30 on the margin loss),
-Ensemble (per example, correct under clean and all four attacks) and AutoAttack (Table 3 / Table 4).
-Metric keys are the ones of the verify report (``results.json``): ``clean``, ``fgsm``, ``pgd20``, ``pgd100``,
-``cw``, ``ensemble``, ``autoattack``, and for ResNet-18 on CIFAR-10 Table 3's black-box columns ``ti_fgsm``,
-``di_fgsm`` (transferred from a naturally trained ResNet-50) and ``nattack`` (1,000 images, 40,000 queries).
-Results on WideResNet-34-10 are only in the paper's supplementary material, which is not reproduced here, so
-there is no reference for ``fsr_wrn34_10``.
+Accuracies are percentages on the full CIFAR-10 / SVHN test set under L-inf eps = 8/255 with the paper's
+protocol, keyed as the verify report's ``results`` (the columns are declared in :mod:`fsr_hub.attack_registry`):
+Tables 1 and 2 (clean, FGSM, PGD-20, PGD-100, C&W, Ensemble), and for ResNet-18 on CIFAR-10 Table 3's AutoAttack
+and black-box columns. WideResNet-34-10's results are only in the supplementary material, not reproduced here.
 
 Also here: the recipe of ADML fine-tuning (Lee et al., ICCV 2023) as its official code runs it, and how a trainer
 config departs from it (a "reduced" run).
@@ -16,6 +12,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .attack_registry import (
+    AUTOATTACK, DI_FGSM, DISPLAY_NAMES, NATTACK, PAPER_TABLE_3, PAPER_TABLES_1_2, TI_FGSM, names,
+)
+
 __all__ = ['PaperReference', 'PAPER', 'PAPER_COST', 'PAPER_RECIPE', 'FAST_RECIPES', 'METRICS', 'METRIC_NAMES',
            'BLACKBOX_METRICS', 'paper_reference', 'split_tag', 'ADML_PAPER', 'ADML_RECIPE', 'ADML_EPOCHS', 'ADML_LR',
            'ADML_WARMUP', 'ADML_BATCH', 'ADML_PGD_STEPS', 'ADML_PGD_STEP', 'ADML_BETA', 'adml_departures',
@@ -23,14 +23,13 @@ __all__ = ['PaperReference', 'PAPER', 'PAPER_COST', 'PAPER_RECIPE', 'FAST_RECIPE
 
 PAPER = 'Kim et al., Feature Separation and Recalibration for Adversarial Robustness, CVPR 2023'
 
-#: Metric keys of the white-box table, in display order, and their display names.
-METRICS: Tuple[str, ...] = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble', 'autoattack')
-METRIC_NAMES: Dict[str, str] = {
-    'clean': 'Clean', 'fgsm': 'FGSM', 'pgd20': 'PGD-20', 'pgd100': 'PGD-100', 'cw': 'C&W',
-    'ensemble': 'Ensemble', 'autoattack': 'AutoAttack',
-}
-
-_WHITEBOX = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble')
+#: the columns of Tables 1 and 2, in their order
+_WHITEBOX = names(lambda a: a.paper == PAPER_TABLES_1_2)
+#: Table 3's black-box columns (TI-FGSM, DI-FGSM, NAttack)
+BLACKBOX_METRICS: Tuple[str, ...] = names(lambda a: a.paper == PAPER_TABLE_3 and a.blackbox)
+#: Metric keys of the white-box table (Tables 1, 2 and Table 3's AutoAttack), in display order, and their names.
+METRICS: Tuple[str, ...] = names(lambda a: a.paper is not None and not a.blackbox)
+METRIC_NAMES: Dict[str, str] = {k: DISPLAY_NAMES[k] for k in METRICS}
 
 # (backbone, dataset) -> method -> (clean, FGSM, PGD-20, PGD-100, C&W, Ensemble); Tables 1 (ResNet-18), 2 (VGG16)
 _TABLE_1_2 = {
@@ -73,13 +72,12 @@ _TABLE_3_AUTOATTACK = {
     'at': 44.11, 'at_fsr': 46.41, 'trades': 46.81, 'trades_fsr': 48.45, 'mart': 44.27, 'mart_fsr': 46.55,
 }
 # Table 3: ResNet-18, CIFAR-10, black-box columns (TI-FGSM, DI-FGSM, NAttack)
-BLACKBOX_METRICS: Tuple[str, ...] = ('ti_fgsm', 'di_fgsm', 'nattack')
 _TABLE_3_BLACKBOX = {
     'at': (59.03, 46.56, 39.55), 'at_fsr': (62.53, 50.50, 52.65), 'trades': (59.95, 49.23, 43.45),
     'trades_fsr': (61.45, 50.54, 50.43), 'mart': (59.73, 48.38, 44.68), 'mart_fsr': (62.68, 51.42, 53.76),
 }
-_TABLE_3_SOURCES = {'ti_fgsm': 'Table 3 (from a natural ResNet-50)', 'di_fgsm': 'Table 3 (from a natural ResNet-50)',
-                    'nattack': 'Table 3 (1,000 images)'}
+_TABLE_3_SOURCES = {TI_FGSM: 'Table 3 (from a natural ResNet-50)', DI_FGSM: 'Table 3 (from a natural ResNet-50)',
+                    NATTACK: 'Table 3 (1,000 images)'}
 
 #: Table 7: parameters (M) and FLOPs (G, one multiply-add counted as two FLOPs) for 32x32 inputs.
 PAPER_COST: Dict[str, Dict[str, Dict[str, float]]] = {
@@ -173,8 +171,8 @@ def paper_reference(architecture: str, tag: Optional[str]) -> Optional[PaperRefe
     metrics = dict(zip(_WHITEBOX, rows[key]))
     sources = {m: table for m in _WHITEBOX}
     if backbone == 'resnet18' and dataset == 'cifar10':
-        metrics['autoattack'] = _TABLE_3_AUTOATTACK[key]
-        sources['autoattack'] = 'Table 3' + (' and Table 4' if key == 'at_fsr' else '')
+        metrics[AUTOATTACK] = _TABLE_3_AUTOATTACK[key]
+        sources[AUTOATTACK] = 'Table 3' + (' and Table 4' if key == 'at_fsr' else '')
         metrics.update(zip(BLACKBOX_METRICS, _TABLE_3_BLACKBOX[key]))
         sources.update(_TABLE_3_SOURCES)
     row_name = f"{method.upper()}{' + FSR' if with_fsr else ''}"

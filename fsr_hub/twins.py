@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from .attack_registry import ENSEMBLE
 from .autoattack import unpack_flags
 from .models import VANILLA_TWINS
 from .paper import METRIC_NAMES, METRICS
@@ -45,7 +46,7 @@ def example_flags(results: Mapping[str, Any], metric: str) -> Optional[torch.Ten
     if not isinstance(entry, dict):
         return None
     packed = results.get('per_example') or {}
-    if metric == 'ensemble':
+    if metric == ENSEMBLE:
         parts = [example_flags(results, a) for a in entry.get('attacks') or ()]
         if not parts or any(p is None for p in parts):
             return None

@@ -36,10 +36,10 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from fsr_hub.attack_registry import NATTACK, NATTACK_N, SOURCE_ATTACKS, TRANSFER
 from fsr_hub.checkpoint import write_json
 from fsr_hub.cli import add_fsr_arguments, agreed_model_args, fsr_model_args, number
 from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
-from fsr_hub.blackbox import NATTACK_N
 from fsr_hub.evaluate import (
     ATTACKS, PRESETS, build_report, evaluate, model_info, parse_attacks, preset, training_section,
 )
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
         attacks, subsets, masking = preset(preset_name, transfer=bool(args.transfer_from), blackbox=args.blackbox)
         masking = masking and not args.no_masking_checks
     attacks = list(attacks)
-    subsets['nattack'] = args.nattack_n
+    subsets[NATTACK] = args.nattack_n
     num_classes = DATASETS[args.dataset][0]
     summary = _read_summary(args.train_summary, args.model) if args.train_summary else None
     model_args = agreed_model_args(fsr_model_args(args), _recorded_args(summary), str(args.train_summary))
@@ -211,8 +211,8 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
         transfer_model, src = load_model_spec(args.transfer_from, num_classes, '--transfer-from', src_args)
         described = f' {json.dumps(src_args, sort_keys=True)}' if src_args else ''
         transfer_source = f"{src['architecture']}{described} ({src['weights']}, sha256 {src['sha256'][:12]})"
-        if not any(a in attacks for a in ('transfer', 'ti_fgsm', 'di_fgsm')):
-            attacks.append('transfer')
+        if not any(a in attacks for a in SOURCE_ATTACKS):
+            attacks.append(TRANSFER)
     images, labels = load_dataset(args.dataset, args.data, train=False)
     total = len(labels)
     if args.n is not None and args.n > total:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..blackbox import BLACKBOX_ATTACKS, NATTACK_N
+from ..attack_registry import BLACKBOX_ATTACKS, CLEAN, NATTACK, NATTACK_N, SOURCE_ATTACKS
 from ..evaluate import evaluate
 from ..inputs import check_pixels
 from .common import AnalysisError, Deadline, prepare
@@ -32,12 +32,12 @@ def blackbox_analysis(
     bad = [a for a in attacks if a not in BLACKBOX_ATTACKS]
     if bad or not attacks:
         raise AnalysisError(f'unknown black-box attack(s) {bad or attacks!r}; choose from {BLACKBOX_ATTACKS}.')
-    if any(a in ('ti_fgsm', 'di_fgsm') for a in attacks) and source is None:
+    if any(a in SOURCE_ATTACKS for a in attacks) and source is None:
         raise AnalysisError('TI-FGSM / DI-FGSM need a source model (--source MODEL:WEIGHTS).')
     check_pixels(x, 'black-box attack images')
     deadline = deadline or Deadline()
     target = prepare(target, device)
-    names = ('clean',) + tuple(attacks)
+    names = (CLEAN,) + tuple(attacks)
     minutes = None if deadline.seconds is None else deadline.left() / 60
     if minutes is not None and minutes <= 0:
         deadline.stopped = True
@@ -47,8 +47,8 @@ def blackbox_analysis(
             ev = evaluate(target, x, y, attacks=names, eps=eps, batch_size=batch_size, device=device, seed=seed,
                           num_classes=num_classes, transfer_model=source, transfer_source=source_name,
                           masking_checks=False, progress=progress,
-                          subsets={'nattack': len(y) if nattack_n is None else nattack_n}, deadline_minutes=minutes,
-                          attack_overrides={'nattack': nattack_params} if nattack_params else None)
+                          subsets={NATTACK: len(y) if nattack_n is None else nattack_n}, deadline_minutes=minutes,
+                          attack_overrides={NATTACK: nattack_params} if nattack_params else None)
         deadline.stopped = deadline.stopped or not ev['complete']
     results = {a: ev['results'][a] for a in names if a in ev['results']}
     return {

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..attack_registry import CLEAN, PGD20
 from ..evaluate import evaluate
 from ..inputs import check_pixels
 from .common import AnalysisError, Deadline, prepare
@@ -31,12 +32,12 @@ def eps_curve(
     for e in eps_255:
         if not deadline.allows_next():
             break
-        attack = 'pgd20' if e > 0 else 'clean'  # PGD with eps 0 returns x: skip its 20 gradient steps
+        attack = PGD20 if e > 0 else CLEAN  # PGD with eps 0 returns x: skip its 20 gradient steps
         with deadline.unit():
             ev = evaluate(model, x, y, attacks=(attack,), eps=e / 255, batch_size=batch_size, device=device,
                           seed=seed, num_classes=num_classes, masking_checks=False, progress=progress)
         done.append(e)
         accuracy.append(ev['results'][attack]['accuracy'])
     return {'eps_255': done, 'accuracy': accuracy, 'n': len(y),
-            'attack': {'attack': 'pgd20', 'alpha': 'eps/10', 'steps': 20, 'random_start': False, 'eps_0': 'clean'},
+            'attack': {'attack': PGD20, 'alpha': 'eps/10', 'steps': 20, 'random_start': False, 'eps_0': CLEAN},
             'evaluation': 'fsr_hub.evaluate.evaluate, one call per eps'}

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attack_registry import AUTOATTACK, ENSEMBLE_ATTACKS, PGD20
 from ..attacks import pgd
 from ..evaluate import attack_params, evaluate
 from ..fsr import FEATURE_LABELS, FSR_OUTPUTS, fsr_output
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 #: Table 5a's columns are the Ensemble (clean, FGSM, PGD-20, PGD-100, C&W) and AutoAttack
-TABLE5A_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack')
+TABLE5A_ATTACKS = ENSEMBLE_ATTACKS + (AUTOATTACK,)
 KNN_KS = (5, 20)
 KNN_GAMMA = 0.07
 KNN_GAMMA_SOURCE = ('The FSR paper does not give gamma. 0.07 is the temperature of the weighted k-NN of Wu et al., '
@@ -141,7 +142,7 @@ def knn_analysis(
     pos = fsr_position(model, position)
     deadline = deadline or Deadline()
     model = prepare(model, device)
-    p = attack_params('pgd20', eps)
+    p = attack_params(PGD20, eps)
     with strict_float32():
         x_adv = batched(lambda xb, yb: pgd(model, xb, yb, p['eps'], p['alpha'], p['steps'], p['random_start']),
                         test_x, batch_size, device, test_y)
@@ -160,7 +161,7 @@ def knn_analysis(
         'position': pos, 'ks': list(ks), 'gamma': gamma, 'gamma_source': KNN_GAMMA_SOURCE, 'pool': pool,
         'similarity': 'cosine', 'weights': 'exp(cos / gamma)', 'bank': 'same feature of the natural training images',
         'n_train': len(train_y), 'n_test': len(test_y), 'eps': eps,
-        'query_attack': {'attack': 'pgd20', **p, 'against': 'the unmodified model (output f~)'},
+        'query_attack': {'attack': PGD20, **p, 'against': 'the unmodified model (output f~)'},
         'features': list(adversarial), 'labels': {o: FEATURE_LABELS[o] for o in adversarial},
         'accuracy': adversarial, 'accuracy_natural_queries': natural,
     }

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..attack_registry import PGD20
 from ..attacks import pgd
 from ..evaluate import attack_params
 from ..fsr import FEATURE_LABELS, fsr_output
@@ -69,7 +70,7 @@ def gradcam_analysis(
     tap = fsr_tap(model, pos)
     keys = (['natural'] if layer is not None else []) + list(GRADCAM_FEATURES)
     rows: Dict[str, List[np.ndarray]] = {k: [] for k in keys}
-    p = attack_params('pgd20', eps)
+    p = attack_params(PGD20, eps)
     advs, preds_nat, preds_adv = [], [], []
     for i in range(len(y)):
         if not deadline.allows_next():
@@ -92,7 +93,7 @@ def gradcam_analysis(
         gradcam_figure(x[:n].cpu(), torch.cat(advs), y[:n].cpu(), maps, png, scale=scale, class_names=class_names)
     return {
         'position': pos, 'n': n, 'eps': eps, 'target': 'ground-truth class',
-        'attack': {'attack': 'pgd20', **p},
+        'attack': {'attack': PGD20, **p},
         'columns': ['x', 'f_nat'] * (natural_model is not None) + ["x'"] + [FEATURE_LABELS[o] for o in GRADCAM_FEATURES],
         'labels': y[:n].tolist(), 'pred_natural': preds_nat, 'pred_adversarial': preds_adv,
         'method': 'Grad-CAM (grad-cam package, pytorch_grad_cam.GradCAM)', 'upscale': scale,

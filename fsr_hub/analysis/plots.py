@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..attack_registry import AUTOATTACK, CLEAN, DISPLAY_NAMES, ENSEMBLE
 from ..fsr import FEATURE_LABELS
 from ..releases import release_name
 from .common import AnalysisError, require, save_figure
@@ -14,8 +15,8 @@ __all__ = ['model_label', 'read_eps_curve', 'plot_eps_curves', 'plot_feature_swa
            'plot_ib_attack', 'plot_per_class']
 
 _WIDTH_IN, _DPI = 8.0, 100
-_METRIC_NAMES = {'clean': 'Natural', 'fgsm': 'FGSM', 'pgd20': 'PGD-20', 'pgd100': 'PGD-100', 'cw': 'C&W',
-                 'ensemble': 'Ensemble', 'autoattack': 'AutoAttack', 'autoattack_rand': 'AutoAttack (rand)'}
+#: the figures' names of the verify attacks: Table 5a calls clean accuracy "Natural"
+_METRIC_NAMES = {**DISPLAY_NAMES, CLEAN: 'Natural'}
 _MATH_LABELS = {'final': r'$\tilde{f}$ (ours)', 'robust': r'$f^+$', 'non_robust': r'$f^-$',
                 'recalibrated': r'$\tilde{f}^-$'}
 
@@ -104,8 +105,8 @@ def plot_feature_swap(section: Mapping[str, Any], path: Union[str, Path]) -> Pat
     if not features:
         raise AnalysisError('the feature-swap section has no measured feature.')
     measured = [m for m in acc[features[0]]]
-    metrics = [m for m in ('clean', 'ensemble', 'autoattack') if m in measured]
-    if len([m for m in metrics if m != 'clean']) == 0:
+    metrics = [m for m in (CLEAN, ENSEMBLE, AUTOATTACK) if m in measured]
+    if len([m for m in metrics if m != CLEAN]) == 0:
         metrics = measured
     series = {_METRIC_NAMES.get(m, m): [acc[f][m] for f in features] for m in metrics}
     title = f"Final feature replaced (Table 5a), n = {section['n']}, $\\epsilon$ = {round(section['eps'] * 255, 2):g}/255"
