@@ -11,6 +11,6 @@ from .models import (
     CIFAR10_CLASSES, FSR_MODELS, VANILLA_TWINS, FSRNet, FSROutput, FSRPretrainedCfg, FSRWrapper, add_fsr,
     cifar_resnet18, cifar_vgg16, cifar_wrn34_10, fsr_resnet18, fsr_vgg16, fsr_wrn34_10,
 )
-from .releases import DEFAULT_ORG, hub_id
+from .catalog import DEFAULT_ORG, hub_id
 
 __version__ = '0.1.0'

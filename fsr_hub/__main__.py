@@ -1,6 +1,6 @@
 """``python -m fsr_hub`` / ``fsr-hub``: evaluate a released model on the CIFAR-10 sample shipped with the package.
 
-With no arguments it loads the default release (:func:`fsr_hub.releases.default_release`: the best released model)
+With no arguments it loads the default release (:func:`fsr_hub.catalog.default_release`: the best released model)
 from its release folder in a source checkout, or else from the Hugging Face Hub, and reports clean and PGD-20
 accuracy on the first 50 of the 200 sample images (``--n 200`` for the whole sample), next to the model card's and
 the paper's numbers. A planned release whose weights are not out yet says so, prints the cost report instead, and
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 def _resolve(name: str, released: Mapping[str, str], need_status: bool) -> Tuple[str, Optional[str], str]:
     """``(architecture, tag, status)`` of ``--model``; status is 'released', 'planned' or 'local'."""
     from .models import ALL_MODELS
-    from .releases import PLANNED, release_name, split_name
+    from .catalog import PLANNED, release_name, split_name
 
     arch, tag = split_name(name)
     if tag == '':
@@ -77,7 +77,7 @@ def _released(name: str, pin: str):
     from huggingface_hub.errors import EntryNotFoundError
 
     from .release import REQUIRED_FILES, validate_release
-    from .releases import hub_id, local_release
+    from .catalog import hub_id, local_release
 
     folder = local_release(name)
     if folder is not None:
@@ -122,7 +122,7 @@ def _table(measured: Mapping[str, float], card: Optional[Mapping[str, Any]], ref
     return '\n'.join([fmt(head), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] + [fmt(r) for r in rows])
 
 
-def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
+def _evaluate_release(args: argparse.Namespace, released: Mapping[str, str]) -> int:
     from .card import describe_attack
     from .evaluate import evaluate
     from .hardware import resolve_device
@@ -130,7 +130,7 @@ def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
     from .models import create
     from .paper import METRIC_NAMES, paper_reference
     from .release import ReleaseError, validate_release
-    from .releases import default_release, release_name
+    from .catalog import default_release, release_name
     from .sample import SampleError, load_sample
     from .weights import WeightsError, load_weights
 
@@ -187,14 +187,14 @@ def _run(args: argparse.Namespace, released: Mapping[str, str]) -> int:
 def main(argv: Optional[Sequence[str]] = None, released: Optional[Mapping[str, str]] = None) -> int:
     """Entry point of ``python -m fsr_hub`` and the ``fsr-hub`` console script; returns the exit status.
 
-    ``released`` maps ``arch.tag`` to the pinned sha256 of its weights (default :data:`fsr_hub.releases.RELEASED`).
+    ``released`` maps ``arch.tag`` to the pinned sha256 of its weights (default :data:`fsr_hub.catalog.RELEASED`).
     """
     args = _parser().parse_args(argv)
     if released is None:
-        from .releases import RELEASED
+        from .catalog import RELEASED
         released = RELEASED
     try:
-        return _run(args, released)
+        return _evaluate_release(args, released)
     except _Fail as e:
         print(f'fsr-hub: error: {e}', file=sys.stderr)
         return 2

@@ -6,12 +6,9 @@ correct, exactly the original's standard parameters. ``version='rand'``: APGD-CE
 samples, for randomised defences. :func:`autoattack_config` reads the parameters back from the configured
 objects, so the report states what actually ran.
 
-Resumable runs. Full AutoAttack on 10,000 CIFAR images takes longer than one command may run on a lent GPU, so
-:func:`run_autoattack_resumable` drives the same loop as ``AutoAttack.run_standard_evaluation`` (sub-attacks in
-the standard order, each on the points still robust, in batches of the points' index order) one batch at a
-time, and returns after every batch a small JSON-able state (:class:`AAState`). Each batch is one call of the
-library's own ``run_standard_evaluation`` with only that sub-attack selected (the pattern of its
-``run_standard_evaluation_individual``), so the library itself sets each sub-attack's loss, targets and seed.
+Resumable runs: :func:`run_autoattack_resumable` drives the standard loop (sub-attacks in order, each on the
+points still robust) one batch at a time, each batch a call of the library's own ``run_standard_evaluation``
+with only that sub-attack selected, and returns a small JSON-able state (:class:`AAState`) after every batch.
 A run continued from a saved state sees exactly the batches (and per-batch seeds) of an uninterrupted run.
 """
 import logging

@@ -20,7 +20,7 @@ from .card_plots import (
 from .card_recipe import describe_recipe
 from .card_tables import released_table, robustbench_record
 from .models import ALL_MODELS
-from .releases import release_name, robustbench_name
+from .catalog import release_name, robustbench_name
 from .twins import check_twin_section
 from .weights import WEIGHTS_NAME
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 from . import paper
 from .card_metrics import PER_CLASS_METRICS, format_number, metric_sample
 from .models import CIFAR10_CLASSES
-from .releases import release_name
+from .catalog import release_name
 
 __all__ = ['PLOTS', 'PLOT_DETAILS', 'PER_CLASS_PNG', 'plot_sections', 'per_class_section', 'write_per_class_plot',
            'shown_per_class_section']

@@ -4,7 +4,7 @@ A source is one of
 
 * a release folder (``model_cards/<arch>.<tag>/`` with config.json and model.safetensors): its config.json must
   name the run's architecture; the weights are held to the sha256 config.json pins and, for a released name, to
-  :data:`fsr_hub.releases.RELEASED` (the two must agree);
+  :data:`fsr_hub.catalog.RELEASED` (the two must agree);
 * a released name ``arch.tag``: resolved as ``timm.create_model(name, pretrained=True)`` resolves it
   (:func:`fsr_hub.weights.check_pretrained_file`: the checkout's release folder, else the Hugging Face Hub cache)
   and held to its pin;
@@ -22,7 +22,7 @@ import timm
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
-from .releases import RELEASED, local_release, release_name, split_name
+from .catalog import RELEASED, local_release, release_name, split_name
 from .weights import WeightsError, check_pretrained_file, load_weights, sha256_file
 
 __all__ = ['InitError', 'InitSource', 'resolve_init', 'load_init']

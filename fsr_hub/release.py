@@ -27,7 +27,7 @@ from .release_checks import (
     validate_release, write_atomic,
 )
 from .release_upload import push_release, upload_plan
-from .releases import CHECKOUT_CARDS, RELEASED, hub_id as make_hub_id, local_release, release_name
+from .catalog import CHECKOUT_CARDS, RELEASED, hub_id as make_hub_id, local_release, release_name
 from .twins import twin_section
 from .weights import WEIGHTS_NAME, sha256_file
 
@@ -46,7 +46,7 @@ def build_config(model: nn.Module, architecture: str, tag: str, sha256: str,
                  model_args: Optional[Mapping[str, Any]] = None, org: Optional[str] = None,
                  input_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """timm hub config.json for ``model`` (an ``architecture`` built with ``model_args``) released as ``tag``
-    to the hub organisation ``org`` (default :data:`fsr_hub.releases.DEFAULT_ORG`): ``architecture``,
+    to the hub organisation ``org`` (default :data:`fsr_hub.catalog.DEFAULT_ORG`): ``architecture``,
     ``num_classes``, ``num_features``, ``global_pool``, ``label_names``, ``model_args``, ``pretrained_cfg`` (with
     ``tag`` and ``sha256``) and ``hub_id``. ``timm.create_model('hf-hub:<hub_id>')`` reads it
     (``fsr_hub.models.create`` for a timm architecture with FSR added, which timm cannot build).

@@ -16,7 +16,7 @@ from .autoattack import AA_KEYS, departures
 from .card import CardError, render_card, robustbench_record
 from .checkpoint import write_json
 from .models import ALL_MODELS, create
-from .releases import RELEASED, release_name
+from .catalog import RELEASED, release_name
 from .schemas import VERIFY_SCHEMA
 from .weights import WEIGHTS_NAME, WeightsError, load_weights, sha256_file
 
@@ -162,7 +162,7 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
 
     Required files present; config.json names an fsr_hub (or any timm) architecture matching results.json and the
     release ``name`` (default: the folder's name); its ``hub_id`` is ``<org>/<name>``; the sha256 of the weights equals
-    config.json's, results.json's and ``pin`` (default: :data:`fsr_hub.releases.RELEASED`'s pin for the name,
+    config.json's, results.json's and ``pin`` (default: :data:`fsr_hub.catalog.RELEASED`'s pin for the name,
     if any); the weights load strictly; the card is byte for byte the one these files render to.
     """
     folder = Path(folder)

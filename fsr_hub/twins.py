@@ -14,7 +14,7 @@ from .attack_registry import ENSEMBLE
 from .autoattack import unpack_flags
 from .models import VANILLA_TWINS
 from .paper import METRIC_NAMES, METRICS
-from .releases import release_name, split_name
+from .catalog import release_name, split_name
 
 __all__ = ['twin_name', 'fsr_side', 'example_flags', 'paired_gap', 'twin_gaps', 'gap_rows', 'twin_section',
            'check_twin_section']

@@ -15,7 +15,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from .releases import RELEASED, hub_id, local_release, release_name
+from .catalog import RELEASED, hub_id, local_release, release_name
 
 __all__ = [
     'WeightsError', 'WEIGHTS_NAME', 'sha256_file', 'save_weights', 'read_weights', 'cast_dtype', 'check_fit',

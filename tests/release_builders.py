@@ -27,7 +27,7 @@ import torch
 from fsr_hub.autoattack import AA_KEYS, ORIGINAL
 from fsr_hub.models import create
 from fsr_hub.release import REQUIRED_FILES, assemble_release
-from fsr_hub.releases import hub_id
+from fsr_hub.catalog import hub_id
 from fsr_hub.schemas import VERIFY_SCHEMA
 from fsr_hub.weights import save_weights
 

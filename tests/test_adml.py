@@ -18,7 +18,7 @@ from fsr_hub.objectives import (
     AdversarialObjective, ObjectiveConfig, adml_debias_loss, adml_split, forward_train, trades_loss,
 )
 from fsr_hub.paper import adml_recipe
-from fsr_hub.releases import RELEASED, local_release
+from fsr_hub.catalog import RELEASED, local_release
 from fsr_hub.schedule import adml_lr, step_lr
 from fsr_hub.weights import save_weights, sha256_file
 from tools.train import main as train_main

@@ -12,7 +12,7 @@ from fsr_hub.__main__ import main
 from fsr_hub.attacks import pgd
 from fsr_hub.models import create
 from fsr_hub.release import validate_release
-from fsr_hub.releases import RELEASED, default_release
+from fsr_hub.catalog import RELEASED, default_release
 from fsr_hub.sample import load_sample
 from fsr_hub.weights import save_weights
 

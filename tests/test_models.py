@@ -6,7 +6,7 @@ from timm.data import resolve_data_config
 
 import fsr_hub
 from fsr_hub.models import ALL_MODELS, VANILLA_TWINS
-from fsr_hub.releases import RELEASED, hub_id
+from fsr_hub.catalog import RELEASED, hub_id
 
 # stage attribute names that feature_info lists, per architecture family
 FEATURES = {'resnet18': ['layer1', 'layer2', 'layer3', 'layer4'], 'vgg16': ['block0', 'block1', 'block2', 'block3', 'block4'],

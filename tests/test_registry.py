@@ -1,4 +1,4 @@
-"""Registry honesty: timm lists exactly the released weights (fsr_hub.releases.RELEASED), planned names are not
+"""Registry honesty: timm lists exactly the released weights (fsr_hub.catalog.RELEASED), planned names are not
 registered, and every release also goes by its RobustBench name."""
 import json
 import os
@@ -13,7 +13,7 @@ import torch
 
 import fsr_hub  # noqa: F401
 from fsr_hub.models import ALIASES, ALL_MODELS, CifarResNet, register_robustbench_alias
-from fsr_hub.releases import (
+from fsr_hub.catalog import (
     DEFAULT_ORDER, DEFAULT_ORG, PLANNED, RELEASED, default_release, hub_id, local_release, robustbench_name,
 )
 from fsr_hub.weights import WeightsError, read_weights, resolve_pretrained_file, save_weights
@@ -123,7 +123,7 @@ import json, sys
 import timm, torch
 import fsr_hub
 name, sha, good, bad = sys.argv[1:]
-assert list(fsr_hub.releases.RELEASED)[0] == name and fsr_hub.releases.RELEASED[name] == sha
+assert list(fsr_hub.catalog.RELEASED)[0] == name and fsr_hub.catalog.RELEASED[name] == sha
 from fsr_hub.weights import WeightsError, expected_sha256
 
 out = {'listed': timm.list_pretrained('fsr*'), 'aliases': timm.list_pretrained('kim2023fsr*'),
@@ -158,10 +158,10 @@ def test_a_released_name_is_registered_pinned_and_aliased(tmp_path):
     name = 'fsr_resnet18.at_cifar10'
     package = tmp_path / 'pkg' / 'fsr_hub'
     shutil.copytree(REPO_ROOT / 'fsr_hub', package, ignore=shutil.ignore_patterns('__pycache__'))
-    releases = package / 'releases.py'
+    catalog = package / 'catalog.py'
     table = 'RELEASED: Dict[str, str] = {'
-    assert releases.read_text().count(table) == 1 and name not in fsr_hub.releases.RELEASED
-    releases.write_text(releases.read_text().replace(table, f'{table}{name!r}: {sha!r}, '))
+    assert catalog.read_text().count(table) == 1 and name not in fsr_hub.catalog.RELEASED
+    catalog.write_text(catalog.read_text().replace(table, f'{table}{name!r}: {sha!r}, '))
     # the first release's weights would be the full ResNet-18; a 1-block file checks the same path in less time
     script = _FIRST_RELEASE.replace("pretrained=True,", "pretrained=True, layers=(1, 1, 1, 1),")
     proc = subprocess.run([sys.executable, '-c', script, name, sha, str(good), str(bad)], cwd=tmp_path / 'pkg',

@@ -16,7 +16,7 @@ from fsr_hub import paper, release
 from fsr_hub.models import create
 from fsr_hub.card import PER_CLASS_PNG, PLOTS
 from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card
-from fsr_hub.releases import DEFAULT_ORG
+from fsr_hub.catalog import DEFAULT_ORG
 from fsr_hub.sample import SAMPLE_PATH, SampleError, load_sample, read_sample, write_sample
 from fsr_hub.weights import read_weights, save_weights, sha256_file
 
@@ -416,7 +416,7 @@ def test_validation_failures(rel, case):
 
 
 def test_pin_decides(rel):
-    """The released pin (fsr_hub.releases.RELEASED by default) must equal the weights' sha256."""
+    """The released pin (fsr_hub.catalog.RELEASED by default) must equal the weights' sha256."""
     assert validate_release(rel.folder, pin=rel.sha256, load_model=False).sha256 == rel.sha256
     with pytest.raises(ReleaseError, match=r'differs from the pin f{64} of fsr_resnet18\.at_cifar10'):
         validate_release(rel.folder, pin='f' * 64, load_model=False)

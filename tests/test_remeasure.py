@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from fsr_hub.releases import RELEASED, local_release
+from fsr_hub.catalog import RELEASED, local_release
 from fsr_hub.sample import read_sample
 
 from release_builders import load_tool

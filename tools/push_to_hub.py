@@ -4,7 +4,7 @@
     python tools/push_to_hub.py model_cards/fsr_resnet18.at_cifar10 [--org ORG] [--private] [--dry-run]
 
 Validation: required files present, weights load strictly into the architecture of config.json, sha256 equals
-config.json's, results.json's and, for a name fsr_hub.releases.RELEASED pins, that pin; and the card is exactly the one
+config.json's, results.json's and, for a name fsr_hub.catalog.RELEASED pins, that pin; and the card is exactly the one
 results.json and config.json render to. The token comes
 from HF_TOKEN or `hf auth login`. --dry-run prints the repo id and each file with its size and sha256, nothing else.
 """

@@ -44,7 +44,7 @@ from fsr_hub.evaluate import (
     ATTACKS, PRESETS, build_report, evaluate, model_info, parse_attacks, preset, training_section,
 )
 from fsr_hub.models import create
-from fsr_hub.releases import release_name
+from fsr_hub.catalog import release_name
 from fsr_hub.schemas import VERIFY_SCHEMA
 from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model_spec
 from fsr_hub.weights import WeightsError, cast_dtype, load_weights, resolve_pretrained_file, sha256_file

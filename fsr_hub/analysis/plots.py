@@ -8,7 +8,7 @@ import torch
 
 from ..attack_registry import AUTOATTACK, CLEAN, DISPLAY_NAMES, ENSEMBLE
 from ..fsr import FEATURE_LABELS
-from ..releases import release_name
+from ..catalog import release_name
 from .common import AnalysisError, require, save_figure
 
 __all__ = ['model_label', 'read_eps_curve', 'plot_eps_curves', 'plot_feature_swap', 'plot_knn', 'plot_ib_split',

@@ -11,7 +11,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
 from ..fsr import FSRArgs
-from ..releases import RELEASED
+from ..catalog import RELEASED
 from ..weights import check_pretrained_file, load_weights
 from .base import CIFAR10_CLASSES, FSRNet, FSROutput, FSRPretrainedCfg, Stage
 from .plug import FSRWrapper, add_fsr

@@ -1,5 +1,5 @@
 """How fsr_hub models meet timm's registry: the pretrained cfgs of each architecture (derived from
-:data:`fsr_hub.releases.RELEASED`, nothing else), the builder that loads pretrained weights through timm's own
+:data:`fsr_hub.catalog.RELEASED`, nothing else), the builder that loads pretrained weights through timm's own
 machinery after checking their sha256, and the RobustBench aliases of released weights."""
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Type, Union
@@ -12,7 +12,7 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
-from ..releases import PLANNED, RELEASED, hub_id, release_name, robustbench_name, split_name
+from ..catalog import PLANNED, RELEASED, hub_id, release_name, robustbench_name, split_name
 from ..weights import WEIGHTS_NAME, WeightsError, check_fit, check_pretrained_file
 from .base import FSRNet, FSRPretrainedCfg
 
@@ -119,7 +119,7 @@ def build_fsr_model(
 
 def register_robustbench_alias(name: str, sha256: str) -> str:
     """Register release ``name`` (``arch.tag``, weights pinned to ``sha256``) with timm under its RobustBench name
-    (:func:`fsr_hub.releases.robustbench_name`), so that RobustBench's ``load_model``, which first asks timm for
+    (:func:`fsr_hub.catalog.robustbench_name`), so that RobustBench's ``load_model``, which first asks timm for
     ``<model>_<dataset>_<threat>``, finds it. Returns the alias. The registry runs this for every released name."""
     alias = robustbench_name(name)
     if timm.models.is_model(alias):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from fsr_hub.releases import release_name
+from fsr_hub.catalog import release_name
 
 PathLike = Union[str, os.PathLike]
 MIB = 1024 * 1024
