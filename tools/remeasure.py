@@ -22,6 +22,7 @@ import timm
 import torch
 
 import fsr_hub  # noqa: F401  (registers the architectures with timm)
+from fsr_hub.attack_registry import CLEAN, PGD20
 from fsr_hub.card import ci95
 from fsr_hub.hardware import hardware_name, strict_float32
 
@@ -51,7 +52,7 @@ def card_flags(results: Mapping[str, Any], metric: str) -> np.ndarray:
 
 
 def remeasure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int],
-              results: Mapping[str, Any], metrics: Sequence[str] = ('clean', 'pgd20'),
+              results: Mapping[str, Any], metrics: Sequence[str] = (CLEAN, PGD20),
               batch_size: int = 100) -> Dict[str, Any]:
     """Accuracy of ``model`` on the test images ``x`` (test-set ``indices``) for each metric, beside the card's
     per-example results on the same images."""
@@ -64,7 +65,7 @@ def remeasure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, indices:
         if max(indices) >= len(flags):
             raise ValueError(f'results.json has {metric} on the first {len(flags)} images only.')
         attack = PGD(model, eps=EPS, steps=20, alpha=EPS / 10, random_start=False, device=x.device) \
-            if metric == 'pgd20' else None
+            if metric == PGD20 else None
         t0, correct = time.perf_counter(), []
         with strict_float32():
             for i in range(0, len(y), batch_size):
@@ -104,12 +105,12 @@ def main(argv=None) -> int:
         model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True).eval()
         x, y = read_test_batch(args.data)
         report = {'release': str(folder), 'hardware': hardware_name(torch.device('cpu')), 'torch': torch.__version__}
-        for metric, n in (('clean', args.n_clean), ('pgd20', args.n_pgd)):
+        for metric, n in ((CLEAN, args.n_clean), (PGD20, args.n_pgd)):
             report.update(remeasure(model, x[:n], y[:n], range(n), results, metrics=(metric,)))
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    report['agrees'] = all(abs(report[m]['difference']) <= args.tolerance for m in ('clean', 'pgd20'))
+    report['agrees'] = all(abs(report[m]['difference']) <= args.tolerance for m in (CLEAN, PGD20))
     print(json.dumps(report, indent=2))
     return 0 if report['agrees'] else 1
 
