@@ -1,6 +1,6 @@
-"""Analyses of FSR models beyond the accuracy tables (issue 18): the paper's Table 5 (feature swap, weighted
+"""Analyses of FSR models beyond the accuracy tables: the paper's Table 5 (feature swap, weighted
 k-NN), Fig. 1 (Grad-CAM), Table 3's black-box attacks, and robustness-vs-eps curves, with their figures; and
-(issue 29) the robust / non-robust feature split of the Information-Bottleneck method (Kim, Lee and Ro, NeurIPS
+the robust / non-robust feature split of the Information-Bottleneck method (Kim, Lee and Ro, NeurIPS
 2021) with its NRF / RF L2 attacks, on any fsr_hub model or timm CNN.
 
 Each analysis returns a JSON-ready dict; ``tools/analyze.py`` runs one per command with a deadline and writes
@@ -9,7 +9,7 @@ transfer attacks need the ``analysis`` extra (``pip install 'fsr-hub[analysis]'`
 torchattack); the feature swap, k-NN, eps curve, NAttack and the IB split and attacks (without their figures) need
 nothing beyond the package.
 """
-from .blackbox import blackbox_analysis
+from .blackbox_section import blackbox_analysis
 from .common import ANALYSIS_SCHEMA, PNG_NAMES, AnalysisError, Deadline, require, section_meta
 from .curves import EPS_CURVE_255, eps_curve
 from .features import (
