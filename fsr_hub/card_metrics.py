@@ -10,11 +10,9 @@ __all__ = ['PER_CLASS_METRICS', 'ci95', 'metric_sample', 'autoattack_protocol', 
            'eps_255', 'metric_rows']
 
 #: PER_CLASS_METRICS: the metrics the per-class section shows per class (:mod:`fsr_hub.card_plots`);
-#: _EXTRA_METRICS: those the card's table shows after the paper's (:data:`fsr_hub.paper.METRICS`) when measured;
-#: _SOURCE_ATTACKS: the attacks crafted on a source model (their protocol names it)
+#: _EXTRA_METRICS: those the card's table shows after the paper's (:data:`fsr_hub.paper.METRICS`) when measured
 PER_CLASS_METRICS = names(lambda a: a.per_class)
 _EXTRA_METRICS = {a: DISPLAY_NAMES[a] for a in ATTACKS if a not in paper.METRICS}
-_SOURCE_ATTACKS = SOURCE_ATTACKS
 
 
 def ci95(accuracy: float, n: int) -> float:
@@ -71,7 +69,7 @@ def describe_attack(key: str, entry: Mapping[str, Any], eps: Any = None) -> str:
         if 'diversity_prob' in p:
             bits.append(f"resize-and-pad with probability {p['diversity_prob']}")
     text = ', '.join(bits)
-    if key in _SOURCE_ATTACKS:
+    if key in SOURCE_ATTACKS:
         text = f"source: {entry.get('source', 'unknown')}; {text}"
     subset = entry.get('subset')
     if isinstance(subset, str) and subset.startswith('first'):
