@@ -60,7 +60,7 @@ def checkpoint_state(run: RunState) -> Dict[str, Any]:
         'format': CKPT_FORMAT, 'epoch': run.epoch + 1, 'model': run.model.state_dict(),
         'optimizer': run.optimizer.state_dict(), 'rng': rng_state(), 'best': run.best, 'best_sha256': run.best_sha,
         'history': run.history, 'config': plain_config(run.cfg), 'budget': run.budget,
-        'wall_clock_seconds': run.prior_seconds + time.time() - run.t_start,
+        'wall_clock_seconds': run.wall_clock_seconds(),
     }
 
 

@@ -60,6 +60,10 @@ class RunState:
     def deadline(self) -> Optional[float]:
         return None if self.raw.time_budget is None else self.clock_start + 60.0 * self.raw.time_budget
 
+    def wall_clock_seconds(self) -> float:
+        """Wall clock of the whole run so far, summed over this and earlier (resumed) processes."""
+        return self.prior_seconds + time.time() - self.t_start
+
     @property
     def natural(self) -> bool:
         return self.cfg.objective == 'natural'

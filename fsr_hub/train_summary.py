@@ -1,7 +1,6 @@
 """``train_summary.json`` of a training run, and the plain-JSON forms of its config and records: what ran (model,
 attack, schedule, precision, guard, time budget, the weights it started from, ADML's recipe label), what came out
 (history, best and final weights), and where."""
-import time
 from dataclasses import asdict
 from typing import Any, Dict, Optional
 
@@ -95,7 +94,7 @@ def train_summary(run: Any, final_sha: Optional[str]) -> Dict[str, Any]:
         'precision': _precision(run, eval_dtype),
         'budget': run.budget,
         'epoch_seconds': [h['epoch_seconds'] for h in run.history],  # every epoch, across resumes
-        'wall_clock_seconds': round(run.prior_seconds + time.time() - run.t_start, 3),  # summed over processes
+        'wall_clock_seconds': round(run.wall_clock_seconds(), 3),
         'hardware': {'device': hardware_name(run.device), 'world_size': run.world, 'torch': torch.__version__,
                      'step': cfg.step, 'step_fallback': run.step.fallback if run.step is not None else None},
         'command': run.command,
