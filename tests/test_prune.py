@@ -256,6 +256,23 @@ def test_saliency_file_is_reused(pruned_run, tmp_path):
     assert any(r.startswith('saliency read from') and 'first 2 training batches' in r for r in summary['reductions'])
 
 
+def test_magnitude_baseline_prunes_the_smallest_weights(pruned_run, tmp_path):
+    cfg, _ = pruned_run
+    summary = run_prune(PruneConfig(**{**cfg.__dict__, 'criterion': 'magnitude', 'saliency_batches': None,
+                                       'epochs': 0, 'eval_images': 0, 'out': str(tmp_path)}))
+    dense = tiny_vgg()
+    layers = prunable_layers(dense)
+    chosen = select({n: layer_matrix(l.module.weight, l.module.bias).abs() for n, l in layers.items()}, layers, 0.9)
+    pruned = create('fsr_vgg16', num_classes=10, **TINY_VGG)
+    load_weights(pruned, tmp_path / 'pruned.safetensors')
+    for n, layer in prunable_layers(pruned).items():
+        zero = layer_matrix(layer.module.weight, layer.module.bias) == 0
+        assert torch.equal(zero, chosen[n]), n  # exactly the chosen entries: the dense weights have no zeros
+    assert summary['criterion'] == 'magnitude' and summary['method']['criterion'] == 'magnitude'
+    assert 'not MAD' in summary['method']['baseline'] and not (tmp_path / 'saliency.safetensors').exists()
+    assert summary['mode'] == 'reduced' and summary['reductions'] == ['no fine-tuning (--epochs 0)']
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--sparsity', '1.5'], 'sparsity must be in (0, 1)'),
     (['--sparsity', '0'], 'sparsity must be in (0, 1)'),
@@ -265,6 +282,8 @@ def test_saliency_file_is_reused(pruned_run, tmp_path):
     (['--saliency', 'missing.safetensors'], 'saliency file not found'),
     (['--saliency', '{weights}', '--saliency-batches', '2'], 'saliency_batches has no effect'),
     (['--model', 'no_such_model'], 'Unknown model'),
+    (['--criterion', 'magnitude', '--saliency-batches', '2'], 'saliency_batches has no effect with criterion'),
+    (['--criterion', 'magnitude', '--saliency', '{weights}'], 'saliency has no effect with criterion'),
 ])
 def test_bad_inputs_are_one_line_errors(flags, message, tmp_path, capsys):
     weights = tmp_path / 'w.safetensors'
@@ -297,7 +316,7 @@ def test_cli_maps_every_flag_to_the_config(monkeypatch, tmp_path, capsys):
 
     def fake_run(cfg, command):
         seen['cfg'], seen['command'] = cfg, command
-        return {'mode': 'reduced', 'evaluation': None, 'sparsity': {'prunable_sparsity': 0.9, 'nonzero_params': 5}}
+        return {'criterion': cfg.criterion, 'mode': 'reduced', 'evaluation': None, 'sparsity': {'prunable_sparsity': 0.9, 'nonzero_params': 5}}
 
     monkeypatch.setattr(prune_tool, 'run_prune', fake_run)
     argv = ['--model', 'resnet18', '--weights', 'w', '--data', 'd', '--out', 'o', '--sparsity', '99/100',
@@ -307,5 +326,6 @@ def test_cli_maps_every_flag_to_the_config(monkeypatch, tmp_path, capsys):
     cfg = seen['cfg']
     assert (cfg.sparsity, cfg.saliency_batches, cfg.epochs, cfg.attack, cfg.progress) == (0.99, 3, 2, 'fgsm-rs', False)
     assert cfg.model_args == {'fsr_positions': ['layer4']} and cfg.weight_decay == 2e-4 and cfg.beta == 0.5
+    assert cfg.criterion == 'mad'
     assert seen['command'].startswith('python tools/prune.py --model resnet18')
-    assert 'reduced run' in capsys.readouterr().out
+    assert 'mad reduced run' in capsys.readouterr().out

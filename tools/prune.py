@@ -7,6 +7,7 @@
     python tools/prune.py ... --device cpu --saliency-batches 20 --epochs 2 --attack fgsm-rs --max-train-images 5000
                                                                       # reduced CPU mode (labelled as such)
     python tools/prune.py ... --epochs 0                              # prune without fine-tuning
+    python tools/prune.py ... --criterion magnitude                   # the |w| baseline, same fine-tuning
 
 OUT/ gets pruned.safetensors (the same architecture and keys as the dense model, pruned parameters exact zeros:
 ``fsr_hub.models.create`` / timm load it strictly), saliency.safetensors (the averaged saliency matrix of every
@@ -24,7 +25,7 @@ import sys
 
 from fsr_hub.cli import add_fsr_arguments, fsr_model_args, number
 from fsr_hub.data import DATASETS, DatasetError
-from fsr_hub.pruning import ATTACKS, PAPER_EPOCHS, PruneConfig, run_prune
+from fsr_hub.pruning import ATTACKS, CRITERIA, PAPER_EPOCHS, PruneConfig, run_prune
 from fsr_hub.weights import WeightsError
 
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='output folder')
     p.add_argument('--dataset', default='cifar10', choices=sorted(DATASETS))
     p.add_argument('--sparsity', type=number, default=0.9, help='fraction pruned, in (0, 1) (default: 0.9)')
+    p.add_argument('--criterion', choices=CRITERIA, default='mad',
+                   help="what ranks the weights: mad (MAD's saliency) or magnitude (|w|: the baseline, with the "
+                        "same selection, fine-tuning and evaluation) (default: mad)")
     p.add_argument('--saliency-batches', type=int, default=None, metavar='N',
                    help='average the saliency over the first N training batches (default: all)')
     p.add_argument('--saliency', default=None, metavar='FILE',
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
         return 2
     ev = summary['evaluation']
     sp = summary['sparsity']
-    line = f"{summary['mode']} run: sparsity {sp['prunable_sparsity']:.4f} of the prunable parameters, " \
+    line = f"{summary['criterion']} {summary['mode']} run: sparsity {sp['prunable_sparsity']:.4f} of the prunable parameters, " \
            f"{sp['nonzero_params']:,} non-zero parameters"
     if ev is not None:
         key = f'pgd{cfg.eval_steps}_acc'

@@ -25,14 +25,16 @@ from ..schemas import PRUNE_SCHEMA
 from ..sources import load_model
 from ..weights import read_weights, save_weights, sha256_file
 from .finetune import evaluate, finetune, mad_milestones
-from .layers import Layer, prunable_layers
+from .layers import Layer, layer_matrix, prunable_layers
 from .masks import M_MIN, M_ONE, MASK_MIN
 from .prune import apply_pruning, check_saliency, select, sparsity_report
 from .saliency import MASK_LR, MASK_STEPS, AttackConfig, compute_saliency
 
-__all__ = ['ATTACKS', 'PAPER_EPOCHS', 'PruneConfig', 'run_prune', 'sparse_flops']
+__all__ = ['ATTACKS', 'CRITERIA', 'PAPER_EPOCHS', 'PruneConfig', 'run_prune', 'sparse_flops']
 
 ATTACKS = ('pgd', 'fgsm-rs')
+#: mad: MAD's saliency; magnitude: |w|, the baseline MAD is compared with (same selection, fine-tuning, evaluation)
+CRITERIA = ('mad', 'magnitude')
 #: the ``kind`` in the metadata of the saliency files this module writes
 SALIENCY_KIND = 'mad_saliency'
 PAPER_EPOCHS = 60
@@ -48,6 +50,7 @@ class PruneConfig:
     model_args: Dict[str, Any] = field(default_factory=dict)
     dataset: str = 'cifar10'
     sparsity: float = 0.9
+    criterion: str = 'mad'
     saliency_batches: Optional[int] = None  # None: every training batch
     saliency: Optional[str] = None  # saliency.safetensors of an earlier run: skip the computation
     epochs: int = PAPER_EPOCHS
@@ -74,6 +77,12 @@ class PruneConfig:
             raise ValueError(f'sparsity must be in (0, 1), e.g. 0.9, got {self.sparsity}.')
         if self.dataset not in DATASETS:
             raise ValueError(f'Unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}.')
+        if self.criterion not in CRITERIA:
+            raise ValueError(f'Unknown criterion {self.criterion!r}; expected one of {CRITERIA}.')
+        if self.criterion == 'magnitude':
+            for name in ('saliency', 'saliency_batches'):
+                if getattr(self, name) is not None:
+                    raise ValueError(f'{name} has no effect with criterion magnitude (no saliency is computed).')
         if self.attack not in ATTACKS:
             raise ValueError(f'Unknown attack {self.attack!r}; expected one of {ATTACKS}.')
         for name in ('batch_size', 'eval_batch_size', 'eval_steps'):
@@ -166,6 +175,11 @@ def _saliency(
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """The saliencies (computed and written to OUT, or read from ``cfg.saliency``) and their record, whose
     ``reductions`` list what a read file's computation left out."""
+    if cfg.criterion == 'magnitude':
+        sal = {n: layer_matrix(layer.module.weight, layer.module.bias).detach().abs().float().cpu()
+               for n, layer in layers.items()}
+        return sal, {'computed': True, 'criterion': 'magnitude', 'seconds': 0.0, 'reductions': [],
+                     'rule': '|w_ij| of the dense weights, bias column included (no attack, no data)'}
     if cfg.saliency is not None:
         meta = _saliency_metadata(cfg.saliency)
         if meta.get('weights_sha256') != weights_sha256:
@@ -189,13 +203,22 @@ def _saliency(
 
 def _method(cfg: PruneConfig) -> Dict[str, Any]:
     a = cfg.attack_config()
+    if cfg.criterion == 'magnitude':
+        ranking = {'baseline': 'global magnitude pruning, not MAD: the weights of smallest |w| are removed, with '
+                               'MAD\'s selection rule, fine-tuning and evaluation',
+                   'saliency': '|w_ij| of the dense weights (bias column included)'}
+    else:
+        ranking = {
+            'masks': f'w * softplus(m) on every conv / linear weight and bias, m0 = ln(e - 1) = {M_ONE:.6f}; '
+                     f'softplus(m) clamped to [{MASK_MIN:g}, 1] (m in [{M_MIN:.5f}, {M_ONE:.6f}])',
+            'mask_optimisation': f'{MASK_STEPS} Adam steps, lr {MASK_LR}, fresh state per batch, masks only, '
+                                 f'eval mode',
+            'loss': 'mean cross-entropy of the adversarial logits, plus the FSR losses (Eq. 5, lambdas 1) for FSR '
+                    'models',
+            'saliency': 'S_ij = 0.5 * G_ii * dw_ij * (dw_i A)_j, dw = w * (1 - softplus(m)); K-FAC A = sum(a a^T) / '
+                        '(B L^2), G = B L sum(g g^T); averaged over the saliency batches'}
     return {
-        'masks': f'w * softplus(m) on every conv / linear weight and bias, m0 = ln(e - 1) = {M_ONE:.6f}; '
-                 f'softplus(m) clamped to [{MASK_MIN:g}, 1] (m in [{M_MIN:.5f}, {M_ONE:.6f}])',
-        'mask_optimisation': f'{MASK_STEPS} Adam steps, lr {MASK_LR}, fresh state per batch, masks only, eval mode',
-        'loss': 'mean cross-entropy of the adversarial logits, plus the FSR losses (Eq. 5, lambdas 1) for FSR models',
-        'saliency': 'S_ij = 0.5 * G_ii * dw_ij * (dw_i A)_j, dw = w * (1 - softplus(m)); K-FAC A = sum(a a^T) / '
-                    '(B L^2), G = B L sum(g g^T); averaged over the saliency batches',
+        'criterion': cfg.criterion, **ranking,
         'selection': 'the int(p * N) lowest saliencies over all non-head layers together (FSR module convs '
                      'included); int(p * d) per class row of each classification head (main and FSR auxiliary '
                      'heads, bias column included)',
@@ -267,11 +290,12 @@ def run_prune(cfg: PruneConfig, command: str = '') -> Dict[str, Any]:
     _say(cfg, f'pruned model: {after}')
 
     sha = save_weights(model, out / 'pruned.safetensors',
-                       metadata={'architecture': cfg.model, 'sparsity': str(cfg.sparsity), 'pruning': 'mad'})
+                       metadata={'architecture': cfg.model, 'sparsity': str(cfg.sparsity), 'pruning': cfg.criterion})
     timings['total'] = time.perf_counter() - t_start
     summary = {
         'schema': PRUNE_SCHEMA,
         'mode': 'reduced' if reductions else 'paper',
+        'criterion': cfg.criterion,
         'reductions': reductions,
         'architecture': cfg.model, 'model_args': cfg.model_args, 'source': source,
         'weights': {'file': 'pruned.safetensors', 'sha256': sha, 'dtype': 'float32',
