@@ -5,7 +5,7 @@ from typing import Any, Mapping, Optional
 
 from . import paper
 
-__all__ = ['describe_recipe', 'train_attack_name']
+__all__ = ['describe_recipe', 'short_recipe', 'train_attack_name']
 
 
 _TRAIN_ATTACKS = {'fgsm-rs': 'FGSM-RS', 'n-fgsm': 'N-FGSM'}
@@ -23,6 +23,18 @@ def train_attack_name(config: Mapping[str, Any]) -> Optional[str]:
     if attack in _TRAIN_ATTACKS:
         return _TRAIN_ATTACKS[attack]
     return 'FGSM-RS' if steps == 1 and config.get('random_start') else f'PGD-{steps}'
+
+
+def short_recipe(config: Mapping[str, Any], epochs: Any) -> Optional[str]:
+    """A few words of a trainer config for a table cell: attack, objective unless plain AT, lr schedule, epochs
+    (e.g. 'FGSM-RS, cyclic lr, 10 epochs'); None when the config records no attack."""
+    attack = train_attack_name(config)
+    if attack is None:
+        return None
+    objective = str(config.get('objective', 'at'))
+    parts = [attack] + ([f'{objective.upper()} fine-tuning' if objective == 'adml' else objective.upper()]
+                        if objective != 'at' else [])
+    return ', '.join(parts + [f"{config.get('schedule', 'piecewise')} lr", f'{epochs} epochs'])
 
 
 def describe_recipe(config: Mapping[str, Any]) -> Optional[str]:

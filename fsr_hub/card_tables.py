@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 from . import paper
 from .attack_registry import AUTOATTACK, CLEAN
 from .card_metrics import autoattack_protocol, ci95, eps_255, format_number, metric_rows, metric_sample
-from .card_recipe import train_attack_name
+from .card_recipe import short_recipe
 from .models import VANILLA_TWINS
 
 __all__ = ['released_table', 'robustbench_record']
@@ -26,8 +26,7 @@ def released_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, 
                  f"({'all ' if rows[k]['whole'] else 'first '}{rows[k]['n']:,})"
                  if rows[k]['ours'] is not None else 'not measured yet' for k in keys]
         training = results.get('training') or {}
-        attack = train_attack_name(training.get('config') or {})
-        what = f"{attack}, {training.get('epochs', '?')} epochs" if attack else 'not recorded'
+        what = short_recipe(training.get('config') or {}, training.get('epochs', '?')) or 'not recorded'
         lines.append(f'| `{name}` | {what} | ' + ' | '.join(cells) + ' |')
         ref = results.get('paper_reference') or {}
         if ref.get('setting'):

@@ -660,6 +660,20 @@ def test_a_fast_recipe_is_compared_with_the_paper_as_another_recipe():
     assert ref.metrics == paper.paper_reference('fsr_resnet18', 'at_cifar10').metrics
     assert ref.other_recipe and '100 epochs of PGD-10' in ref.other_recipe and 'FGSM-RS' in ref.other_recipe
     assert paper.paper_reference('fsr_resnet18', 'at_cifar10').other_recipe is None
+    assert 'cyclic lr' in paper.paper_reference('cifar_resnet18', 'fgsmrscyc_cifar10').other_recipe
+
+
+@pytest.mark.parametrize('config, text', [
+    ({'attack': 'fgsm-rs', 'steps': 1, 'eps': 8 / 255, 'schedule': 'cyclic'}, 'FGSM-RS, cyclic lr, 12 epochs'),
+    ({'steps': 1, 'eps': 8 / 255, 'random_start': True}, 'FGSM-RS, piecewise lr, 12 epochs'),
+    ({'attack': 'pgd', 'steps': 10, 'eps': 8 / 255, 'objective': 'trades'}, 'PGD-10, TRADES, piecewise lr, 12 epochs'),
+    ({'attack': 'fgsm-rs', 'steps': 1, 'eps': 8 / 255, 'objective': 'adml', 'schedule': 'adml'},
+     'FGSM-RS, ADML fine-tuning, adml lr, 12 epochs'),
+    ({'objective': 'natural'}, None),
+])
+def test_the_readme_table_names_attack_objective_schedule_and_epochs(config, text):
+    from fsr_hub.card_recipe import short_recipe
+    assert short_recipe(config, 12) == text
 
 
 def test_the_readme_table_is_rendered_from_the_release_folders():
