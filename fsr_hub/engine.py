@@ -126,6 +126,7 @@ def _train_epoch(run: RunState, step_callback: Optional[Callable[[int, int], Non
             else:
                 plan_budget(run, (time.perf_counter() - t_warm) / PROBE_STEPS, i + 1, t_warm - t0)
                 planning = False
+                cfg = run.cfg  # the plan fixed the epoch count: the rest of the epoch follows its schedule
     if run.world > 1:
         dist.all_reduce(stats)
     synchronize(run.device)

@@ -7,7 +7,7 @@ import sys
 import time
 
 from .checkpoint import save_checkpoint
-from .schedule import BudgetCosts, plan_epochs, replan_epochs
+from .schedule import PER_ITERATION, BudgetCosts, plan_epochs, replan_epochs
 from .train_checkpoint import checkpoint_state
 from .train_config import with_epochs
 from .train_holdout import time_holdout_evaluation
@@ -47,12 +47,22 @@ def plan_budget(run: RunState, step_seconds: float, steps_done: int, warmup_seco
         },
         'reserve_seconds': round(reserve, 3), 'estimated_total_seconds': round(elapsed + estimate, 3),
         'stopped_after_epoch': None,
-        'reproduce': f'the same command with --epochs {epochs} and without --time-budget trains this run exactly',
+        'reproduce': _reproduce(run, epochs, steps_done),
     }
     if run.is_main:
         warn = '' if fits else ' (even one epoch does not fit: running one)'
         print(f'time budget {run.raw.time_budget:g} min: {step_seconds * len(run.loader):.2f} s/epoch measured, '
               f'{epochs} epochs{warn}, ~{elapsed + estimate:.0f} s in all', file=sys.stderr, flush=True)
+
+
+def _reproduce(run: RunState, epochs: int, steps_done: int) -> str:
+    """What ``--epochs N`` reproduces: all of the run, unless a per-iteration schedule's first steps (those timed
+    before the plan) took their lr from the longer --epochs schedule."""
+    command = f'the same command with --epochs {epochs} and without --time-budget trains this run'
+    if run.cfg.schedule not in PER_ITERATION or epochs == run.raw.epochs:
+        return f'{command} exactly'
+    return (f'{command}, except the lr of its first {steps_done} steps (taken while the speed was measured, before '
+            f'the plan): they followed the --epochs {run.raw.epochs} schedule')
 
 
 def out_of_time(run: RunState) -> bool:

@@ -210,3 +210,30 @@ def test_a_slowed_budgeted_run_replans_and_completes_its_schedule(tmp_path, monk
     assert [h['lr'] for h in res.history] == pytest.approx([lr_at(e, 0.1, m, 0.1) for e in range(8)])
     assert res.history[-1]['lr'] == pytest.approx(0.001)  # the last lr decay was reached
     assert clock[0] <= 60.0
+
+
+def test_a_budgeted_cyclic_run_follows_the_planned_schedule_once_planned(tmp_path, monkeypatch):
+    # 1 s per step on a fake clock; 12 steps per epoch, so the plan is made inside the first epoch (after 11 steps)
+    clock = [0.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=lambda: clock[0], time=time.time)
+    for module in (engine, train_budget, train_checkpoint, train_holdout):
+        monkeypatch.setattr(module, 'time', fake_time)
+    lrs = []
+    set_lr = TrainStep.set_lr
+    monkeypatch.setattr(TrainStep, 'set_lr', lambda self, lr: (lrs.append(lr), set_lr(self, lr))[1])
+
+    def tick(epoch, step):
+        clock[0] += 1.0
+
+    cfg = tiny_config(tmp_path, epochs=10, time_budget=1.0, steps=1, attack='fgsm-rs', schedule='cyclic',
+                      batch_size=8)
+    res = train(cfg, model=tiny_fsr_net(), data=separable_data(128), step_callback=tick, clock_start=0.0)
+    budget = res.summary['budget']
+    epochs, per_epoch = budget['epochs'], budget['measured']['steps_per_epoch']
+    probe = budget['measured']['setup_steps'] + train_budget.PROBE_STEPS
+    assert per_epoch == 12 and 1 < epochs < 10 and len(lrs) == epochs * per_epoch
+    total = epochs * per_epoch
+    assert lrs[:probe] == pytest.approx([cyclic_lr(k, 10 * per_epoch, 0.2) for k in range(probe)])
+    assert lrs[probe:] == pytest.approx([cyclic_lr(k, total, 0.2) for k in range(probe, total)])
+    assert res.history[0]['lr_end'] == pytest.approx(cyclic_lr(per_epoch - 1, total, 0.2))
+    assert f'except the lr of its first {probe} steps' in budget['reproduce']
