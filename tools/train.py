@@ -18,7 +18,8 @@
 --time-budget M: the whole run (set-up, training, held-out evaluations, outputs) ends within M minutes. The
 speed is measured on the first steps after the set-up (compilation / graph capture), the epoch count is fixed
 (at most --epochs) and the lr schedule follows it; train_summary.json records the plan, and the same command
-with --epochs N instead of --time-budget reproduces the run exactly. If the machine slows down (other work), the
+with --epochs N instead of --time-budget reproduces the run (exactly, except for a cyclic / adml schedule planned
+below --epochs: its steps timed before the plan took the lr of the longer cycle). If the machine slows down, the
 remaining epochs are re-planned at an epoch boundary and the schedule compressed, so the run still reaches its
 last lr decay (recorded in the summary's budget.replans).
 
