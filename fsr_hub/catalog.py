@@ -22,6 +22,7 @@ DEFAULT_ORG = 'fsr-hub'
 RELEASED: Dict[str, str] = {
     'fsr_resnet18.fgsmrs_cifar10': '7eefb5d1d572af58b0c24d6097a8c73608311c268e668591265932fd9253d3b9',
     'cifar_resnet18.fgsmrs_cifar10': '0dd1c6815b435656bb6278b783f356e4c6638e4d8a08f13e260fbafe175eb30a',
+    'fsr_resnet18.fgsmrscyc_cifar10': '5b33f164e0e1db5c996553cbd1a4354d5f571da63da61135aa064ed48ae9c34d',
 }
 
 #: releases the project plans; not registered with timm until they appear in :data:`RELEASED`
@@ -33,7 +34,8 @@ PLANNED: Tuple[str, ...] = (
 
 #: the release ``python -m fsr_hub`` evaluates by default: the first of these that is released (the paper's recipe
 #: once it is, until then the best CPU-trained one), else the first that is planned
-DEFAULT_ORDER: Tuple[str, ...] = ('fsr_resnet18.at_cifar10', 'fsr_resnet18.fgsmrs_cifar10')
+DEFAULT_ORDER: Tuple[str, ...] = ('fsr_resnet18.at_cifar10', 'fsr_resnet18.fgsmrscyc_cifar10',
+                                   'fsr_resnet18.fgsmrs_cifar10')
 
 #: ``model_cards/`` of the source checkout this package is imported from; an installed wheel has none
 CHECKOUT_CARDS = Path(__file__).resolve().parent.parent / 'model_cards'
