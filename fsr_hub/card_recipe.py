@@ -32,8 +32,11 @@ def short_recipe(config: Mapping[str, Any], epochs: Any) -> Optional[str]:
     if attack is None:
         return None
     objective = str(config.get('objective', 'at'))
-    parts = [attack] + ([f'{objective.upper()} fine-tuning' if objective == 'adml' else objective.upper()]
-                        if objective != 'at' else [])
+    parts = [attack]
+    if objective == 'adml':
+        parts.append('ADML fine-tuning')
+    elif objective != 'at':
+        parts.append(objective.upper())
     return ', '.join(parts + [f"{config.get('schedule', 'piecewise')} lr", f'{epochs} epochs'])
 
 
