@@ -47,16 +47,28 @@ def _twin_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, Any
     lines = ['', 'FSR minus its vanilla twin (same command, model alone changed), in points, on the first test images '
                  'both were evaluated on, with the paired 95 % interval:', '',
              '| ' + ' | '.join(['FSR - vanilla', 'training'] + head[2:]) + ' |', '| --- | --- |' + ' ---: |' * len(keys)]
+    paper_rows: List[str] = []
     for t in pairs:
         rows = {r['metric']: r for r in t['rows']}
         cells = [f"{rows[k]['gap']:+.2f} ± {format_number(rows[k]['ci95'])} ({_n_images(rows[k]['subset'])})"
                  if k in rows else 'not measured yet' for k in keys]
         what = f"{t['fsr'].get('epochs', '?')} epochs each"
         lines.append(f"| `{t['fsr']['name']}` - `{t['vanilla']['name']}` | {what} | " + ' | '.join(cells) + ' |')
-        if any(r.get('paper_gap') is not None for r in t['rows']):
-            cells = [f"{rows[k]['paper_gap']:+.2f}" if rows.get(k, {}).get('paper_gap') is not None else '-' for k in keys]
-            lines.append(f'| paper: FSR - vanilla | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |')
-    return lines
+        row = _paper_gap_row(releases[t['fsr']['name']][0], releases[t['vanilla']['name']][0], keys)
+        if row and row not in paper_rows:
+            paper_rows.append(row)
+    return lines + paper_rows
+
+
+def _paper_gap_row(fsr: Mapping[str, Any], vanilla: Mapping[str, Any], keys: List[str]) -> str:
+    """The paper's FSR - vanilla row for a pair, from both reports' paper references ('' when they have none in
+    common); every metric the paper reports for both, measured here or not."""
+    pf = (fsr.get('paper_reference') or {}).get('metrics') or {}
+    pv = (vanilla.get('paper_reference') or {}).get('metrics') or {}
+    if not set(pf) & set(pv):
+        return ''
+    cells = [f'{pf[k] - pv[k]:+.2f}' if k in pf and k in pv else '-' for k in keys]
+    return f'| paper: FSR - vanilla | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |'
 
 
 def _n_images(subset: str) -> str:

@@ -8,6 +8,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from fsr_hub.autoattack import pack_flags
+from fsr_hub.card_tables import released_table
 from fsr_hub.release import ReleaseError, attach_twin, readme_table, validate_release, write_card
 from fsr_hub.twins import check_twin_section, example_flags, paired_gap, twin_name, twin_section
 
@@ -130,3 +131,27 @@ def test_attach_renders_both_cards_and_the_readme(tmp_path, capsys):
         attach_twin(fsr.folder, fsr.folder)
     assert tool.main(['--folder', str(van.folder), '--twin', str(van.folder)]) == 2
     assert 'not twins' in capsys.readouterr().err
+
+
+def test_the_readme_gives_the_papers_gap_once_with_every_metric_it_reports(tmp_path):
+    fsr = build_release(tmp_path, 'fsr_resnet18', seed=0)
+    van = build_release(tmp_path, 'cifar_resnet18', model_args={'layers': [1, 1, 1, 1]}, seed=1)
+    _give_outcomes(fsr.folder, {'clean': [1] * 150 + [0] * 50, 'pgd20': [1] * 70 + [0] * 130})
+    _give_outcomes(van.folder, {'clean': [1] * 160 + [0] * 40, 'pgd20': [1] * 60 + [0] * 140})
+    attach_twin(fsr.folder, van.folder)
+    releases = {}
+    for tag in ('at_cifar10', 'other_cifar10'):   # two pairs with the same paper setting
+        for info in (fsr, van):
+            results = json.loads((info.folder / 'results.json').read_text())
+            for side in ('fsr', 'vanilla'):
+                results['twin'][side]['name'] = results['twin'][side]['name'].replace('at_cifar10', tag)
+            releases[info.folder.name.replace('at_cifar10', tag)] = (results, {})
+    table = released_table(releases)
+    pair_rows = [line for line in table.splitlines() if line.startswith('| `fsr_resnet18.')
+                 and ' - `cifar_resnet18.' in line]
+    paper_rows = [line for line in table.splitlines() if line.startswith('| paper: FSR - vanilla |')]
+    assert len(pair_rows) == 2 and len(paper_rows) == 1
+    assert table.splitlines()[-1] == paper_rows[0]   # after both pairs, not between them
+    # measured here: clean and PGD-20 only; the paper's row still shows each metric it reports for both
+    cells = [c.strip() for c in paper_rows[0].strip('|').split('|')][2:]
+    assert cells == ['-3.56', '+1.86', '+4.25', '+4.65', '+2.06', '+2.83', '+2.30']
