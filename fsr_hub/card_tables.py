@@ -9,6 +9,7 @@ from .attack_registry import AUTOATTACK, CLEAN
 from .card_metrics import autoattack_protocol, ci95, eps_255, format_number, metric_rows, metric_sample
 from .card_recipe import short_recipe
 from .models import VANILLA_TWINS
+from .twins import paper_gaps
 
 __all__ = ['released_table', 'robustbench_record']
 
@@ -61,13 +62,12 @@ def _twin_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, Any
 
 
 def _paper_gap_row(fsr: Mapping[str, Any], vanilla: Mapping[str, Any], keys: List[str]) -> str:
-    """The paper's FSR - vanilla row for a pair, from both reports' paper references ('' when they have none in
-    common); every metric the paper reports for both, measured here or not."""
-    pf = (fsr.get('paper_reference') or {}).get('metrics') or {}
-    pv = (vanilla.get('paper_reference') or {}).get('metrics') or {}
-    if not set(pf) & set(pv):
+    """The paper's FSR - vanilla row for a pair ('' when the paper has no metric of both): every metric it reports
+    for both, measured here or not."""
+    gaps = paper_gaps(fsr, vanilla)
+    if not gaps:
         return ''
-    cells = [f'{pf[k] - pv[k]:+.2f}' if k in pf and k in pv else '-' for k in keys]
+    cells = [f'{gaps[k]:+.2f}' if k in gaps else '-' for k in keys]
     return f'| paper: FSR - vanilla | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |'
 
 

@@ -16,7 +16,7 @@ from .models import VANILLA_TWINS
 from .paper import METRIC_NAMES, METRICS
 from .catalog import release_name, split_name
 
-__all__ = ['twin_name', 'fsr_side', 'example_flags', 'paired_gap', 'twin_gaps', 'gap_rows', 'twin_section',
+__all__ = ['twin_name', 'fsr_side', 'example_flags', 'paired_gap', 'twin_gaps', 'paper_gaps', 'gap_rows', 'twin_section',
            'check_twin_section']
 
 _FSR_OF = {vanilla: fsr for fsr, vanilla in VANILLA_TWINS.items()}
@@ -97,13 +97,19 @@ def twin_gaps(fsr: Mapping[str, Any], vanilla: Mapping[str, Any]) -> Dict[str, D
     return {m: g for m, g in gaps.items() if g is not None}
 
 
-def gap_rows(fsr: Mapping[str, Any], vanilla: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    """:func:`twin_gaps` as table rows, each with its display name and the paper's FSR - vanilla gap (from the two
-    reports' paper references) where the paper has both numbers."""
+def paper_gaps(fsr: Mapping[str, Any], vanilla: Mapping[str, Any]) -> Dict[str, float]:
+    """The paper's FSR - vanilla gap of every metric it reports for both (from the two reports' paper references),
+    in table order."""
     pf = (fsr.get('paper_reference') or {}).get('metrics') or {}
     pv = (vanilla.get('paper_reference') or {}).get('metrics') or {}
-    return [{**g, 'name': METRIC_NAMES[m], 'paper_gap': round(pf[m] - pv[m], 2) if m in pf and m in pv else None}
-            for m, g in twin_gaps(fsr, vanilla).items()]
+    return {m: round(pf[m] - pv[m], 2) for m in METRICS if m in pf and m in pv}
+
+
+def gap_rows(fsr: Mapping[str, Any], vanilla: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """:func:`twin_gaps` as table rows, each with its display name and the paper's FSR - vanilla gap
+    (:func:`paper_gaps`) where the paper has both numbers."""
+    paper = paper_gaps(fsr, vanilla)
+    return [{**g, 'name': METRIC_NAMES[m], 'paper_gap': paper.get(m)} for m, g in twin_gaps(fsr, vanilla).items()]
 
 
 
