@@ -100,6 +100,19 @@ def _twin(results: Mapping[str, Any], name: str) -> Optional[Mapping[str, Any]]:
     return section
 
 
+def _pruning(results: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    """The report's ``pruning`` section with the rows of its dense-versus-pruned table (None: not pruned)."""
+    section = results.get('pruning')
+    if not isinstance(section, dict):
+        return None
+    ev = section.get('evaluation') or {}
+    robust_key = next((k for k in (ev.get('dense') or {}) if k.startswith('pgd') and k.endswith('_acc')), None)
+    rows = [(label, (ev.get(key) or {}).get('clean_acc'), (ev.get(key) or {}).get(robust_key))
+            for label, key in (('dense', 'dense'), ('pruned', 'pruned'))] if ev else []
+    attack = robust_key[:-len('_acc')].upper().replace('PGD', 'PGD-') if robust_key else 'robust'
+    return {**section, 'eval_rows': rows, 'eval_attack': attack}
+
+
 def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: Optional[Path] = None) -> str:
     """The model card (README.md) of a release: huggingface_hub's ModelCard from :data:`TEMPLATE_PATH`.
 
@@ -133,7 +146,7 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
         training=training, training_hardware=thw.get('device', thw) if isinstance(thw, dict) else thw,
         recipe=describe_recipe(training['config'])
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
-        verify_seconds=_verify_seconds(results), twin=_twin(results, name),
+        verify_seconds=_verify_seconds(results), twin=_twin(results, name), pruning=_pruning(results),
         training_yaml=yaml.safe_dump(training['config'], sort_keys=True).rstrip()
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
         weights_dtype=_weights_dtype(folder), sha256=results['model'].get('sha256'), fmt=format_number)

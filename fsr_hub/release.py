@@ -136,6 +136,26 @@ def init_report(results: Mapping[str, Any]) -> Optional[Path]:
     return None
 
 
+def _attach_dense(folder: Path, results: Dict[str, Any]) -> Dict[str, Any]:
+    """A pruned release's ``results`` with ``pruning.versus_dense`` (:func:`fsr_hub.pruning.record.versus_dense`)
+    when the release it was pruned from is at hand in the checkout; results.json is rewritten when it changes."""
+    from .pruning.record import versus_dense
+
+    pruning = results.get('pruning')
+    dense_name = ((pruning or {}).get('source') or {}).get('release') if isinstance(pruning, dict) else None
+    dense_folder = local_release(dense_name) if dense_name else None
+    if dense_folder is None:
+        return results
+    try:
+        section = versus_dense(results, read_json(dense_folder / RESULTS_NAME), dense_name)
+    except ValueError as e:
+        raise ReleaseError(f'{folder / RESULTS_NAME} against {dense_folder / RESULTS_NAME}: {e}') from None
+    if pruning.get('versus_dense') != section:
+        results = {**results, 'pruning': {**pruning, 'versus_dense': section}}
+        write_atomic(folder / RESULTS_NAME, results)
+    return results
+
+
 def _attach_start_report(folder: Path, results: Dict[str, Any], before: Optional[PathLike]) -> Dict[str, Any]:
     """``results`` with the start model's per-class numbers from ``before`` (a results.json), or, when none is
     given and none is attached yet, from :func:`init_report`; results.json is rewritten when they are attached."""
@@ -216,7 +236,7 @@ def write_card(folder: PathLike, org: Optional[str] = None, before: Optional[Pat
     ``cost``/``paper_reference`` is completed first (the model is built to count cost). For a fine-tuned model,
     the per-class numbers of the weights it started from are attached to results.json (:func:`attach_before`)
     from ``before`` (their results.json), else from the start release's folder when it is at hand
-    (:func:`init_report`).
+    (:func:`init_report`); for a pruned model, its comparison with the release it was pruned from, when at hand.
     """
     folder = Path(folder)
     config, results = read_json(folder / CONFIG_NAME), read_json(folder / RESULTS_NAME)
@@ -232,6 +252,7 @@ def write_card(folder: PathLike, org: Optional[str] = None, before: Optional[Pat
         results = prepare_results(results, model, arch, tag, size)
         write_atomic(folder / RESULTS_NAME, results)
     results = _attach_start_report(folder, results, before)
+    results = _attach_dense(folder, results)
     write_per_class_plot(results, config, folder)
     path = folder / CARD_NAME
     write_atomic(path, render_release_card(results, config, folder))

@@ -163,7 +163,8 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
     Required files present; config.json names an fsr_hub (or any timm) architecture matching results.json and the
     release ``name`` (default: the folder's name); its ``hub_id`` is ``<org>/<name>``; the sha256 of the weights equals
     config.json's, results.json's and ``pin`` (default: :data:`fsr_hub.catalog.RELEASED`'s pin for the name,
-    if any); the weights load strictly; the card is byte for byte the one these files render to.
+    if any); the weights load strictly (a pruned release's recorded zeros are theirs); the card is byte for byte
+    the one these files render to.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -205,6 +206,13 @@ def validate_release(folder: PathLike, name: Optional[str] = None, pin: Optional
     if model is not None and config.get('num_classes') != model.num_classes:
         raise ReleaseError(f'{config_path}: num_classes {config.get("num_classes")} but the model has '
                            f'{model.num_classes}.')
+    if model is not None and isinstance(results.get('pruning'), dict):
+        from .pruning.record import check_pruning  # a pruned release: its recorded zeros are those of the file
+
+        try:
+            check_pruning(results['pruning'], model, str(results_path))
+        except ValueError as e:
+            raise ReleaseError(str(e)) from None
     if check_card and (folder / CARD_NAME).read_text() != render_release_card(results, config, folder):
         raise ReleaseError(f'{folder / CARD_NAME} differs from the card rendered from results.json and config.json; '
                            f're-render it with: python tools/make_card.py --folder {folder}')

@@ -10,6 +10,8 @@ transfer and black-box attacks and gradient-masking checks, written as an ``fsr-
     python tools/verify.py --model resnet50 --weights runs/r50_fsr/final.safetensors --train-summary \\
         runs/r50_fsr/train_summary.json --data /tmp/data      # any timm CNN + FSR: model_args from the summary
     python tools/verify.py ... --preset full --blackbox --transfer-from cifar_resnet18:pyautoattack   # + Table 3
+    python tools/verify.py --model fsr_resnet18 --weights model_fp16.safetensors --data /tmp/data --prune-summary \
+        runs/mad90/prune_summary.json --cast-from runs/mad90/pruned.safetensors   # a pruned model (tools/prune.py)
 
 Presets (stages run cheapest first): quick = clean, FGSM, PGD-20, C&W, PGD-100 and Ensemble on all images, then
 AutoAttack standard on the first 1,000; full = those on all images, the masking checks (first 1,000), AutoAttack
@@ -39,12 +41,13 @@ import torch
 from fsr_hub.attack_registry import NATTACK, NATTACK_N, SOURCE_ATTACKS, TRANSFER
 from fsr_hub.checkpoint import write_json
 from fsr_hub.cli import add_fsr_arguments, agreed_model_args, fsr_model_args, number
-from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
+from fsr_hub.data import DATASETS, INPUT_SIZE, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import (
     ATTACKS, PRESETS, build_report, evaluate, model_info, parse_attacks, preset, training_section,
 )
 from fsr_hub.models import create
 from fsr_hub.catalog import release_name
+from fsr_hub.pruning.record import pruning_section
 from fsr_hub.schemas import VERIFY_SCHEMA
 from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model_spec
 from fsr_hub.weights import WeightsError, cast_dtype, load_weights, resolve_pretrained_file, sha256_file
@@ -92,9 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--train-summary', default=None,
                    help="the trainer's train_summary.json of these weights: recipe, command and timing go into the "
                         "report, and its model_args build the model (--fsr-* flags, if given, must agree)")
+    p.add_argument('--prune-summary', default=None,
+                   help="instead of --train-summary for a pruned model: tools/prune.py's prune_summary.json of "
+                        "these weights; the run's record and the sparsity of the weights go into the report")
     p.add_argument('--cast-from', default=None, metavar='TRAINED',
-                   help="with --train-summary: the trainer's file (e.g. its fp32 best.safetensors) that --weights "
-                        "is an exact cast of (e.g. the fp16 file to release); checked tensor by tensor")
+                   help="with --train-summary (or --prune-summary): the trainer's file (e.g. its fp32 "
+                        "best.safetensors, or pruned.safetensors) that --weights is an exact cast of (e.g. the fp16 "
+                        "file to release); checked tensor by tensor")
     add_fsr_arguments(p)
     p.add_argument('--no-progress', action='store_true')
     return p
@@ -121,14 +128,15 @@ def _read_previous(path: str, sha256: str, data: Dict[str, Any], eps: float) -> 
     return prev
 
 
-def _read_summary(path: str, model: str) -> Dict[str, Any]:
-    """A trainer's train_summary.json, which must be of a ``model`` run (when it names its model)."""
+def _read_summary(path: str, model: str, kind: str = 'train') -> Dict[str, Any]:
+    """A trainer's train_summary.json (or ``kind`` 'prune': a prune_summary.json), which must be of a ``model``
+    run (when it names its model)."""
     try:
         summary = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f'{path}: not a readable train summary ({e}).') from e
+        raise ValueError(f'{path}: not a readable {kind} summary ({e}).') from e
     if not isinstance(summary, dict):
-        raise ValueError(f'{path}: not a train summary (a JSON object).')
+        raise ValueError(f'{path}: not a {kind} summary (a JSON object).')
     trained = (summary.get('config') or {}).get('model')
     if trained is not None and trained != model:
         raise ValueError(f'{path} is the summary of a {trained} run, not {model}.')
@@ -176,8 +184,12 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
     attacks = list(attacks)
     subsets[NATTACK] = args.nattack_n
     num_classes = DATASETS[args.dataset][0]
-    summary = _read_summary(args.train_summary, args.model) if args.train_summary else None
-    model_args = agreed_model_args(fsr_model_args(args), _recorded_args(summary), str(args.train_summary))
+    if args.train_summary and args.prune_summary:
+        raise ValueError('give --train-summary (a trained model) or --prune-summary (a pruned one), not both.')
+    summary_path = args.train_summary or args.prune_summary
+    kind = 'prune' if args.prune_summary else 'train'
+    summary = _read_summary(summary_path, args.model, kind) if summary_path else None
+    model_args = agreed_model_args(fsr_model_args(args), _recorded_args(summary), str(summary_path))
     if args.pretrained:
         if model_args:
             raise ValueError(f'--pretrained loads a registered release, whose architecture fixes the model; '
@@ -190,14 +202,17 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
     sha256 = _sha256_of(weights)
     # checked before building (a summary of another run has other model_args) and before the (long) evaluation
     if args.cast_from and summary is None:
-        raise ValueError('--cast-from names the trainer\'s file of --train-summary; give both.')
+        raise ValueError('--cast-from names the trainer\'s file of --train-summary (or --prune-summary); give both.')
     cast = None
     if args.cast_from:
         cast = {'sha256': _sha256_of(args.cast_from), 'dtype': cast_dtype(weights, args.cast_from)}
-    training = training_section(summary, sha256, cast) if summary is not None else None
+    training = training_section(summary, sha256, cast) if args.train_summary else None
     if not args.pretrained:
         model = create(args.model, num_classes=num_classes, **model_args)
         load_weights(model, weights)
+    pruning = None
+    if args.prune_summary:
+        pruning = pruning_section(summary, model, sha256, cast, INPUT_SIZE[args.dataset])
     transfer_model, transfer_source = None, None
     if args.transfer_train_summary and not args.transfer_from:
         raise ValueError('--transfer-train-summary describes the source of --transfer-from; give both.')
@@ -228,7 +243,7 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
     def report_of(evaluation: Dict[str, Any]) -> Dict[str, Any]:
         # what a release's results.json adds to the report stays when it is continued (the same weights: sha256)
         report = {k: v for k, v in (previous or {}).items()
-                  if k in ('cost', 'paper_reference', 'training', 'analysis', 'per_class_before')}
+                  if k in ('cost', 'paper_reference', 'training', 'pruning', 'analysis', 'per_class_before')}
         report.update(build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command,
                                    preset=preset_name, deadline_minutes=args.deadline_minutes))
         if previous is not None:  # the runs that built the report, oldest first
@@ -236,6 +251,8 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
             report['commands'] = report['commands'] + [command]
         if training is not None:
             report['training'] = training
+        if pruning is not None:
+            report['pruning'] = pruning
         return report
 
     def on_update(evaluation: Dict[str, Any]) -> None:
