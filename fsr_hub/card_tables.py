@@ -27,7 +27,8 @@ def released_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, 
                  f"({'all ' if rows[k]['whole'] else 'first '}{rows[k]['n']:,})"
                  if rows[k]['ours'] is not None else 'not measured yet' for k in keys]
         training = results.get('training') or {}
-        what = short_recipe(training.get('config') or {}, training.get('epochs', '?')) or 'not recorded'
+        what = _pruned_from(results) or short_recipe(training.get('config') or {}, training.get('epochs', '?')) \
+            or 'not recorded'
         lines.append(f'| `{name}` | {what} | ' + ' | '.join(cells) + ' |')
         ref = results.get('paper_reference') or {}
         if ref.get('setting'):
@@ -36,6 +37,20 @@ def released_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, 
         cells = [format_number(ref['metrics'][k]) if k in (ref.get('metrics') or {}) else '-' for k in keys]
         lines.append(f'| paper: {setting} | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines + _twin_table(releases, keys, head))
+
+
+def _pruned_from(results: Mapping[str, Any]) -> str:
+    """A pruned release's training column: how it was pruned and from what ('' for a trained model)."""
+    pruning = results.get('pruning')
+    if not isinstance(pruning, dict):
+        return ''
+    method = 'MAD' if pruning.get('criterion') == 'mad' else 'magnitude'
+    zeros = (pruning.get('sparsity') or {}).get('prunable_sparsity')
+    source = (pruning.get('source') or {}).get('release') or 'dense weights'
+    epochs = (pruning.get('finetune') or {}).get('epochs', '?')
+    reduced = ', reduced run' if pruning.get('mode') == 'reduced' else ''
+    share = f' to {format_number(100 * zeros)} % zeros (conv / linear)' if isinstance(zeros, (int, float)) else ''
+    return f'{method} pruning of `{source}`{share}, {epochs} MART epochs{reduced}'
 
 
 def _twin_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, Any]]], keys: List[str],

@@ -141,3 +141,13 @@ def test_the_card_compares_the_pruned_file_with_its_dense_release(pruned, tmp_pa
     card = (info.folder / 'README.md').read_text()
     assert 'against `fsr_vgg16.tiny_cifar10`, the dense model' in card
     assert f"| {rows['pgd20']['gap']:+.2f} |" in card
+
+
+def test_the_readme_table_says_how_a_pruned_release_was_made(pruned, tmp_path):
+    from fsr_hub.card_tables import released_table
+
+    root, _, _, fp16, _ = pruned
+    info = assemble_release(tmp_path, fp16, json.loads((root / 'results.json').read_text()), tag='fgsmrs_mad90_cifar10')
+    table = released_table({info.name: (info.results, info.config)})
+    zeros = 100 * info.results['pruning']['sparsity']['prunable_sparsity']
+    assert f'| MAD pruning of `dense weights` to {zeros:.2f} % zeros (conv / linear), 0 MART epochs, reduced run |' in table
