@@ -73,6 +73,7 @@ def test_release_card_shows_the_pruning_and_validation_recounts_the_zeros(pruned
         assert f"| `{row['layer']}` |" in card
     assert '| dense |' in card and '| pruned |' in card
     assert 'Pruned from `' in card and 'were not recorded' not in card
+    assert 'h in all on ' in card and 'saliency 0.' in card  # computed in this run: its minutes
 
     def tamper(r):
         r['pruning']['sparsity']['layers'][0]['zeros'] += 1
