@@ -13,7 +13,7 @@ from typing import Dict, Mapping, Optional, Tuple
 from .paper import split_tag
 
 __all__ = ['DEFAULT_ORG', 'RELEASED', 'PLANNED', 'DEFAULT_ORDER', 'CHECKOUT_CARDS', 'release_name', 'split_name',
-           'hub_id', 'robustbench_name', 'default_release', 'local_release']
+           'hub_id', 'robustbench_name', 'default_release', 'local_release', 'release_of']
 
 #: Hugging Face organisation of the released weights (override per call, never through the environment)
 DEFAULT_ORG = 'fsr-hub'
@@ -54,6 +54,11 @@ def local_release(name: str) -> Optional[Path]:
     holds the weights, else None (an installed package, or weights moved out): loaders then go to the hub."""
     folder = CHECKOUT_CARDS / name
     return folder if (folder / 'model.safetensors').is_file() else None
+
+
+def release_of(sha256: Optional[str]) -> Optional[str]:
+    """The release whose weights are pinned to ``sha256`` in :data:`RELEASED`, else None."""
+    return next((name for name, pin in RELEASED.items() if pin == sha256), None)
 
 
 def release_name(architecture: str, tag: Optional[str]) -> str:

@@ -22,7 +22,7 @@ import timm
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
-from .catalog import RELEASED, local_release, release_name, split_name
+from .catalog import RELEASED, local_release, release_name, release_of, split_name
 from .weights import WeightsError, check_pretrained_file, load_weights, sha256_file
 
 __all__ = ['InitError', 'InitSource', 'resolve_init', 'load_init']
@@ -110,7 +110,7 @@ def _from_file(source: str, path: Path, architecture: str) -> InitSource:
         raise InitError(f"--init-from {source}: the file's metadata names architecture {declared!r}, not the run's "
                         f"{architecture!r} (--model).")
     sha = sha256_file(path)
-    release = next((n for n, pin in RELEASED.items() if pin == sha), None)
+    release = release_of(sha)
     return InitSource(source, 'file', path, sha, sha if release else None, release,
                       local_release(release) if release else None)
 

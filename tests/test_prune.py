@@ -213,15 +213,21 @@ def test_sparse_flops_count_each_layer_at_its_weight_density():
     assert flops['gflops_fvcore_sparse'] == round((dense[''] - dense['block0.0'] / 2) / 1e9, 6)
 
 
+def tiny_prune_config(root: Path, n_train: int, n_test: int, **overrides) -> PruneConfig:
+    """A reduced run on :func:`tiny_vgg` (written to ``root/dense.safetensors``) and synthetic CIFAR-10 batches
+    under ``root/data``, output in ``root/out``; ``overrides`` replace the config's fields."""
+    data = write_cifar_batches(root / 'data', n_train=n_train, n_test=n_test)
+    save_weights(tiny_vgg(), root / 'dense.safetensors')
+    fields = dict(model='fsr_vgg16', weights=str(root / 'dense.safetensors'), data=str(data), out=str(root / 'out'),
+                  model_args=TINY_VGG, sparsity=0.9, batch_size=16, attack='fgsm-rs', holdout=0, eval_steps=2,
+                  device='cpu', progress=False)
+    return PruneConfig(**{**fields, **overrides})
+
+
 @pytest.fixture(scope='module')
 def pruned_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp('mad')
-    data = write_cifar_batches(root / 'data', n_train=40, n_test=10)
-    save_weights(tiny_vgg(), root / 'dense.safetensors')
-    cfg = PruneConfig(model='fsr_vgg16', weights=str(root / 'dense.safetensors'), data=str(data),
-                      out=str(root / 'out'), model_args=TINY_VGG, sparsity=0.9, saliency_batches=2, epochs=1,
-                      batch_size=16, attack='fgsm-rs', holdout=0, eval_images=6, eval_steps=2, device='cpu',
-                      progress=False)
+    cfg = tiny_prune_config(tmp_path_factory.mktemp('mad'), n_train=40, n_test=10, saliency_batches=2, epochs=1,
+                            eval_images=6)
     return cfg, run_prune(cfg, command='test')
 
 

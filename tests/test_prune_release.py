@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsr_hub.pruning import PruneConfig, run_prune
+from fsr_hub.pruning import run_prune
 from fsr_hub import release as release_module
 from fsr_hub.pruning.record import measured_sparsity, versus_dense
 from fsr_hub.release import ReleaseError, assemble_release, validate_release
 from fsr_hub.weights import read_weights, save_weights, sha256_file
-from conftest import write_cifar_batches
 from release_builders import edit_json, load_tool
-from test_prune import TINY_VGG, tiny_vgg
+from test_prune import TINY_VGG, tiny_prune_config
 
 verify_tool = load_tool('verify')
 
@@ -23,12 +22,8 @@ verify_tool = load_tool('verify')
 def pruned(tmp_path_factory):
     """A tiny pruned fsr_vgg16 (no fine-tuning), its fp16 cast and the verify report of that cast."""
     root = tmp_path_factory.mktemp('pruned_release')
-    data = write_cifar_batches(root / 'data', n_train=32, n_test=8)
-    save_weights(tiny_vgg(), root / 'dense.safetensors')
-    cfg = PruneConfig(model='fsr_vgg16', weights=str(root / 'dense.safetensors'), data=str(data),
-                      out=str(root / 'out'), model_args=TINY_VGG, sparsity=0.9, saliency_batches=1, epochs=0,
-                      batch_size=16, attack='fgsm-rs', holdout=0, eval_images=4, eval_steps=2, device='cpu',
-                      progress=False)
+    cfg = tiny_prune_config(root, n_train=32, n_test=8, saliency_batches=1, epochs=0, eval_images=4)
+    data = cfg.data
     summary = run_prune(cfg, command='python tools/prune.py (test)')
     fp32 = root / 'out' / 'pruned.safetensors'
     fp16 = root / 'model_fp16.safetensors'

@@ -10,7 +10,7 @@ transfer and black-box attacks and gradient-masking checks, written as an ``fsr-
     python tools/verify.py --model resnet50 --weights runs/r50_fsr/final.safetensors --train-summary \\
         runs/r50_fsr/train_summary.json --data /tmp/data      # any timm CNN + FSR: model_args from the summary
     python tools/verify.py ... --preset full --blackbox --transfer-from cifar_resnet18:pyautoattack   # + Table 3
-    python tools/verify.py --model fsr_resnet18 --weights model_fp16.safetensors --data /tmp/data --prune-summary \
+    python tools/verify.py --model fsr_resnet18 --weights model_fp16.safetensors --data /tmp/data --prune-summary \\
         runs/mad90/prune_summary.json --cast-from runs/mad90/pruned.safetensors   # a pruned model (tools/prune.py)
 
 Presets (stages run cheapest first): quick = clean, FGSM, PGD-20, C&W, PGD-100 and Ensemble on all images, then

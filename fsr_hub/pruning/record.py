@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch.nn as nn
 
 from ..paper import METRIC_NAMES
-from ..catalog import RELEASED
+from ..catalog import release_of
 from ..schemas import PRUNE_SCHEMA
 from ..twins import twin_gaps
 from .layers import prunable_layers
@@ -34,10 +34,6 @@ def measured_sparsity(model: nn.Module, input_size: Sequence[int] = (3, 32, 32),
     return out
 
 
-def _source_release(sha256: Optional[str]) -> Optional[str]:
-    return next((name for name, pin in RELEASED.items() if pin == sha256), None)
-
-
 def pruning_section(summary: Mapping[str, Any], model: nn.Module, weights_sha256: str,
                     cast: Optional[Mapping[str, str]] = None,
                     input_size: Sequence[int] = (3, 32, 32)) -> Dict[str, Any]:
@@ -53,7 +49,7 @@ def pruning_section(summary: Mapping[str, Any], model: nn.Module, weights_sha256
                          f'not {pruned} (verify the pruned.safetensors it describes, or a cast of it with '
                          f'--cast-from).')
     source = dict(summary.get('source') or {})
-    source['release'] = _source_release(source.get('sha256'))
+    source['release'] = release_of(source.get('sha256'))
     section: Dict[str, Any] = {'source': source, **{k: summary.get(k) for k in _RUN_KEYS}}
     if cast:
         section['cast'] = {'from_sha256': pruned, 'dtype': cast['dtype'],
@@ -86,6 +82,6 @@ def versus_dense(results: Mapping[str, Any], dense: Mapping[str, Any],
     rows = [{'metric': m, 'name': METRIC_NAMES[m], 'n': g['n'], 'subset': g['subset'], 'pruned': g['fsr'],
              'dense': g['vanilla'], 'gap': g['gap'], 'ci95': g['ci95']} for m, g in twin_gaps(results, dense).items()]
     model = dense.get('model') or {}
-    return {'release': dense_name or _source_release(source), 'sha256': source, 'tag': model.get('tag'), 'rows': rows,
+    return {'release': dense_name or release_of(source), 'sha256': source, 'tag': model.get('tag'), 'rows': rows,
             'rule': 'per metric, on the first test images both models were evaluated on (their verify reports); '
                     'the 95 % interval is the paired one (1.96 x the standard error of the per-image difference)'}
