@@ -15,9 +15,12 @@ import fsr_hub  # noqa: F401
 from fsr_hub.autoattack import (
     AA_VERSIONS, autoattack_config, build_autoattack, departures, pack_flags, run_autoattack_resumable, unpack_flags,
 )
+from fsr_hub.attack_registry import PGD20, PGD100, SPECS
 from fsr_hub.evaluate import (
     PENDING, SCHEMA, STAGE_ORDER, build_report, evaluate, model_info, parse_attacks, preset,
 )
+from fsr_hub.evaluate.checks import masking_cost
+from fsr_hub.evaluate.measure import Clock, DeadlineReached, run_batched
 from fsr_hub.hardware import strict_float32
 from fsr_hub.weights import save_weights
 from tools import verify
@@ -248,6 +251,30 @@ def test_resume_keeps_finished_stages_and_a_deadline_lists_the_rest():
                   progress=False, previous=previous)
     assert ev['complete'] and ev['results']['ensemble']['attacks'] == ['clean', 'fgsm', 'pgd20', 'pgd100']
     assert ev['masking_checks']['n'] == 2 and ev['results']['pgd20']['subset'] == 'all 4'
+
+
+def test_masking_estimate_counts_the_steps_sweep_it_must_run():
+    # resumed without PGD-100's trajectory, the steps sweep runs its own PGD-100: the estimate has to include it
+    assert masking_cost(steps_recorded=False) == masking_cost(steps_recorded=True) + SPECS[PGD100].cost
+    model, (x, y) = tiny_fsr_net(), _data(4)
+    previous = json.loads(json.dumps(evaluate(model, x, y, attacks=('clean', 'pgd20'), batch_size=4,
+                                              masking_checks=False, progress=False)))
+    speed = 60 / (4 * 230)  # s per gradient evaluation per image: the checks' 182 units fit 60 s, 282 do not
+    previous['results']['pgd20']['seconds'] = SPECS[PGD20].cost * 4 * speed
+    del previous['results']['clean']['seconds']
+    ev = evaluate(model, x, y, attacks=('clean', 'pgd20'), batch_size=4, masking_n=4, progress=False,
+                  previous=previous, deadline_minutes=1)
+    need = masking_cost(steps_recorded=False) * 4 * speed
+    assert ev['not_run'] == {'masking_checks': ev['not_run']['masking_checks']}
+    assert ev['not_run']['masking_checks'].startswith(f'deadline: about {need:.0f} s needed')
+
+
+def test_a_sweep_does_not_start_after_the_deadline():
+    x, y = _data(4)
+    model = tiny_fsr_net().eval()
+    with pytest.raises(DeadlineReached, match='in late sweep after 0 of 2 batches'):
+        run_batched(lambda xb, yb: xb, model, x, y, 8 / 255, 2, torch.device('cpu'), 'late sweep', False,
+                    clock=Clock(deadline_s=0.0))
 
 
 def test_strict_float32_turns_tf32_off_and_restores_it():

@@ -14,7 +14,7 @@ from ..attacks import pgd, pgd_trajectory
 from .config import EvalConfig, attack_params
 from .measure import Clock, attack_fn, pct, run_batched
 
-__all__ = ['STEPS_SWEEP', 'EPS_SWEEP_255', 'ZERO_TOL', 'UNBOUNDED', 'BLACKBOX_TOL', 'MASKING_COST',
+__all__ = ['STEPS_SWEEP', 'EPS_SWEEP_255', 'ZERO_TOL', 'UNBOUNDED', 'BLACKBOX_TOL', 'masking_cost',
            'masking_checks', 'masking_section']
 
 STEPS_SWEEP = (1, 5, 10, 20, 50, 100)
@@ -25,8 +25,13 @@ ZERO_TOL = 1.0
 UNBOUNDED = {'eps': 1.0, 'alpha': 0.01, 'steps': 100, 'random_start': False}
 #: points by which a black-box attack may beat the strongest iterative white-box attack before it signals masking
 BLACKBOX_TOL = 1.0
-#: gradient evaluations per image of the checks (the eps sweep's PGD-20s and the unbounded PGD-100), for estimates
-MASKING_COST = len(EPS_SWEEP_255) * SPECS[PGD20].cost + SPECS[PGD100].cost
+
+
+def masking_cost(steps_recorded: bool) -> int:
+    """Gradient evaluations per image of the checks, for estimates: the eps sweep's PGD-20s and the unbounded
+    PGD-100, plus the steps sweep's own PGD-100 unless the PGD-100 stage of this run recorded its trajectory."""
+    sweeps = len(EPS_SWEEP_255) * SPECS[PGD20].cost + SPECS[PGD100].cost
+    return sweeps if steps_recorded else sweeps + SPECS[PGD100].cost
 
 
 def _steps_sweep(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, config: EvalConfig,

@@ -114,12 +114,13 @@ def run_batched(
         clock: Optional[Clock] = None,
 ) -> Tuple[torch.Tensor, float]:
     """Per-example correctness of ``model`` on fn(x, y) (adversarial inputs), and the worst bound violation.
-    Raises :class:`DeadlineReached` between batches once ``clock`` has no time left."""
+    Raises :class:`DeadlineReached` before a batch once ``clock`` has no time left (also before the first: the
+    masking checks run several sweeps, each through this loop)."""
     correct, worst = [], 0.0
     starts = range(0, len(y), batch_size)
     for k, i in enumerate(tqdm(starts, desc=desc, unit='batch', disable=not progress, leave=False)):
-        if clock is not None and k and clock.left() <= 0:
-            raise DeadlineReached(f'reached during the stage after {k} of {len(starts)} batches')
+        if clock is not None and clock.left() <= 0:
+            raise DeadlineReached(f'reached in {desc} after {k} of {len(starts)} batches')
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         x_adv = fn(xb, yb)
         worst = max(worst, linf_violation(x_adv, xb, eps))

@@ -11,7 +11,7 @@ from ..attacks import linf_violation, pgd_trajectory
 from ..autoattack import AA_KEYS, AAState, pack_flags, run_autoattack_resumable, unpack_flags
 from ..blackbox import run_nattack
 from ..hardware import synchronize
-from .checks import MASKING_COST, STEPS_SWEEP, masking_checks
+from .checks import STEPS_SWEEP, masking_checks, masking_cost
 from .measure import accuracy_entry, assert_eval, attack_fn, pct, run_batched
 
 if TYPE_CHECKING:
@@ -201,11 +201,12 @@ def nattack_stage(run: 'EvaluationRun', name: str) -> None:
 def masking_stage(run: 'EvaluationRun') -> None:
     """The gradient-masking checks on the first ``masking_n`` images."""
     n = run.n_images(MASKING)
-    if run.skip_if_late(MASKING, MASKING_COST * n):
+    units = masking_cost(steps_recorded=bool(run.traj[STEPS_SWEEP[0]])) * n
+    if run.skip_if_late(MASKING, units):
         return
     t0 = time.perf_counter()
     run.masking = masking_checks(run.model, run.x, run.y, n, run.config, run.traj, run.clock)
-    run.clock.record(MASKING_COST * n, time.perf_counter() - t0)
+    run.clock.record(units, time.perf_counter() - t0)
     run.not_run.pop(MASKING)
 
 
