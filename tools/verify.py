@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -160,7 +160,8 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f'signal {signum}')
 
 
-def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any]:
+def _check_args(args: argparse.Namespace) -> None:
+    """One-line errors for flags that do not go together, before anything is loaded."""
     if args.preset and args.attacks:
         raise ValueError('give --preset or --attacks, not both.')
     if args.batch_size <= 0 or (args.n is not None and args.n <= 0) or args.masking_n <= 0 or args.nattack_n <= 0:
@@ -174,18 +175,56 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
         raise ValueError('--deadline-minutes must be positive.')
     if not 0 < args.eps <= 1:
         raise ValueError(f'--eps must lie in (0, 1] (pixels are in [0, 1]; e.g. 8/255), got {args.eps}.')
+    if args.train_summary and args.prune_summary:
+        raise ValueError('give --train-summary (a trained model) or --prune-summary (a pruned one), not both.')
+    if args.transfer_train_summary and not args.transfer_from:
+        raise ValueError('--transfer-train-summary describes the source of --transfer-from; give both.')
+
+
+def _plan(args: argparse.Namespace) -> Tuple[str, List[str], Dict[str, int], bool]:
+    """(preset name, attacks, {attack: first-n subset}, masking checks on?) that the flags ask for."""
     if args.attacks:
-        attacks, subsets, masking = parse_attacks(args.attacks), {}, not args.no_masking_checks
+        attacks, subsets, masking = parse_attacks(args.attacks), {}, True
         preset_name = 'custom'
     else:
         preset_name = args.preset or 'full'
         attacks, subsets, masking = preset(preset_name, transfer=bool(args.transfer_from), blackbox=args.blackbox)
-        masking = masking and not args.no_masking_checks
-    attacks = list(attacks)
     subsets[NATTACK] = args.nattack_n
+    return preset_name, list(attacks), subsets, masking and not args.no_masking_checks
+
+
+def _transfer_source(args: argparse.Namespace, num_classes: int) -> Tuple[Optional[torch.nn.Module], Optional[str]]:
+    """The source model of the transfer attacks and its description (None, None without --transfer-from)."""
+    if not args.transfer_from:
+        return None, None
+    src_name, _, src_weights = args.transfer_from.partition(':')
+    src_args: Dict[str, Any] = {}
+    if args.transfer_train_summary:
+        src_summary = _read_summary(args.transfer_train_summary, src_name)
+        training_section(src_summary, _sha256_of(src_weights))  # the summary of exactly these weights
+        src_args = agreed_model_args({}, _recorded_args(src_summary), args.transfer_train_summary)
+    transfer_model, src = load_model_spec(args.transfer_from, num_classes, '--transfer-from', src_args)
+    described = f' {json.dumps(src_args, sort_keys=True)}' if src_args else ''
+    return transfer_model, f"{src['architecture']}{described} ({src['weights']}, sha256 {src['sha256'][:12]})"
+
+
+def _test_set(args: argparse.Namespace) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    """The test images (first --n), their labels and the report's ``data`` entry."""
+    images, labels = load_dataset(args.dataset, args.data, train=False)
+    total = len(labels)
+    if args.n is not None and args.n > total:
+        raise ValueError(f'--n {args.n}: the {args.dataset} test set has {total} images.')
+    if args.n is not None:
+        images, labels = images[:args.n], labels[:args.n]
+    data = {'dataset': args.dataset, 'split': 'test', 'n': len(labels),
+            'subset': 'all' if len(labels) == total else 'first n', 'seed': args.seed}
+    return images, labels, data
+
+
+def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any]:
+    _check_args(args)
+    preset_name, attacks, subsets, masking = _plan(args)
     num_classes = DATASETS[args.dataset][0]
-    if args.train_summary and args.prune_summary:
-        raise ValueError('give --train-summary (a trained model) or --prune-summary (a pruned one), not both.')
     summary_path = args.train_summary or args.prune_summary
     kind = 'prune' if args.prune_summary else 'train'
     summary = _read_summary(summary_path, args.model, kind) if summary_path else None
@@ -213,29 +252,10 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
     pruning = None
     if args.prune_summary:
         pruning = pruning_section(summary, model, sha256, cast, INPUT_SIZE[args.dataset])
-    transfer_model, transfer_source = None, None
-    if args.transfer_train_summary and not args.transfer_from:
-        raise ValueError('--transfer-train-summary describes the source of --transfer-from; give both.')
-    if args.transfer_from:
-        src_name, _, src_weights = args.transfer_from.partition(':')
-        src_args: Dict[str, Any] = {}
-        if args.transfer_train_summary:
-            src_summary = _read_summary(args.transfer_train_summary, src_name)
-            training_section(src_summary, _sha256_of(src_weights))  # the summary of exactly these weights
-            src_args = agreed_model_args({}, _recorded_args(src_summary), args.transfer_train_summary)
-        transfer_model, src = load_model_spec(args.transfer_from, num_classes, '--transfer-from', src_args)
-        described = f' {json.dumps(src_args, sort_keys=True)}' if src_args else ''
-        transfer_source = f"{src['architecture']}{described} ({src['weights']}, sha256 {src['sha256'][:12]})"
-        if not any(a in attacks for a in SOURCE_ATTACKS):
-            attacks.append(TRANSFER)
-    images, labels = load_dataset(args.dataset, args.data, train=False)
-    total = len(labels)
-    if args.n is not None and args.n > total:
-        raise ValueError(f'--n {args.n}: the {args.dataset} test set has {total} images.')
-    if args.n is not None:
-        images, labels = images[:args.n], labels[:args.n]
-    data = {'dataset': args.dataset, 'split': 'test', 'n': len(labels),
-            'subset': 'all' if len(labels) == total else 'first n', 'seed': args.seed}
+    transfer_model, transfer_source = _transfer_source(args, num_classes)
+    if transfer_model is not None and not any(a in attacks for a in SOURCE_ATTACKS):
+        attacks.append(TRANSFER)
+    images, labels, data = _test_set(args)
     previous = _read_previous(args.resume, sha256, data, args.eps) if args.resume else None
     info = model_info(model, args.model, args.tag, weights, model_args=model_args)
     out = Path(args.out) if args.out else None
