@@ -83,32 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    t_start = time.monotonic()
-    args = build_parser().parse_args(argv)
-    try:
-        dev = resolve_device(args.device)
-        cuda = dev.type == 'cuda'
-        paths = args.paths or (['eager', 'cuda-graph'] if cuda else ['eager', 'compile'])
-        if 'cuda-graph' in paths and not cuda:
-            raise ValueError('the cuda-graph path needs a CUDA device.')
-        if args.batch_size <= 0 or args.batches <= 0 or args.steps < 0:
-            raise ValueError('--batch-size and --batches must be positive, --steps >= 0.')
-        if args.warmup is not None and args.warmup < 0:
-            raise ValueError('--warmup must be >= 0.')
-        if args.seconds is not None and args.seconds <= 0:
-            raise ValueError('--seconds must be positive.')
-    except (ValueError, RuntimeError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    amp = fast_precision(dev) if args.amp is None else args.amp
-    cl = fast_precision(dev) if args.channels_last is None else args.channels_last
-    isa = cpu_bf16_isa() if dev.type == 'cpu' else None
-    deadline = None if args.seconds is None else t_start + args.seconds
-    names = {'fsr': args.model, 'vanilla': VANILLA_TWINS[args.model]}
-    print(f'device: {hardware_name(dev)} | torch {torch.__version__} | bf16 autocast {amp} | channels_last {cl} | '
-          f'batch {args.batch_size} | PGD-{args.steps} AT | paths {", ".join(paths)}', flush=True)
+def _checked_paths(args: argparse.Namespace, dev: torch.device) -> List[str]:
+    """The step paths to time; ValueError for flags that do not go together."""
+    paths = args.paths or (['eager', 'cuda-graph'] if dev.type == 'cuda' else ['eager', 'compile'])
+    if 'cuda-graph' in paths and dev.type != 'cuda':
+        raise ValueError('the cuda-graph path needs a CUDA device.')
+    if args.batch_size <= 0 or args.batches <= 0 or args.steps < 0:
+        raise ValueError('--batch-size and --batches must be positive, --steps >= 0.')
+    if args.warmup is not None and args.warmup < 0:
+        raise ValueError('--warmup must be >= 0.')
+    if args.seconds is not None and args.seconds <= 0:
+        raise ValueError('--seconds must be positive.')
+    return paths
 
+
+def _time_steps(args: argparse.Namespace, dev: torch.device, paths: List[str], names: Dict[str, str], amp: bool,
+                cl: bool, deadline: Optional[float]) -> Dict[str, Dict[str, Any]]:
+    """{path: {'status', 'fsr', 'vanilla'}}: the training step of each path, FSR models first, printed as they go."""
     results: Dict[str, Dict[str, Any]] = {p: {'status': 'ok'} for p in paths}
     jobs = [(p, 'fsr') for p in paths] + [(p, 'vanilla') for p in paths]
     if args.baseline and (amp or cl):
@@ -145,6 +136,74 @@ def main(argv=None) -> int:
         print(f'{path:<11} {names[which]:<16} {r["seconds_per_epoch"]:13.2f} {r["images_per_second"]:9.1f} '
               f'{r["warmup_seconds"]:9.2f}  {r["warmup_steps"]} untimed + {r["timed_steps"]} timed', flush=True)
         del model
+    return results
+
+
+def _time_eval(args: argparse.Namespace, dev: torch.device, names: Dict[str, str], amp: bool,
+               cl: bool) -> Dict[str, Any]:
+    """PGD-20 evaluation speed of the vanilla twin and the FSR model, printed side by side."""
+    ebs = args.eval_batch_size or 4 * args.batch_size
+    evaluation = {}
+    for which in ('vanilla', 'fsr'):
+        torch.manual_seed(0)
+        evaluation[which] = benchmark_eval(create(names[which], num_classes=10), ebs, max(1, args.batches // 4), 1,
+                                           str(dev), amp, cl)
+    ev_v, ev_f = evaluation['vanilla'], evaluation['fsr']
+    print(f'PGD-20 eval (eager): {names["vanilla"]} {ev_v["images_per_second"]:.1f} img/s '
+          f'{ev_v["seconds_per_10k"]:.2f} s/10k | {names["fsr"]} {ev_f["images_per_second"]:.1f} img/s '
+          f'{ev_f["seconds_per_10k"]:.2f} s/10k | FSR / vanilla x{ev_f["seconds_per_10k"] / ev_v["seconds_per_10k"]:.3f} '
+          f'(paper: 20/19 = x1.053)')
+    return evaluation
+
+
+def _add_tflops(results: Dict[str, Dict[str, Any]], timed: List[str], names: Dict[str, str],
+                steps: int) -> Optional[Dict[str, float]]:
+    """fvcore MACs per image of both models (None without fvcore); adds each timed row's TFLOP/s estimate."""
+    macs = {w: _macs(create(n, num_classes=10)) for w, n in names.items()}
+    if None in macs.values():
+        print('TFLOP/s not given: fvcore is not installed')
+        return None
+    parts = [f'{names[w]}: fvcore {macs[w] / 1e9:.4f} GMAC/img' for w in ('vanilla', 'fsr')]
+    for p in timed:
+        for w in ('vanilla', 'fsr'):
+            r = results[p].get(w)
+            if r:
+                r['tflops'] = 2 * macs[w] * 3 * (steps + 1) * r['images_per_second'] / 1e12
+                parts.append(f'{p} {names[w]} ~{r["tflops"]:.2f} TFLOP/s')
+    print(' | '.join(parts) + f' | MACs x{macs["fsr"] / macs["vanilla"]:.4f}')
+    return macs
+
+
+def _speedups(results: Dict[str, Dict[str, Any]], ok: List[str], names: Dict[str, str]) -> Optional[Dict[str, float]]:
+    """Each path's speed-up over the float32 eager step (None when that was not timed), printed."""
+    base = results.get(BASELINE, {}).get('fsr')
+    if not (base and ok):
+        return None
+    speedups = {p: round(base['seconds_per_epoch'] / results[p]['fsr']['seconds_per_epoch'], 3) for p in ok}
+    flops = f', ~{base["tflops"]:.2f} TFLOP/s' if 'tflops' in base else ''
+    print(f'speed-up over float32 eager ({base["seconds_per_epoch"]:.0f} s/epoch{flops}), {names["fsr"]}: '
+          + ', '.join(f'{p} x{u:.2f}' + (f' (~{results[p]["fsr"]["tflops"]:.2f} TFLOP/s)'
+                                         if 'tflops' in results[p]['fsr'] else '')
+                      for p, u in speedups.items()))
+    return speedups
+
+
+def main(argv=None) -> int:
+    t_start = time.monotonic()
+    args = build_parser().parse_args(argv)
+    try:
+        dev = resolve_device(args.device)
+        paths = _checked_paths(args, dev)
+    except (ValueError, RuntimeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    amp = fast_precision(dev) if args.amp is None else args.amp
+    cl = fast_precision(dev) if args.channels_last is None else args.channels_last
+    deadline = None if args.seconds is None else t_start + args.seconds
+    names = {'fsr': args.model, 'vanilla': VANILLA_TWINS[args.model]}
+    print(f'device: {hardware_name(dev)} | torch {torch.__version__} | bf16 autocast {amp} | channels_last {cl} | '
+          f'batch {args.batch_size} | PGD-{args.steps} AT | paths {", ".join(paths)}', flush=True)
+    results = _time_steps(args, dev, paths, names, amp, cl, deadline)
 
     includes_setup = any(results[p].get(w) and results[p][w]['includes_setup'] for p in paths for w in names)
     ok = [p for p in paths if results[p]['status'] == 'ok' and results[p].get('fsr')]
@@ -159,46 +218,14 @@ def main(argv=None) -> int:
     elif ratios:
         print('FSR / vanilla: train epoch time ' + ', '.join(f'{p} x{r:.3f}' for p, r in ratios.items())
               + ' (paper: 120/114 = x1.053)')
-
     evaluation = None
     if args.eval and (deadline is None or deadline - time.monotonic() > 2.0):
-        ebs = args.eval_batch_size or 4 * args.batch_size
-        evaluation = {}
-        for which in ('vanilla', 'fsr'):
-            torch.manual_seed(0)
-            evaluation[which] = benchmark_eval(create(names[which], num_classes=10), ebs,
-                                               max(1, args.batches // 4), 1, str(dev), amp, cl)
-        ev_v, ev_f = evaluation['vanilla'], evaluation['fsr']
-        print(f'PGD-20 eval (eager): {names["vanilla"]} {ev_v["images_per_second"]:.1f} img/s '
-              f'{ev_v["seconds_per_10k"]:.2f} s/10k | {names["fsr"]} {ev_f["images_per_second"]:.1f} img/s '
-              f'{ev_f["seconds_per_10k"]:.2f} s/10k | FSR / vanilla x{ev_f["seconds_per_10k"] / ev_v["seconds_per_10k"]:.3f} '
-              f'(paper: 20/19 = x1.053)')
-
+        evaluation = _time_eval(args, dev, names, amp, cl)
     macs = None
     if deadline is None or deadline - time.monotonic() > 5.0:
-        macs = {w: _macs(create(n, num_classes=10)) for w, n in names.items()}
-        if None in macs.values():
-            macs = None
-            print('TFLOP/s not given: fvcore is not installed')
-        else:
-            parts = [f'{names[w]}: fvcore {macs[w] / 1e9:.4f} GMAC/img' for w in ('vanilla', 'fsr')]
-            for p in ok + ([BASELINE] if results.get(BASELINE, {}).get('fsr') else []):
-                for w in ('vanilla', 'fsr'):
-                    r = results[p].get(w)
-                    if r:
-                        r['tflops'] = 2 * macs[w] * 3 * (args.steps + 1) * r['images_per_second'] / 1e12
-                        parts.append(f'{p} {names[w]} ~{r["tflops"]:.2f} TFLOP/s')
-            print(' | '.join(parts) + f' | MACs x{macs["fsr"] / macs["vanilla"]:.4f}')
-
-    speedups = None
-    base = results.get(BASELINE, {}).get('fsr')
-    if base and ok and not includes_setup:
-        speedups = {p: round(base['seconds_per_epoch'] / results[p]['fsr']['seconds_per_epoch'], 3) for p in ok}
-        flops = f', ~{base["tflops"]:.2f} TFLOP/s' if 'tflops' in base else ''
-        print(f'speed-up over float32 eager ({base["seconds_per_epoch"]:.0f} s/epoch{flops}), {names["fsr"]}: '
-              + ', '.join(f'{p} x{u:.2f}' + (f' (~{results[p]["fsr"]["tflops"]:.2f} TFLOP/s)'
-                                             if 'tflops' in results[p]['fsr'] else '')
-                          for p, u in speedups.items()))
+        timed = ok + ([BASELINE] if results.get(BASELINE, {}).get('fsr') else [])
+        macs = _add_tflops(results, timed, names, args.steps)
+    speedups = None if includes_setup else _speedups(results, ok, names)
     fastest = None if includes_setup or not ok else min(ok, key=lambda p: results[p]['fsr']['seconds_per_epoch'])
     if fastest is not None:
         base = results.get('eager', {}).get('fsr')
@@ -208,7 +235,8 @@ def main(argv=None) -> int:
               f'{names["fsr"]}')
     if args.json:
         doc = {
-            'device': hardware_name(dev), 'cpu_bf16_isa': isa, 'torch': torch.__version__, 'model': names['fsr'],
+            'device': hardware_name(dev), 'cpu_bf16_isa': cpu_bf16_isa() if dev.type == 'cpu' else None,
+            'torch': torch.__version__, 'model': names['fsr'],
             'vanilla_model': names['vanilla'], 'batch_size': args.batch_size, 'attack_steps': args.steps,
             'amp': amp, 'channels_last': cl, 'warmup': args.warmup, 'includes_setup': includes_setup,
             'paths': {p: {'status': r['status'],
