@@ -39,7 +39,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -182,97 +182,139 @@ def _png(args, default: str) -> Path:
     return Path(args.png) if args.png else Path(args.out).with_name(default)
 
 
+class _Inputs(NamedTuple):
+    """What every analysis command works on."""
+    model: torch.nn.Module
+    info: Dict[str, Any]
+    x: torch.Tensor
+    y: torch.Tensor
+    data: Dict[str, Any]  # the report's data entry (a command may add to it)
+    deadline: A.Deadline
+    num_classes: int
+
+
+Section = Tuple[Dict[str, Any], Optional[Path]]
+
+
+def _batching(args: argparse.Namespace) -> Dict[str, Any]:
+    return dict(batch_size=args.batch_size, device=args.device)
+
+
+def _feature_swap(args: argparse.Namespace, i: _Inputs) -> Section:
+    section = A.feature_swap(i.model, i.x, i.y, attacks=parse_attacks(args.attacks), outputs=args.features,
+                             eps=args.eps, seed=args.seed, num_classes=i.num_classes, position=args.position,
+                             deadline=i.deadline, progress=not args.no_progress, **_batching(args))
+    return section, A.plot_feature_swap(section, _png(args, A.PNG_NAMES['feature_swap'])) if section['features'] else None
+
+
+def _knn(args: argparse.Namespace, i: _Inputs) -> Section:
+    if args.sample:
+        raise ValueError('knn needs the training images: pass --data DIR, not --sample.')
+    images, labels = load_dataset(args.dataset, args.data, train=True)
+    if args.n_train is not None:
+        images, labels = images[:args.n_train], labels[:args.n_train]
+    i.data['n_train'] = len(labels)
+    section = A.knn_analysis(i.model, images_to_float(images), labels, i.x, i.y, ks=args.ks, gamma=args.gamma,
+                             eps=args.eps, outputs=args.features, position=args.position, pool=args.pool,
+                             num_classes=i.num_classes, deadline=i.deadline, **_batching(args))
+    return section, A.plot_knn(section, _png(args, A.PNG_NAMES['knn'])) if section['features'] else None
+
+
+def _gradcam(args: argparse.Namespace, i: _Inputs) -> Section:
+    natural = None
+    if args.natural.lower() != 'none':
+        natural, i.data['natural_model'] = load_model_spec(args.natural, i.num_classes, '--natural')
+    png = _png(args, A.PNG_NAMES['gradcam'])
+    section = A.gradcam_analysis(i.model, i.x, i.y, natural_model=natural, eps=args.eps, position=args.position,
+                                 device=args.device, png=png, scale=args.scale, deadline=i.deadline)
+    return section, png if section['n'] else None
+
+
+def _eps_curve(args: argparse.Namespace, i: _Inputs) -> Section:
+    section = A.eps_curve(i.model, i.x, i.y, eps_255=args.eps_list, seed=args.seed, num_classes=i.num_classes,
+                          deadline=i.deadline, progress=not args.no_progress, **_batching(args))
+    if not section['eps_255']:
+        return section, None
+    curves = [(A.model_label(i.info), section['eps_255'], section['accuracy'])]
+    curves += [A.read_eps_curve(f) for f in args.compare]
+    test_images = i.data.get('source') or f'{i.data["dataset"]} test'
+    return section, A.plot_eps_curves(curves, _png(args, A.PNG_NAMES['eps_curve']),
+                                      title=f'Robustness vs. perturbation size (PGD-20, {test_images}, n = {len(i.y)})')
+
+
+def _blackbox(args: argparse.Namespace, i: _Inputs) -> Section:
+    source, source_name = None, None
+    if any(a in ('ti_fgsm', 'di_fgsm') for a in args.attacks):
+        if not args.source:
+            raise ValueError('TI-FGSM / DI-FGSM need --source MODEL:WEIGHTS (the paper: a naturally trained model; '
+                             f'e.g. {PYAUTOATTACK_SPEC}).')
+        source, src = load_model_spec(args.source, i.num_classes, '--source')
+        source_name = f"{src['architecture']} ({src['weights']}, sha256 {src['sha256'][:12]})"
+        i.data['source_model'] = src
+    if args.nattack_n <= 0 or args.max_queries <= 0:
+        raise ValueError('--nattack-n and --max-queries must be positive.')
+    overrides = {'max_queries': args.max_queries} if args.max_queries != NATTACK['max_queries'] else {}
+    section = A.blackbox_analysis(i.model, i.x, i.y, attacks=args.attacks, source=source, source_name=source_name,
+                                  eps=args.eps, nattack_n=args.nattack_n, seed=args.seed,
+                                  num_classes=i.num_classes, deadline=i.deadline, progress=not args.no_progress,
+                                  **overrides, **_batching(args))
+    return section, None
+
+
+def _ib_split(args: argparse.Namespace, i: _Inputs) -> Section:
+    png = _png(args, A.PNG_NAMES['ib_split'])
+    section = A.ib_split(i.model, i.x, i.y, stage=args.stage, steps=args.steps, lr=args.lr, beta=args.beta,
+                         seed=args.seed, inversions=args.inversions, inversion_steps=args.inversion_steps,
+                         png=png, deadline=i.deadline, progress=not args.no_progress, **_batching(args))
+    return section, png if section['n'] else None
+
+
+def _ib_attack(args: argparse.Namespace, i: _Inputs) -> Section:
+    A.require('matplotlib')  # the figure is drawn after the attacks: fail before them
+    section = A.ib_attack(i.model, i.x, i.y, attacks=args.attacks, stage=args.stage, steps=args.steps, lr=args.lr,
+                          c=args.c, split_steps=args.split_steps, split_lr=args.split_lr, beta=args.beta,
+                          seed=args.seed, deadline=i.deadline, progress=not args.no_progress, **_batching(args))
+    return section, A.plot_ib_attack(section, _png(args, A.PNG_NAMES['ib_attack'])) if section['n'] else None
+
+
+#: command -> the analysis it runs on the model and test images
+ANALYSES: Dict[str, Callable[[argparse.Namespace, _Inputs], Section]] = {
+    'feature-swap': _feature_swap, 'knn': _knn, 'gradcam': _gradcam, 'eps-curve': _eps_curve,
+    'blackbox': _blackbox, 'ib-split': _ib_split, 'ib-attack': _ib_attack,
+}
+
+
+def _attach(args: argparse.Namespace) -> str:
+    try:
+        results = json.loads(Path(args.results).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f'{args.results}: not a readable results.json of tools/verify.py ({e}).') from None
+    merged = A.attach_sections(results, args.files)
+    out = Path(args.out or args.results)
+    copied, missing = A.copy_figures(args.files, out.parent)
+    write_json(out, merged)
+    lines = [f'analysis {", ".join(sorted(k for k in merged["analysis"] if k != "schema"))} -> {out}']
+    lines += [f'figure -> {p}' for p in copied]
+    lines += [f'note: {m}' for m in missing]
+    lines += [f'note: {k} is partial (complete: false): the card does not show it' for k, v in
+              merged['analysis'].items() if isinstance(v, dict) and v.get('complete') is False]
+    return '\n'.join(lines)
+
+
 def run(args: argparse.Namespace, command: str) -> str:
     if args.command == 'plot-eps':
         path = A.plot_eps_curves([A.read_eps_curve(f) for f in args.files], args.png)
         return f'-> {path}'
     if args.command == 'attach':
-        try:
-            results = json.loads(Path(args.results).read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f'{args.results}: not a readable results.json of tools/verify.py ({e}).') from None
-        merged = A.attach_sections(results, args.files)
-        out = Path(args.out or args.results)
-        copied, missing = A.copy_figures(args.files, out.parent)
-        write_json(out, merged)
-        lines = [f'analysis {", ".join(sorted(k for k in merged["analysis"] if k != "schema"))} -> {out}']
-        lines += [f'figure -> {p}' for p in copied]
-        lines += [f'note: {m}' for m in missing]
-        lines += [f'note: {k} is partial (complete: false): the card does not show it' for k, v in
-                  merged['analysis'].items() if isinstance(v, dict) and v.get('complete') is False]
-        return '\n'.join(lines)
+        return _attach(args)
     if args.batch_size <= 0:
         raise ValueError('--batch-size must be positive.')
     num_classes = DATASETS[args.dataset][0]
     model, info = _load_model(args.model, args.weights, num_classes, args.tag)
     x, y, data = _test_data(args)
     deadline = A.Deadline(args.deadline_minutes)
-    common = dict(batch_size=args.batch_size, device=args.device)
-    png: Optional[Path] = None
+    section, png = ANALYSES[args.command](args, _Inputs(model, info, x, y, data, deadline, num_classes))
     name = args.command.replace('-', '_')
-    if args.command == 'feature-swap':
-        section = A.feature_swap(model, x, y, attacks=parse_attacks(args.attacks), outputs=args.features, eps=args.eps,
-                                 seed=args.seed, num_classes=num_classes, position=args.position, deadline=deadline,
-                                 progress=not args.no_progress, **common)
-        png = A.plot_feature_swap(section, _png(args, A.PNG_NAMES[name])) if section['features'] else None
-    elif args.command == 'knn':
-        if args.sample:
-            raise ValueError('knn needs the training images: pass --data DIR, not --sample.')
-        images, labels = load_dataset(args.dataset, args.data, train=True)
-        if args.n_train is not None:
-            images, labels = images[:args.n_train], labels[:args.n_train]
-        data['n_train'] = len(labels)
-        section = A.knn_analysis(model, images_to_float(images), labels, x, y, ks=args.ks, gamma=args.gamma,
-                                 eps=args.eps, outputs=args.features, position=args.position, pool=args.pool,
-                                 num_classes=num_classes, deadline=deadline, **common)
-        png = A.plot_knn(section, _png(args, A.PNG_NAMES[name])) if section['features'] else None
-    elif args.command == 'gradcam':
-        natural = None
-        if args.natural.lower() != 'none':
-            natural, data['natural_model'] = load_model_spec(args.natural, num_classes, '--natural')
-        png = _png(args, A.PNG_NAMES[name])
-        section = A.gradcam_analysis(model, x, y, natural_model=natural, eps=args.eps, position=args.position,
-                                     device=args.device, png=png, scale=args.scale, deadline=deadline)
-        png = png if section['n'] else None
-    elif args.command == 'eps-curve':
-        section = A.eps_curve(model, x, y, eps_255=args.eps_list, seed=args.seed, num_classes=num_classes,
-                              deadline=deadline, progress=not args.no_progress, **common)
-        curves = [(A.model_label(info), section['eps_255'], section['accuracy'])]
-        curves += [A.read_eps_curve(f) for f in args.compare]
-        test_images = data.get('source') or f'{data["dataset"]} test'
-        png = A.plot_eps_curves(curves, _png(args, A.PNG_NAMES[name]),
-                                title=f'Robustness vs. perturbation size (PGD-20, {test_images}, n = {len(y)})'
-                                ) if section['eps_255'] else None
-    elif args.command == 'blackbox':
-        source, source_name = None, None
-        if any(a in ('ti_fgsm', 'di_fgsm') for a in args.attacks):
-            if not args.source:
-                raise ValueError('TI-FGSM / DI-FGSM need --source MODEL:WEIGHTS (the paper: a naturally trained model; '
-                                 f'e.g. {PYAUTOATTACK_SPEC}).')
-            source, src = load_model_spec(args.source, num_classes, '--source')
-            source_name = f"{src['architecture']} ({src['weights']}, sha256 {src['sha256'][:12]})"
-            data['source_model'] = src
-        if args.nattack_n <= 0 or args.max_queries <= 0:
-            raise ValueError('--nattack-n and --max-queries must be positive.')
-        overrides = {'max_queries': args.max_queries} if args.max_queries != NATTACK['max_queries'] else {}
-        section = A.blackbox_analysis(model, x, y, attacks=args.attacks, source=source, source_name=source_name,
-                                      eps=args.eps, nattack_n=args.nattack_n, seed=args.seed,
-                                      num_classes=num_classes, deadline=deadline, progress=not args.no_progress,
-                                      **overrides, **common)
-    elif args.command == 'ib-split':
-        png = _png(args, A.PNG_NAMES[name])
-        section = A.ib_split(model, x, y, stage=args.stage, steps=args.steps, lr=args.lr, beta=args.beta,
-                             seed=args.seed, inversions=args.inversions, inversion_steps=args.inversion_steps,
-                             png=png, deadline=deadline, progress=not args.no_progress, **common)
-        png = png if section['n'] else None
-    elif args.command == 'ib-attack':
-        A.require('matplotlib')  # the figure is drawn after the attacks: fail before them
-        section = A.ib_attack(model, x, y, attacks=args.attacks, stage=args.stage, steps=args.steps, lr=args.lr,
-                              c=args.c, split_steps=args.split_steps, split_lr=args.split_lr, beta=args.beta,
-                              seed=args.seed, deadline=deadline, progress=not args.no_progress, **common)
-        png = A.plot_ib_attack(section, _png(args, A.PNG_NAMES[name])) if section['n'] else None
-    else:  # pragma: no cover - argparse enforces the choices
-        raise ValueError(f'unknown command {args.command}')
     doc = {**A.section_meta(info, data, args.device, deadline, command), 'analysis': name, **section,
            'png': png.name if png else None}
     write_json(args.out, doc)
