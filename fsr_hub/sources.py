@@ -12,6 +12,7 @@
 """
 import functools
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -23,7 +24,7 @@ from .models import create
 from .weights import WeightsError, check_fit, load_weights, sha256_file
 
 __all__ = ['PYAUTOATTACK', 'PYAUTOATTACK_SPEC', 'NAMED_WEIGHTS', 'pyautoattack_checkpoint', 'natural_resnet18',
-           'load_model', 'load_model_spec']
+           'load_model', 'load_model_spec', 'describe_source']
 
 PYAUTOATTACK = 'pyautoattack'
 #: the spec of pyautoattack's naturally trained ResNet-18 (``--transfer-from`` / ``--natural``)
@@ -91,3 +92,10 @@ def load_model_spec(spec: str, num_classes: int = 10, what: str = 'model',
         sha = _pyautoattack_state()[1]
         return model, {'architecture': arch, 'weights': weights, 'sha256': sha, 'description': description}
     return load_model(name, weights, num_classes, model_args)
+
+
+def describe_source(src: Mapping[str, Any], model_args: Optional[Mapping[str, Any]] = None) -> str:
+    """One line naming a model that :func:`load_model_spec` described: architecture, its ``model_args`` when
+    given, weights and the start of their sha256 (how reports name an attack's source)."""
+    described = f' {json.dumps(dict(model_args), sort_keys=True)}' if model_args else ''
+    return f"{src['architecture']}{described} ({src['weights']}, sha256 {src['sha256'][:12]})"

@@ -51,7 +51,9 @@ from fsr_hub.data import DATASETS, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import parse_attacks
 from fsr_hub.fsr import FSR_OUTPUTS
 from fsr_hub.sample import SampleError, load_sample
-from fsr_hub.sources import NAMED_WEIGHTS, PYAUTOATTACK, PYAUTOATTACK_SPEC, load_model, load_model_spec
+from fsr_hub.sources import (
+    NAMED_WEIGHTS, PYAUTOATTACK, PYAUTOATTACK_SPEC, describe_source, load_model, load_model_spec,
+)
 from fsr_hub.weights import WeightsError
 
 
@@ -249,7 +251,7 @@ def _blackbox(args: argparse.Namespace, i: _Inputs) -> Section:
             raise ValueError('TI-FGSM / DI-FGSM need --source MODEL:WEIGHTS (the paper: a naturally trained model; '
                              f'e.g. {PYAUTOATTACK_SPEC}).')
         source, src = load_model_spec(args.source, i.num_classes, '--source')
-        source_name = f"{src['architecture']} ({src['weights']}, sha256 {src['sha256'][:12]})"
+        source_name = describe_source(src)
         i.data['source_model'] = src
     if args.nattack_n <= 0 or args.max_queries <= 0:
         raise ValueError('--nattack-n and --max-queries must be positive.')

@@ -49,7 +49,7 @@ from fsr_hub.models import create
 from fsr_hub.catalog import release_name
 from fsr_hub.pruning.record import pruning_section
 from fsr_hub.schemas import VERIFY_SCHEMA
-from fsr_hub.sources import PYAUTOATTACK_SPEC, load_model_spec
+from fsr_hub.sources import PYAUTOATTACK_SPEC, describe_source, load_model_spec
 from fsr_hub.weights import WeightsError, cast_dtype, load_weights, resolve_pretrained_file, sha256_file
 
 
@@ -204,8 +204,7 @@ def _transfer_source(args: argparse.Namespace, num_classes: int) -> Tuple[Option
         training_section(src_summary, _sha256_of(src_weights))  # the summary of exactly these weights
         src_args = agreed_model_args({}, _recorded_args(src_summary), args.transfer_train_summary)
     transfer_model, src = load_model_spec(args.transfer_from, num_classes, '--transfer-from', src_args)
-    described = f' {json.dumps(src_args, sort_keys=True)}' if src_args else ''
-    return transfer_model, f"{src['architecture']}{described} ({src['weights']}, sha256 {src['sha256'][:12]})"
+    return transfer_model, describe_source(src, src_args)
 
 
 def _test_set(args: argparse.Namespace) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
