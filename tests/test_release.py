@@ -681,3 +681,22 @@ def test_the_readme_table_is_rendered_from_the_release_folders():
     begin, end = release.README_MARKERS
     block = text[text.index(begin) + len(begin):text.index(end)].strip()
     assert block == release.readme_table(), 'python tools/make_card.py --readme README.md re-renders it'
+
+
+def test_card_says_how_a_budgeted_run_is_reproduced(rel):
+    from fsr_hub.evaluate import training_section
+    from fsr_hub.schemas import TRAIN_SCHEMA
+
+    assert 'Time budget' not in _body(rel.folder)  # a run without a budget: no such line
+    replan = {'after_epoch': 1, 'from_epochs': 10, 'epochs': 8, 'fits': True, 'epoch_seconds': 736.172}
+    reproduce = 're-planned after epoch 1 (from 10 to 8 epochs): --epochs 8 alone does not reproduce this run'
+    summary = {'schema': TRAIN_SCHEMA, 'weights': {'best': {'sha256': 'b' * 64}},
+               'budget': {'minutes': 115.0, 'epochs': 8, 'measured': {'seconds_per_step': 1.5},
+                          'replans': [replan], 'reproduce': reproduce}}
+    budget = training_section(summary, 'b' * 64)['budget']
+    assert budget == {'minutes': 115.0, 'epochs': 8, 'replans': [replan], 'reproduce': reproduce}
+    edit_json(rel.folder / 'results.json', lambda d: d['training'].__setitem__('budget', budget))
+    write_card(rel.folder)
+    assert ('Time budget: 115 min, the epochs planned by the trainer from its measured speed (after epoch 1 the '
+            f'machine had slowed to 736 s per epoch). Reproducing the run: {reproduce}.') in _body(rel.folder)
+    validate_release(rel.folder)

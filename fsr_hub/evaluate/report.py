@@ -77,6 +77,9 @@ def training_section(summary: Dict[str, Any], weights_sha256: str,
     extra = {'cast': {'from': selected[0], 'from_sha256': trained, 'dtype': cast['dtype']}} if cast else {}
     if summary.get('init_from'):  # a fine-tuned model: the weights it started from
         extra['init_from'] = summary['init_from']
+    budget = summary.get('budget')
+    if isinstance(budget, dict):  # how the budget fixed the epochs, and what reproduces the run
+        extra['budget'] = {k: budget[k] for k in ('minutes', 'epochs', 'replans', 'reproduce') if k in budget}
     return {
         **extra,
         'config': summary.get('config'),
