@@ -24,6 +24,7 @@ RELEASED: Dict[str, str] = {
     'cifar_resnet18.fgsmrs_cifar10': '0dd1c6815b435656bb6278b783f356e4c6638e4d8a08f13e260fbafe175eb30a',
     'fsr_resnet18.fgsmrscyc_cifar10': '5b33f164e0e1db5c996553cbd1a4354d5f571da63da61135aa064ed48ae9c34d',
     'cifar_resnet18.fgsmrscyc_cifar10': '446b986eeefe5d8a4541d85c5802e777d0ef8ba8628628b61d5c2d54f8711eb7',
+    'fsr_vgg16.fgsmrscyc_cifar10': '2311081dbf979bc1daad7f299b2c7d207357d5385f0d31fec2d4151708e93da7',
 }
 
 #: releases the project plans; not registered with timm until they appear in :data:`RELEASED`
