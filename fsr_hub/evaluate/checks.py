@@ -27,7 +27,7 @@ UNBOUNDED = {'eps': 1.0, 'alpha': 0.01, 'steps': 100, 'random_start': False}
 BLACKBOX_TOL = 1.0
 
 
-def masking_cost(steps_recorded: bool) -> int:
+def masking_cost(steps_recorded: bool) -> float:
     """Gradient evaluations per image of the checks, for estimates: the eps sweep's PGD-20s and the unbounded
     PGD-100, plus the steps sweep's own PGD-100 unless the PGD-100 stage of this run recorded its trajectory."""
     sweeps = len(EPS_SWEEP_255) * SPECS[PGD20].cost + SPECS[PGD100].cost
