@@ -15,7 +15,7 @@ from .config import EvalConfig, attack_params
 from .measure import Clock, attack_fn, pct, run_batched
 
 __all__ = ['STEPS_SWEEP', 'EPS_SWEEP_255', 'ZERO_TOL', 'UNBOUNDED', 'BLACKBOX_TOL', 'masking_cost',
-           'masking_checks', 'masking_section']
+           'trajectory_recorded', 'masking_checks', 'masking_section']
 
 STEPS_SWEEP = (1, 5, 10, 20, 50, 100)
 EPS_SWEEP_255 = (8, 16, 32, 64)
@@ -25,6 +25,11 @@ ZERO_TOL = 1.0
 UNBOUNDED = {'eps': 1.0, 'alpha': 0.01, 'steps': 100, 'random_start': False}
 #: points by which a black-box attack may beat the strongest iterative white-box attack before it signals masking
 BLACKBOX_TOL = 1.0
+
+
+def trajectory_recorded(traj: Mapping[int, List[torch.Tensor]]) -> bool:
+    """True when this run's PGD-100 stage recorded the iterates the steps sweep reads."""
+    return bool(traj[STEPS_SWEEP[0]])
 
 
 def masking_cost(steps_recorded: bool) -> float:
@@ -37,7 +42,7 @@ def masking_cost(steps_recorded: bool) -> float:
 def _steps_sweep(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, config: EvalConfig,
                  traj: Mapping[int, List[torch.Tensor]], clock: Clock) -> Tuple[List[float], int]:
     """PGD-k accuracy for k in STEPS_SWEEP: from the PGD-100 stage's trajectory when it ran, else measured."""
-    if traj[STEPS_SWEEP[0]]:
+    if trajectory_recorded(traj):
         return [pct(torch.cat(traj[k])) for k in STEPS_SWEEP], sum(len(t) for t in traj[STEPS_SWEEP[0]])
     rec_all: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}
     p = attack_params(PGD100, config.eps)

@@ -11,7 +11,7 @@ from ..attacks import linf_violation, pgd_trajectory
 from ..autoattack import AA_KEYS, AAState, pack_flags, run_autoattack_resumable, unpack_flags
 from ..blackbox import run_nattack
 from ..hardware import synchronize
-from .checks import STEPS_SWEEP, masking_checks, masking_cost
+from .checks import STEPS_SWEEP, masking_checks, masking_cost, trajectory_recorded
 from .measure import accuracy_entry, assert_eval, attack_fn, pct, run_batched
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def nattack_stage(run: 'EvaluationRun', name: str) -> None:
 def masking_stage(run: 'EvaluationRun') -> None:
     """The gradient-masking checks on the first ``masking_n`` images."""
     n = run.n_images(MASKING)
-    units = masking_cost(steps_recorded=bool(run.traj[STEPS_SWEEP[0]])) * n
+    units = masking_cost(trajectory_recorded(run.traj)) * n
     if run.skip_if_late(MASKING, units):
         return
     t0 = time.perf_counter()
