@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Optional, Sequence, Tuple
 
-from .paper import ADML_EPOCHS, ADML_LR, ADML_WARMUP
+from .paper import ADML_WARMUP
 
 __all__ = [
     'AT_MILESTONES', 'NATURAL_MILESTONES', 'NATURAL_RECIPE', 'SCHEDULES', 'PER_ITERATION', 'CYCLIC_LR_MAX',
     'CYCLIC_RULE', 'ADML_RULE', 'lr_milestones', 'lr_at', 'triangle_lr',
-    'cyclic_lr', 'adml_lr', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts',
+    'cyclic_lr', 'adml_lr', 'parse_lr_plan', 'check_lr_plan', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts',
     'plan_epochs', 'replan_epochs',
 ]
 
@@ -93,12 +93,49 @@ def adml_lr(iteration: int, total: int, lr_max: float) -> float:
     return triangle_lr(iteration, total, lr_max, float(ADML_WARMUP))
 
 
+def parse_lr_plan(plan: str) -> Tuple[Tuple[int, int], ...]:
+    """``'EPOCHS@STEP,...'`` as ``((step, epochs), ...)``: from 0-based global step STEP on, the per-iteration lr
+    follows the schedule of EPOCHS epochs. A time-budget run records its plan and re-plans this way
+    (``budget.lr_plan`` in train_summary.json), so ``--lr-plan`` replays its schedule exactly."""
+    entries = []
+    for part in str(plan).split(','):
+        epochs, sep, step = part.strip().partition('@')
+        try:
+            entry = (int(step), int(epochs))
+        except ValueError:
+            entry = None
+        if not sep or entry is None or entry[0] < 0 or entry[1] < 1:
+            raise ValueError(f'lr plan entries are EPOCHS@STEP with EPOCHS >= 1 and STEP >= 0 (e.g. 30@0,10@11,8@382), '
+                             f'got {part.strip()!r} in {plan!r}.')
+        entries.append(entry)
+    if entries[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(entries, entries[1:])):
+        raise ValueError(f'lr plan steps must start at 0 and increase, got {plan!r}.')
+    return tuple(entries)
+
+
+def check_lr_plan(plan: str, epochs: int, steps_per_epoch: int) -> None:
+    """Raise ValueError unless ``plan`` ends with ``epochs`` and each entry's schedule is still running where the
+    next entry takes over (a plan recorded with another batch size or data size fails here)."""
+    entries = parse_lr_plan(plan)
+    if entries[-1][1] != epochs:
+        raise ValueError(f'the lr plan {plan!r} ends with {entries[-1][1]} epochs but the run has {epochs}.')
+    for (_, e), (step, _) in zip(entries, entries[1:]):
+        if step >= e * steps_per_epoch:
+            raise ValueError(f'the lr plan {plan!r} switches at step {step}, after its {e}-epoch schedule ended '
+                             f'({e} x {steps_per_epoch} steps per epoch): was it recorded with another batch size '
+                             f'or training set?')
+
+
 def step_lr(cfg: Any, epoch: int, i: int, steps_per_epoch: int) -> float:
     """The lr of step ``i`` of 0-based ``epoch`` of a resolved ``TrainConfig``: per epoch (piecewise) or per
-    iteration (cyclic, adml)."""
+    iteration (cyclic, adml), the latter over the epochs of the ``lr_plan`` entry in force where one is given."""
     if cfg.schedule in PER_ITERATION:
         fn = cyclic_lr if cfg.schedule == 'cyclic' else adml_lr
-        return fn(epoch * steps_per_epoch + i, cfg.epochs * steps_per_epoch, cfg.lr)
+        step = epoch * steps_per_epoch + i
+        epochs = cfg.epochs
+        if cfg.lr_plan:
+            epochs = [e for s, e in parse_lr_plan(cfg.lr_plan) if s <= step][-1]
+        return fn(step, epochs * steps_per_epoch, cfg.lr)
     return lr_at(epoch, cfg.lr, cfg.milestones, cfg.lr_gamma)
 
 

@@ -49,6 +49,10 @@ def plan_budget(run: RunState, step_seconds: float, steps_done: int, warmup_seco
         'stopped_after_epoch': None,
         'reproduce': _reproduce(run, epochs, steps_done),
     }
+    if run.cfg.schedule in PER_ITERATION:
+        # the steps timed before the plan followed the --epochs schedule
+        run.budget['lr_plan'] = (f'{epochs}@0' if epochs == run.raw.epochs
+                                 else f'{run.raw.epochs}@0,{epochs}@{steps_done}')
     if run.is_main:
         warn = '' if fits else ' (even one epoch does not fit: running one)'
         print(f'time budget {run.raw.time_budget:g} min: {step_seconds * len(run.loader):.2f} s/epoch measured, '
@@ -57,12 +61,13 @@ def plan_budget(run: RunState, step_seconds: float, steps_done: int, warmup_seco
 
 def _reproduce(run: RunState, epochs: int, steps_done: int) -> str:
     """What ``--epochs N`` reproduces: all of the run, unless a per-iteration schedule's first steps (those timed
-    before the plan) took their lr from the longer --epochs schedule."""
+    before the plan) took their lr from the longer --epochs schedule; ``--lr-plan`` then replays it."""
     command = f'the same command with --epochs {epochs} and without --time-budget trains this run'
     if run.cfg.schedule not in PER_ITERATION or epochs == run.raw.epochs:
         return f'{command} exactly'
     return (f'{command}, except the lr of its first {steps_done} steps (taken while the speed was measured, before '
-            f'the plan): they followed the --epochs {run.raw.epochs} schedule')
+            f'the plan): they followed the --epochs {run.raw.epochs} schedule; adding --lr-plan '
+            f'{run.raw.epochs}@0,{epochs}@{steps_done} replays them too')
 
 
 def out_of_time(run: RunState) -> bool:
@@ -91,9 +96,12 @@ def out_of_time(run: RunState) -> bool:
             'after_epoch': run.epoch, 'from_epochs': old, 'epochs': epochs, 'fits': fits,
             'seconds_left': round(left, 3), 'epoch_seconds': round(epoch_seconds, 3),
             'estimated_seconds': round(estimate, 3)})
-        run.budget['reproduce'] = (f're-planned after epoch {run.epoch} (from {old} to {epochs} epochs): the epochs '
-                                   f'before ran under the longer schedule, so --epochs {epochs} alone does not '
-                                   f'reproduce this run')
+        reproduce = (f're-planned after epoch {run.epoch} (from {old} to {epochs} epochs): the epochs before ran '
+                     f'under the longer schedule, so --epochs {epochs} alone does not reproduce this run')
+        if 'lr_plan' in run.budget:
+            run.budget['lr_plan'] += f',{epochs}@{run.epoch * len(run.loader)}'
+            reproduce += f'; --epochs {epochs} --lr-plan {run.budget["lr_plan"]} does'
+        run.budget['reproduce'] = reproduce
         if run.is_main:
             print(f'time budget: the machine slowed to {epoch_seconds:.1f} s/epoch; re-planned from {old} to '
                   f'{epochs} epochs after epoch {run.epoch} (schedule compressed)', file=sys.stderr, flush=True)

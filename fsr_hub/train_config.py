@@ -14,6 +14,7 @@ from .objectives import ADML_BASES, OBJECTIVES, ObjectiveConfig, adml_split
 from .paper import ADML_BETA, ADML_EPOCHS, ADML_LR
 from .schedule import (
     AT_MILESTONES, CYCLIC_LR_MAX, NATURAL_MILESTONES, PER_ITERATION, SCHEDULES, default_eval_every, lr_milestones,
+    parse_lr_plan,
 )
 from .step import STEP_MODES, default_step_mode
 from .train_attacks import SINGLE_STEP, check_attack, default_alpha
@@ -47,6 +48,9 @@ class TrainConfig:
     random_start: bool = True
     epochs: Optional[int] = None  # None: 100 (adml: 10); with time_budget: the most epochs
     time_budget: Optional[float] = None  # minutes for the whole run; the epoch count is fixed after the first steps
+    #: per-iteration schedules: 'EPOCHS@STEP,...', the schedule's epoch count from each global step on (a time-budget
+    #: run's recorded plan and re-plans, replayed: fsr_hub.schedule.parse_lr_plan); None: ``epochs`` throughout
+    lr_plan: Optional[str] = None
     batch_size: int = 128  # global batch; split evenly over DDP ranks
     #: piecewise (the paper) | cyclic (fast AT: per-iteration triangle) | adml (per-iteration warm-up and decay);
     #: None: piecewise (adml: adml)
@@ -120,6 +124,8 @@ class TrainConfig:
             raise ValueError(f'Unknown schedule {self.schedule!r}; expected one of {", ".join(SCHEDULES)}.')
         if self.schedule in PER_ITERATION and self.milestones:
             raise ValueError(f'milestones are for the piecewise schedule, not --schedule {self.schedule}.')
+        if self.lr_plan is not None:
+            self._check_lr_plan()
         if not self.guard_drop > 0:
             raise ValueError(f'guard_drop must be a positive number of points, got {self.guard_drop}.')
         if self.guard and (self.objective == 'natural' or self.holdout == 0):
@@ -162,6 +168,16 @@ class TrainConfig:
                         if self.milestones is not None else lr_milestones(self.epochs, fractions)),
             eval_every=self.eval_every or default_eval_every(self.epochs),
         )
+
+    def _check_lr_plan(self) -> None:
+        if self.schedule not in PER_ITERATION:
+            raise ValueError(f'lr_plan replays a per-iteration schedule ({", ".join(PER_ITERATION)}), not '
+                             f'--schedule {self.schedule}.')
+        if self.time_budget is not None:
+            raise ValueError('lr_plan replays a recorded schedule: give it with --epochs, not --time-budget.')
+        last = parse_lr_plan(self.lr_plan)[-1][1]
+        if last != self.epochs:
+            raise ValueError(f'the lr plan {self.lr_plan!r} ends with {last} epochs but --epochs is {self.epochs}.')
 
     def _check_adml(self) -> None:
         """ValueError for ADML settings without ADML, or a per-process batch ADML cannot split in halves."""

@@ -16,7 +16,7 @@ from .data import DATASETS, DeviceLoader, load_dataset, split_holdout
 from .guard import OverfitGuard
 from .init_from import load_init
 from .models import create
-from .schedule import eval_epochs
+from .schedule import check_lr_plan, eval_epochs
 from .step import TrainStep, build_optimizer
 from .train_config import TrainConfig, dist_info
 from .train_summary import architecture_of
@@ -107,6 +107,8 @@ def setup_run(config: TrainConfig, model: Optional[nn.Module], data: Optional[Tu
         drop_last=True, seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
     if len(loader) == 0:
         raise ValueError(f'{len(train_y)} training images give no full batch of {cfg.batch_size}.')
+    if cfg.lr_plan is not None:
+        check_lr_plan(cfg.lr_plan, cfg.epochs, len(loader))
     # after the set-up checks, before any training: an output folder that cannot be written fails now, not after an
     # epoch
     if rank == 0:

@@ -237,3 +237,44 @@ def test_a_budgeted_cyclic_run_follows_the_planned_schedule_once_planned(tmp_pat
     assert lrs[probe:] == pytest.approx([cyclic_lr(k, total, 0.2) for k in range(probe, total)])
     assert res.history[0]['lr_end'] == pytest.approx(cyclic_lr(per_epoch - 1, total, 0.2))
     assert f'except the lr of its first {probe} steps' in budget['reproduce']
+
+
+def test_a_replanned_cyclic_run_records_its_lr_plan_and_replays_exactly(tmp_path, monkeypatch):
+    # 1 s per step for two epochs, then 3 s: planned inside epoch 1, re-planned later; the recorded plan replays
+    clock = [0.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=lambda: clock[0], time=time.time)
+    for module in (engine, train_budget, train_checkpoint, train_holdout):
+        monkeypatch.setattr(module, 'time', fake_time)
+    lrs = []
+    set_lr = TrainStep.set_lr
+    monkeypatch.setattr(TrainStep, 'set_lr', lambda self, lr: (lrs.append(lr), set_lr(self, lr))[1])
+
+    def tick(epoch, step):
+        clock[0] += 1.0 if epoch < 2 else 3.0
+
+    kw = dict(steps=1, attack='fgsm-rs', schedule='cyclic', batch_size=8)
+    budgeted = train(tiny_config(tmp_path / 'budget', epochs=10, time_budget=2.0, **kw), model=tiny_fsr_net(),
+                     data=separable_data(128), step_callback=tick, clock_start=0.0)
+    budget = budgeted.summary['budget']
+    plan = budget['lr_plan']
+    assert len(plan.split(',')) == 2 + len(budget['replans']) and budget['replans']
+    assert f'--lr-plan {plan}' in budget['reproduce']
+    recorded, lrs[:] = list(lrs), []
+    replay = train(tiny_config(tmp_path / 'replay', epochs=budget['epochs'], lr_plan=plan, **kw),
+                   model=tiny_fsr_net(), data=separable_data(128), step_callback=tick)
+    assert lrs == pytest.approx(recorded) and len(replay.history) == budget['epochs']
+    assert [h['lr_end'] for h in replay.history] == pytest.approx([h['lr_end'] for h in budgeted.history])
+
+
+@pytest.mark.parametrize('kw, match', [
+    (dict(lr_plan='10@0,8@5'), 'per-iteration'),
+    (dict(lr_plan='10@0,8@5', schedule='cyclic', time_budget=5.0), 'not --time-budget'),
+    (dict(lr_plan='10@0,7@5', schedule='cyclic'), 'ends with 7 epochs'),
+    (dict(lr_plan='10@3,8@5', schedule='cyclic'), 'start at 0'),
+    (dict(lr_plan='10@0,8', schedule='cyclic'), 'EPOCHS@STEP'),
+    (dict(lr_plan='10@0,8@900', schedule='cyclic'), 'switches at step 900'),
+])
+def test_a_bad_lr_plan_is_refused_before_training(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        train(tiny_config(tmp_path, epochs=8, attack='fgsm-rs', steps=1, batch_size=8, **kw), model=tiny_fsr_net(),
+              data=separable_data(128))

@@ -21,7 +21,8 @@ speed is measured on the first steps after the set-up (compilation / graph captu
 with --epochs N instead of --time-budget reproduces the run (exactly, except for a cyclic / adml schedule planned
 below --epochs: its steps timed before the plan took the lr of the longer cycle). If the machine slows down, the
 remaining epochs are re-planned at an epoch boundary and the schedule compressed, so the run still reaches its
-last lr decay (recorded in the summary's budget.replans).
+last lr decay (recorded in the summary's budget.replans). A cyclic / adml run records its schedule's epoch counts
+by step in budget.lr_plan; --epochs N --lr-plan PLAN replays it exactly (a vanilla twin of a budgeted run).
 
 Fast adversarial training (--attack fgsm-rs | n-fgsm, one attack step per batch) with --schedule cyclic: the lr
 rises per iteration from 0 to --lr (default 0.2) at mid-run and falls back to 0. The catastrophic-overfitting
@@ -87,6 +88,8 @@ HELP = {
                 '20%% of the iterations) (default: piecewise; adml: adml)',
     'epochs': 'epochs; with --time-budget the most epochs (default: 100; adml: 10)',
     'time_budget': 'minutes for the whole run: fixes the epoch count after measuring the first steps (default: none)',
+    'lr_plan': 'cyclic / adml: replay a time-budget run\'s schedule, EPOCHS@STEP,... (its summary\'s budget.lr_plan, '
+               'e.g. 30@0,10@11,8@382): from each global step on, the lr follows the schedule of EPOCHS epochs',
     'batch_size': 'global batch size, split over DDP ranks (default: 128)',
     'lr': 'initial learning rate; with --schedule cyclic / adml the peak (default: 0.1, SVHN 0.01; cyclic 0.2, the '
           'fast AT recipes; adml 1e-3)', 'momentum': 'SGD momentum (default: 0.9)',
