@@ -83,7 +83,9 @@ def _paper_gap_row(fsr: Mapping[str, Any], vanilla: Mapping[str, Any], keys: Lis
     if not gaps:
         return ''
     cells = [f'{gaps[k]:+.2f}' if k in gaps else '-' for k in keys]
-    return f'| paper: FSR - vanilla | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |'
+    setting = (vanilla.get('paper_reference') or {}).get('setting')
+    label = f'paper: FSR - vanilla ({setting})' if setting else 'paper: FSR - vanilla'
+    return f'| {label} | {paper.PAPER_RECIPE} | ' + ' | '.join(cells) + ' |'
 
 
 def _n_images(subset: str) -> str:

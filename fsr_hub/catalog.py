@@ -25,6 +25,7 @@ RELEASED: Dict[str, str] = {
     'fsr_resnet18.fgsmrscyc_cifar10': '5b33f164e0e1db5c996553cbd1a4354d5f571da63da61135aa064ed48ae9c34d',
     'cifar_resnet18.fgsmrscyc_cifar10': '446b986eeefe5d8a4541d85c5802e777d0ef8ba8628628b61d5c2d54f8711eb7',
     'fsr_vgg16.fgsmrscyc_cifar10': '2311081dbf979bc1daad7f299b2c7d207357d5385f0d31fec2d4151708e93da7',
+    'cifar_vgg16.fgsmrscyc_cifar10': 'ede9ebc76a6103bb4e8d8d49ac6dad682cbc55282eea8a90563758f537ba559e',
 }
 
 #: releases the project plans; not registered with timm until they appear in :data:`RELEASED`

@@ -4,7 +4,8 @@ which epochs are evaluated on the held-out slice, how many epochs fit a time bud
 machine slows down mid-run.
 
 Every function here is pure, so a run planned under a time budget is reproduced exactly by giving the chosen
-epoch count (``--epochs N``): the schedule and the evaluation epochs follow from N alone.
+epoch count (``--epochs N``): the schedule and the evaluation epochs follow from N alone. A per-iteration schedule
+planned (or re-planned) mid-run also needs its recorded ``lr_plan``, the epoch count in force from each step on.
 """
 from dataclasses import dataclass
 from fractions import Fraction

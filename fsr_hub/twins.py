@@ -127,7 +127,7 @@ def twin_section(a: Tuple[str, Mapping[str, Any]], b: Tuple[str, Mapping[str, An
     """The ``twin`` section both releases of a pair store in results.json: who is who (name, weights sha256,
     epochs, training hours, command) and :func:`gap_rows`. ``a`` and ``b`` are ``(release name, report)`` in
     either order; ValueError unless they are twins of each other."""
-    (na, ra), (nb, rb) = a, b
+    na, nb = a[0], b[0]
     if twin_name(na) != nb:
         raise ValueError(f'{na} and {nb} are not twins (the twin of {na} is {twin_name(na) or "none"}).')
     (nf, rf), (nv, rv) = (a, b) if fsr_side(na) else (b, a)

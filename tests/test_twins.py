@@ -149,7 +149,7 @@ def test_the_readme_gives_the_papers_gap_once_with_every_metric_it_reports(tmp_p
     table = released_table(releases)
     pair_rows = [line for line in table.splitlines() if line.startswith('| `fsr_resnet18.')
                  and ' - `cifar_resnet18.' in line]
-    paper_rows = [line for line in table.splitlines() if line.startswith('| paper: FSR - vanilla |')]
+    paper_rows = [line for line in table.splitlines() if line.startswith('| paper: FSR - vanilla (AT, ResNet-18, ')]
     assert len(pair_rows) == 2 and len(paper_rows) == 1
     assert table.splitlines()[-1] == paper_rows[0]   # after both pairs, not between them
     # measured here: clean and PGD-20 only; the paper's row still shows each metric it reports for both
