@@ -692,9 +692,10 @@ def test_card_says_how_a_budgeted_run_is_reproduced(rel):
     reproduce = 're-planned after epoch 1 (from 10 to 8 epochs): --epochs 8 alone does not reproduce this run'
     summary = {'schema': TRAIN_SCHEMA, 'weights': {'best': {'sha256': 'b' * 64}},
                'budget': {'minutes': 115.0, 'epochs': 8, 'measured': {'seconds_per_step': 1.5},
-                          'replans': [replan], 'reproduce': reproduce}}
+                          'replans': [replan], 'lr_plan': '30@0,10@11,8@382', 'reproduce': reproduce}}
     budget = training_section(summary, 'b' * 64)['budget']
-    assert budget == {'minutes': 115.0, 'epochs': 8, 'replans': [replan], 'reproduce': reproduce}
+    assert budget == {'minutes': 115.0, 'epochs': 8, 'replans': [replan], 'lr_plan': '30@0,10@11,8@382',
+                      'reproduce': reproduce}
     edit_json(rel.folder / 'results.json', lambda d: d['training'].__setitem__('budget', budget))
     write_card(rel.folder)
     assert ('Time budget: 115 min, the epochs planned by the trainer from its measured speed (after epoch 1 the '

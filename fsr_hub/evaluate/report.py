@@ -79,7 +79,8 @@ def training_section(summary: Dict[str, Any], weights_sha256: str,
         extra['init_from'] = summary['init_from']
     budget = summary.get('budget')
     if isinstance(budget, dict):  # how the budget fixed the epochs, and what reproduces the run
-        extra['budget'] = {k: budget[k] for k in ('minutes', 'epochs', 'replans', 'reproduce') if k in budget}
+        extra['budget'] = {k: budget[k] for k in ('minutes', 'epochs', 'replans', 'lr_plan', 'reproduce')
+                           if k in budget}
     return {
         **extra,
         'config': summary.get('config'),
