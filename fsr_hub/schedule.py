@@ -114,12 +114,11 @@ def parse_lr_plan(plan: str) -> Tuple[Tuple[int, int], ...]:
     return tuple(entries)
 
 
-def check_lr_plan(plan: str, epochs: int, steps_per_epoch: int) -> None:
-    """Raise ValueError unless ``plan`` ends with ``epochs`` and each entry's schedule is still running where the
-    next entry takes over (a plan recorded with another batch size or data size fails here)."""
+def check_lr_plan(plan: str, steps_per_epoch: int) -> None:
+    """Raise ValueError unless each entry's schedule of ``plan`` is still running where the next entry takes over
+    (a plan recorded with another batch size or data size fails here; the config checks that it ends with the
+    run's epoch count)."""
     entries = parse_lr_plan(plan)
-    if entries[-1][1] != epochs:
-        raise ValueError(f'the lr plan {plan!r} ends with {entries[-1][1]} epochs but the run has {epochs}.')
     for (_, e), (step, _) in zip(entries, entries[1:]):
         if step >= e * steps_per_epoch:
             raise ValueError(f'the lr plan {plan!r} switches at step {step}, after its {e}-epoch schedule ended '

@@ -108,7 +108,7 @@ def setup_run(config: TrainConfig, model: Optional[nn.Module], data: Optional[Tu
     if len(loader) == 0:
         raise ValueError(f'{len(train_y)} training images give no full batch of {cfg.batch_size}.')
     if cfg.lr_plan is not None:
-        check_lr_plan(cfg.lr_plan, cfg.epochs, len(loader))
+        check_lr_plan(cfg.lr_plan, len(loader))
     # after the set-up checks, before any training: an output folder that cannot be written fails now, not after an
     # epoch
     if rank == 0:
