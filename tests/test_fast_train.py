@@ -33,6 +33,23 @@ def tiny_config(out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _fake_clock(monkeypatch) -> list:
+    """A clock (``clock[0]`` seconds) that every part of the engine that times reads instead of the real one."""
+    clock = [0.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=lambda: clock[0], time=time.time)
+    for module in (engine, train_budget, train_checkpoint, train_holdout):
+        monkeypatch.setattr(module, 'time', fake_time)
+    return clock
+
+
+def _recorded_lrs(monkeypatch) -> list:
+    """The list every lr the training steps are given is appended to."""
+    lrs = []
+    set_lr = TrainStep.set_lr
+    monkeypatch.setattr(TrainStep, 'set_lr', lambda self, lr: (lrs.append(lr), set_lr(self, lr))[1])
+    return lrs
+
+
 def _batch(n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
@@ -190,10 +207,7 @@ def test_replan_epochs():
 
 def test_a_slowed_budgeted_run_replans_and_completes_its_schedule(tmp_path, monkeypatch):
     # a fake clock: 1 s per step for three epochs, then 3 s per step (other work slows the machine 3x)
-    clock = [0.0]
-    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=lambda: clock[0], time=time.time)
-    for module in (engine, train_budget, train_checkpoint, train_holdout):  # every part of the engine that times
-        monkeypatch.setattr(module, 'time', fake_time)
+    clock = _fake_clock(monkeypatch)
 
     def tick(epoch, step):
         clock[0] += 1.0 if epoch < 3 else 3.0
@@ -214,13 +228,8 @@ def test_a_slowed_budgeted_run_replans_and_completes_its_schedule(tmp_path, monk
 
 def test_a_budgeted_cyclic_run_follows_the_planned_schedule_once_planned(tmp_path, monkeypatch):
     # 1 s per step on a fake clock; 12 steps per epoch, so the plan is made inside the first epoch (after 11 steps)
-    clock = [0.0]
-    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=lambda: clock[0], time=time.time)
-    for module in (engine, train_budget, train_checkpoint, train_holdout):
-        monkeypatch.setattr(module, 'time', fake_time)
-    lrs = []
-    set_lr = TrainStep.set_lr
-    monkeypatch.setattr(TrainStep, 'set_lr', lambda self, lr: (lrs.append(lr), set_lr(self, lr))[1])
+    clock = _fake_clock(monkeypatch)
+    lrs = _recorded_lrs(monkeypatch)
 
     def tick(epoch, step):
         clock[0] += 1.0
@@ -241,13 +250,8 @@ def test_a_budgeted_cyclic_run_follows_the_planned_schedule_once_planned(tmp_pat
 
 def test_a_replanned_cyclic_run_records_its_lr_plan_and_replays_exactly(tmp_path, monkeypatch):
     # 1 s per step for two epochs, then 3 s: planned inside epoch 1, re-planned later; the recorded plan replays
-    clock = [0.0]
-    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], perf_counter=lambda: clock[0], time=time.time)
-    for module in (engine, train_budget, train_checkpoint, train_holdout):
-        monkeypatch.setattr(module, 'time', fake_time)
-    lrs = []
-    set_lr = TrainStep.set_lr
-    monkeypatch.setattr(TrainStep, 'set_lr', lambda self, lr: (lrs.append(lr), set_lr(self, lr))[1])
+    clock = _fake_clock(monkeypatch)
+    lrs = _recorded_lrs(monkeypatch)
 
     def tick(epoch, step):
         clock[0] += 1.0 if epoch < 2 else 3.0
