@@ -9,6 +9,7 @@ planned (or re-planned) mid-run also needs its recorded ``lr_plan``, the epoch c
 """
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any, Optional, Sequence, Tuple
 
 from .paper import ADML_WARMUP
@@ -16,8 +17,8 @@ from .paper import ADML_WARMUP
 __all__ = [
     'AT_MILESTONES', 'NATURAL_MILESTONES', 'NATURAL_RECIPE', 'SCHEDULES', 'PER_ITERATION', 'CYCLIC_LR_MAX',
     'CYCLIC_RULE', 'ADML_RULE', 'lr_milestones', 'lr_at', 'triangle_lr',
-    'cyclic_lr', 'adml_lr', 'parse_lr_plan', 'check_lr_plan', 'step_lr', 'default_eval_every', 'eval_epochs', 'EVAL_RULE', 'BudgetCosts',
-    'plan_epochs', 'replan_epochs',
+    'cyclic_lr', 'adml_lr', 'parse_lr_plan', 'check_lr_plan', 'step_lr', 'default_eval_every', 'eval_epochs',
+    'EVAL_RULE', 'BudgetCosts', 'plan_epochs', 'replan_epochs',
 ]
 
 #: natural training (``objective='natural'``): SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, pad-4 crop
@@ -94,6 +95,7 @@ def adml_lr(iteration: int, total: int, lr_max: float) -> float:
     return triangle_lr(iteration, total, lr_max, float(ADML_WARMUP))
 
 
+@lru_cache(maxsize=16)  # step_lr reads the plan at every training step
 def parse_lr_plan(plan: str) -> Tuple[Tuple[int, int], ...]:
     """``'EPOCHS@STEP,...'`` as ``((step, epochs), ...)``: from 0-based global step STEP on, the per-iteration lr
     follows the schedule of EPOCHS epochs. A time-budget run records its plan and re-plans this way
