@@ -78,6 +78,9 @@ class TrainConfig:
     fp16: bool = False  # final/best safetensors in float16
     resume: bool = False
     progress: bool = True
+    #: the epoch-dependent fields (milestones, eval_every) that resolution filled in, which
+    #: :func:`with_epochs` fills in again for another count; internal: no flag, not in summaries
+    defaulted: Tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={'internal': True})
 
     @classmethod
     def for_dataset(cls, dataset: str, **overrides: Any) -> 'TrainConfig':
@@ -148,8 +151,14 @@ class TrainConfig:
         per_iteration = self.schedule in PER_ITERATION
         adml = self.objective == 'adml'
         amp = self.amp if self.amp is not None else fast_precision(device)
+        defaults = {'milestones': () if per_iteration else lr_milestones(self.epochs, fractions),
+                    'eval_every': default_eval_every(self.epochs)}
+        # a field stays "filled in" while it holds the default of this count; a value set in its place is the user's
+        filled = tuple(n for n, v in defaults.items() if getattr(self, n) is None
+                       or (n in self.defaulted and _same(getattr(self, n), v)))
         return dataclasses.replace(
             self,
+            defaulted=filled,
             model_args=model_args,
             attack=attack,
             alpha=self.alpha if self.alpha is not None else default_alpha(attack, self.eps, svhn, adml=adml),
@@ -165,8 +174,8 @@ class TrainConfig:
             guard=self.guard is not False and self.holdout > 0 and self.objective != 'natural',
             step=step,
             milestones=(() if per_iteration else tuple(int(m) for m in self.milestones)
-                        if self.milestones is not None else lr_milestones(self.epochs, fractions)),
-            eval_every=self.eval_every or default_eval_every(self.epochs),
+                        if self.milestones is not None else defaults['milestones']),
+            eval_every=self.eval_every or defaults['eval_every'],
         )
 
     def _check_lr_plan(self) -> None:
@@ -207,6 +216,10 @@ class TrainConfig:
             random_start=self.random_start, attack=self.attack, adml_base=self.adml_base or 'at')
 
 
+def _same(value: Any, default: Any) -> bool:
+    return tuple(value) == tuple(default) if isinstance(default, tuple) else value == default
+
+
 def _model_args(args: Any) -> Dict[str, Any]:
     """``model_args`` as the summary and the checkpoint hold them (tuples as lists), after validation."""
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
@@ -220,15 +233,10 @@ def _model_args(args: Any) -> Dict[str, Any]:
 
 
 def with_epochs(raw: TrainConfig, epochs: int) -> TrainConfig:
-    """``raw`` resolved for another epoch count. Milestones and an evaluation interval equal to the defaults of
-    the old count (filled in by :meth:`TrainConfig.resolved`, e.g. through ``for_dataset``) are taken for defaults
-    and follow the new count; others are kept."""
-    fractions = NATURAL_MILESTONES if raw.objective == 'natural' else AT_MILESTONES
-    milestones = raw.milestones
-    if milestones is not None and tuple(int(m) for m in milestones) == lr_milestones(raw.epochs, fractions):
-        milestones = None
-    eval_every = None if raw.eval_every == default_eval_every(raw.epochs) else raw.eval_every
-    return dataclasses.replace(raw, epochs=epochs, milestones=milestones, eval_every=eval_every).resolved()
+    """``raw`` resolved for another epoch count: the milestones and evaluation interval that resolution filled
+    in (e.g. through ``for_dataset``) follow the new count; those given are kept, whatever their value."""
+    refill = {name: None for name in raw.defaulted}
+    return dataclasses.replace(raw, epochs=epochs, **refill).resolved()
 
 
 def dist_info() -> Tuple[int, int, int]:

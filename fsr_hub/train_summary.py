@@ -1,7 +1,7 @@
 """``train_summary.json`` of a training run, and the plain-JSON forms of its config and records: what ran (model,
 attack, schedule, precision, guard, time budget, the weights it started from, ADML's recipe label), what came out
 (history, best and final weights), and where."""
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Dict, Optional
 
 import torch
@@ -19,7 +19,8 @@ __all__ = ['plain_config', 'architecture_of', 'architecture', 'train_summary']
 
 def plain_config(cfg: Any) -> Dict[str, Any]:
     """A resolved ``TrainConfig`` as JSON values (milestones as a list)."""
-    d = asdict(cfg)
+    internal = {f.name for f in fields(cfg) if f.metadata.get('internal')}
+    d = {k: v for k, v in asdict(cfg).items() if k not in internal}
     d['milestones'] = list(d['milestones']) if d['milestones'] is not None else None
     return d
 

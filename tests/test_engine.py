@@ -19,6 +19,8 @@ from fsr_hub.objectives import AdversarialObjective, ObjectiveConfig
 from fsr_hub.schedule import default_eval_every, eval_epochs, lr_milestones
 from fsr_hub.schemas import CKPT_FORMAT, TRAIN_SCHEMA
 from fsr_hub.step import TrainStep, build_optimizer
+from fsr_hub.train_config import with_epochs
+from fsr_hub.train_summary import plain_config
 from fsr_hub.weights import sha256_file
 from tools.train import build_parser
 from tools.train import main as train_main
@@ -53,6 +55,23 @@ def test_recipe_defaults():
         TrainConfig(device='cpu', step='cuda-graph').resolved()
     with pytest.raises(ValueError, match='time_budget'):
         TrainConfig(device='cpu', time_budget=0).resolved()
+
+
+def test_with_epochs_refills_only_what_resolution_filled():
+    # given values equal to the old count's defaults are still given: a budget fixing 8 epochs keeps them
+    given = TrainConfig(device='cpu', epochs=30, eval_every=3, milestones=(22, 27))
+    assert (given.eval_every, given.milestones) == (default_eval_every(30), lr_milestones(30))
+    planned = with_epochs(given, 8)
+    assert (planned.epochs, planned.eval_every, planned.milestones) == (8, 3, (22, 27))
+    # what resolution filled in (here through for_dataset) follows the new count, also after a second plan
+    filled = TrainConfig.for_dataset('cifar10', device='cpu', epochs=30)
+    assert (filled.eval_every, filled.milestones) == (3, (22, 27))
+    for n in (10, 8):
+        filled = with_epochs(filled, n)
+        assert (filled.eval_every, filled.milestones) == (default_eval_every(n), lr_milestones(n))
+    # a value set in place of a filled-in one is the user's
+    assert with_epochs(replace(filled, eval_every=2), 20).eval_every == 2
+    assert 'defaulted' not in plain_config(filled)
 
 
 def test_at_reduces_adversarial_loss(tmp_path):

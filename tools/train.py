@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name == 'model_args':  # set by the --fsr-* flags below
+        if f.name == 'model_args' or f.metadata.get('internal'):  # model_args: set by the --fsr-* flags below
             continue
         flag = '--' + f.name.replace('_', '-')
         hint = hints[f.name]
