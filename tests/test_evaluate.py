@@ -19,7 +19,8 @@ from fsr_hub.attack_registry import PGD20, PGD100, SPECS
 from fsr_hub.evaluate import (
     PENDING, SCHEMA, STAGE_ORDER, build_report, evaluate, model_info, parse_attacks, preset,
 )
-from fsr_hub.evaluate.checks import masking_cost
+from fsr_hub.evaluate.checks import STEPS_SWEEP, masking_cost, masking_parts
+from fsr_hub.evaluate.config import EvalConfig
 from fsr_hub.evaluate.measure import Clock, DeadlineReached, run_batched
 from fsr_hub.hardware import strict_float32
 from fsr_hub.weights import save_weights
@@ -253,20 +254,58 @@ def test_resume_keeps_finished_stages_and_a_deadline_lists_the_rest():
     assert ev['masking_checks']['n'] == 2 and ev['results']['pgd20']['subset'] == 'all 4'
 
 
-def test_masking_estimate_counts_the_steps_sweep_it_must_run():
-    # resumed without PGD-100's trajectory, the steps sweep runs its own PGD-100: the estimate has to include it
+def _linear() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+
+
+def test_masking_parts_count_the_steps_sweep_they_must_run():
+    # resumed without PGD-100's trajectory, the steps sweep runs its own PGD-100: the estimates have to include it
     assert masking_cost(steps_recorded=False) == masking_cost(steps_recorded=True) + SPECS[PGD100].cost
-    model, (x, y) = tiny_fsr_net(), _data(4)
-    previous = json.loads(json.dumps(evaluate(model, x, y, attacks=('clean', 'pgd20'), batch_size=4,
-                                              masking_checks=False, progress=False)))
-    speed = 60 / (4 * 230)  # s per gradient evaluation per image: the checks' 182 units fit 60 s, 282 do not
-    previous['results']['pgd20']['seconds'] = SPECS[PGD20].cost * 4 * speed
-    del previous['results']['clean']['seconds']
-    ev = evaluate(model, x, y, attacks=('clean', 'pgd20'), batch_size=4, masking_n=4, progress=False,
-                  previous=previous, deadline_minutes=1)
-    need = masking_cost(steps_recorded=False) * 4 * speed
-    assert ev['not_run'] == {'masking_checks': ev['not_run']['masking_checks']}
-    assert ev['not_run']['masking_checks'].startswith(f'deadline: about {need:.0f} s needed')
+    model, (x, y) = _linear(), _data(4)
+    config = EvalConfig(attacks=(), eps=8 / 255, batch_size=4, device=torch.device('cpu'), seed=0, num_classes=10,
+                        transfer_source=None, masking_checks=True, masking_n=4, progress=False, subsets={},
+                        deadline_minutes=None, overrides={})
+    recorded = {k: [torch.ones(4, dtype=torch.bool)] for k in STEPS_SWEEP}
+    for traj, steps_recorded in (({k: [] for k in STEPS_SWEEP}, False), (recorded, True)):
+        parts = masking_parts(model, x, y, 4, config, traj, Clock(None))
+        assert sum(units for _, units, _ in parts) == masking_cost(steps_recorded)
+    assert dict((name, m()) for name, _, m in parts)['steps_sweep'] == {'accuracy': [100.0] * 6, 'n': 4}
+
+
+def test_masking_checks_stopped_and_resumed_equal_one_run():
+    model, (x, y) = _linear(), _data(4)
+    kw = dict(attacks=('clean', 'pgd20'), batch_size=2, masking_n=4, progress=False)
+    whole = evaluate(model, x, y, **kw)['masking_checks']
+    snapshots = []
+
+    def stop_after_the_eps_sweep(snapshot):
+        snapshots.append(json.loads(json.dumps(snapshot)))  # what a report on disk holds
+        parts = snapshot['progress'].get('masking_checks', {}).get('parts', {})
+        if len(parts) == 4 and snapshot['not_run']['masking_checks'].startswith('running'):
+            raise KeyboardInterrupt  # once: the interrupted run's own last update says "interrupted"
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, x, y, on_update=stop_after_the_eps_sweep, **kw)
+    saved = snapshots[-1]  # the interrupted run's last update: the parts measured so far are kept
+    assert saved['not_run']['masking_checks'] == 'interrupted while running'
+    assert list(saved['progress']['masking_checks']['parts']) == ['eps_8', 'eps_16', 'eps_32', 'eps_64']
+    # a deadline that fits no further part keeps the progress and says so (speed: from the "measured" PGD-20)
+    speed = 60 / (4 * 90)  # s per gradient evaluation per image: the unbounded attack's 100 units do not fit 60 s
+    slow = json.loads(json.dumps(saved))
+    slow['results']['pgd20']['seconds'] = SPECS[PGD20].cost * 4 * speed
+    del slow['results']['clean']['seconds']
+    late = evaluate(model, x, y, previous=slow, deadline_minutes=1, **kw)
+    assert late['not_run']['masking_checks'].startswith(f'deadline: about {SPECS[PGD100].cost * 4 * speed:.0f} s')
+    assert late['not_run']['masking_checks'].endswith('partial: 4 of 6 parts (progress saved: continue with --resume)')
+    assert late['progress']['masking_checks'] == saved['progress']['masking_checks']
+    rest = evaluate(model, x, y, previous=late, **kw)
+    assert rest['complete'] and 'masking_checks' not in rest['progress'] and rest['resumed'] == ['clean', 'pgd20']
+    drop = lambda m: {k: v for k, v in m.items() if k != 'seconds'}  # noqa: E731
+    assert drop(rest['masking_checks']) == drop(whole)
+    # progress on other images is not continued
+    other = evaluate(model, x, y, previous=late, **{**kw, 'masking_n': 2})
+    assert other['masking_checks']['n'] == 2 and other['masking_checks']['steps_sweep']['n'] == 2
 
 
 def test_a_sweep_does_not_start_after_the_deadline():

@@ -55,11 +55,11 @@ def evaluate(
     ``transfer_model``: the source the transfer attacks are crafted on (named ``transfer_source`` in the report).
     ``subsets``: {attack: n} runs that attack on the first n images only (over :data:`DEFAULT_SUBSETS`: NAttack on
     the paper's first 1,000). ``deadline_minutes``: wall-clock limit from the call (stages that do not fit are
-    skipped, a stage that runs out is stopped, AutoAttack and NAttack keep their progress and start whenever one
-    batch fits). ``previous``: an earlier evaluation (or report) of the same weights and data to continue (a result
-    measured with other parameters, another subset or another source is measured again). ``on_update(evaluation)``
-    runs after each stage and AutoAttack / NAttack batch, so a caller can write a valid partial report at any
-    moment. ``attack_overrides``: {black-box attack: parameters} over the defaults of :func:`attack_params`.
+    skipped, a stage that runs out is stopped; AutoAttack and NAttack keep their progress and start whenever one
+    batch fits, the masking checks whenever one part does). ``previous``: an earlier evaluation (or report) of the
+    same weights and data to continue (a result measured with other parameters, another subset or another source
+    is measured again). ``on_update(evaluation)`` runs after each stage, AutoAttack / NAttack batch and
+    masking-check part, so a caller can write a valid partial report at any moment. ``attack_overrides``: {black-box attack: parameters} over the defaults of :func:`attack_params`.
     Returns the report's ``results``, ``masking_checks``, ``timing``, ``precision``, ``per_example``,
     ``not_run`` (what was not run and why), ``progress`` and ``complete``.
     """

@@ -1,8 +1,7 @@
 """Gradient-masking checks (Carlini et al. 2019): the eps and steps sweeps and the unbounded attack, and the
 cross checks between attacks that ran (transfer vs white-box, AutoAttack rand vs standard, and black-box vs the
 strongest iterative white-box attack: :data:`BLACKBOX_TOL`)."""
-import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,7 +14,7 @@ from .config import EvalConfig, attack_params
 from .measure import Clock, attack_fn, pct, run_batched
 
 __all__ = ['STEPS_SWEEP', 'EPS_SWEEP_255', 'ZERO_TOL', 'UNBOUNDED', 'BLACKBOX_TOL', 'masking_cost',
-           'trajectory_recorded', 'masking_checks', 'masking_section']
+           'trajectory_recorded', 'masking_parts', 'masking_result', 'masking_section']
 
 STEPS_SWEEP = (1, 5, 10, 20, 50, 100)
 EPS_SWEEP_255 = (8, 16, 32, 64)
@@ -32,6 +31,10 @@ def trajectory_recorded(traj: Mapping[int, List[torch.Tensor]]) -> bool:
     return bool(traj[STEPS_SWEEP[0]])
 
 
+#: a part of the masking checks: (name, gradient evaluations per image, the measurement)
+Part = Tuple[str, float, Callable[[], Any]]
+
+
 def masking_cost(steps_recorded: bool) -> float:
     """Gradient evaluations per image of the checks, for estimates: the eps sweep's PGD-20s and the unbounded
     PGD-100, plus the steps sweep's own PGD-100 unless the PGD-100 stage of this run recorded its trajectory."""
@@ -40,10 +43,12 @@ def masking_cost(steps_recorded: bool) -> float:
 
 
 def _steps_sweep(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, config: EvalConfig,
-                 traj: Mapping[int, List[torch.Tensor]], clock: Clock) -> Tuple[List[float], int]:
-    """PGD-k accuracy for k in STEPS_SWEEP: from the PGD-100 stage's trajectory when it ran, else measured."""
+                 traj: Mapping[int, List[torch.Tensor]], clock: Clock) -> Dict[str, Any]:
+    """PGD-k accuracy for k in STEPS_SWEEP (and the images it ran on): from the PGD-100 stage's trajectory when
+    it ran, else measured."""
     if trajectory_recorded(traj):
-        return [pct(torch.cat(traj[k])) for k in STEPS_SWEEP], sum(len(t) for t in traj[STEPS_SWEEP[0]])
+        return {'accuracy': [pct(torch.cat(traj[k])) for k in STEPS_SWEEP],
+                'n': sum(len(t) for t in traj[STEPS_SWEEP[0]])}
     rec_all: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}
     p = attack_params(PGD100, config.eps)
 
@@ -55,33 +60,46 @@ def _steps_sweep(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, config: E
 
     run_batched(run, model, xs, ys, config.eps, config.batch_size, config.device, 'steps sweep', config.progress,
                 clock=clock)
-    return [pct(torch.cat(rec_all[k])) for k in STEPS_SWEEP], len(ys)
+    return {'accuracy': [pct(torch.cat(rec_all[k])) for k in STEPS_SWEEP], 'n': len(ys)}
 
 
-def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int, config: EvalConfig,
-                   traj: Mapping[int, List[torch.Tensor]], clock: Clock) -> Dict[str, Any]:
-    """The sweeps on the first ``n`` images: PGD-20 at eps in EPS_SWEEP_255 / 255, the unbounded attack, PGD-k."""
+def masking_parts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int, config: EvalConfig,
+                  traj: Mapping[int, List[torch.Tensor]], clock: Clock) -> List[Part]:
+    """The checks on the first ``n`` images as parts measured one by one (each saved as it ends): PGD-20 at each
+    eps of EPS_SWEEP_255 / 255, the unbounded attack and the steps sweep."""
     xs, ys = x[:n], y[:n]
-    t0 = time.perf_counter()
-    eps_acc = []
-    for e255 in EPS_SWEEP_255:
+
+    def eps_part(e255: int) -> Callable[[], float]:
         e = e255 / 255
-        correct, _ = run_batched(attack_fn(PGD20, model, attack_params(PGD20, e), None), model, xs, ys, e,
-                                 config.batch_size, config.device, f'{PGD20} eps {e255}/255', config.progress,
-                                 clock=clock)
-        eps_acc.append(pct(correct))
+        fn = attack_fn(PGD20, model, attack_params(PGD20, e), None)
+        return lambda: pct(run_batched(fn, model, xs, ys, e, config.batch_size, config.device,
+                                       f'{PGD20} eps {e255}/255', config.progress, clock=clock)[0])
+
     u = UNBOUNDED
-    unb, _ = run_batched(lambda xb, yb: pgd(model, xb, yb, u['eps'], u['alpha'], u['steps']), model, xs, ys,
-                         u['eps'], config.batch_size, config.device, 'unbounded', config.progress, clock=clock)
-    unbounded = pct(unb)
-    steps_acc, steps_n = _steps_sweep(model, xs, ys, config, traj, clock)
+
+    def unbounded() -> float:
+        fn = lambda xb, yb: pgd(model, xb, yb, u['eps'], u['alpha'], u['steps'])  # noqa: E731
+        return pct(run_batched(fn, model, xs, ys, u['eps'], config.batch_size, config.device, 'unbounded',
+                               config.progress, clock=clock)[0])
+
+    steps_units = 0.0 if trajectory_recorded(traj) else SPECS[PGD100].cost
+    return [*((f'eps_{e255}', SPECS[PGD20].cost, eps_part(e255)) for e255 in EPS_SWEEP_255),
+            ('unbounded', SPECS[PGD100].cost, unbounded),
+            ('steps_sweep', steps_units, lambda: _steps_sweep(model, xs, ys, config, traj, clock))]
+
+
+def masking_result(n: int, parts: Mapping[str, Any], seconds: float) -> Dict[str, Any]:
+    """The report's sweeps and checks from the measured ``parts`` of :func:`masking_parts`."""
+    eps_acc = [parts[f'eps_{e255}'] for e255 in EPS_SWEEP_255]
+    unbounded = parts['unbounded']
+    steps_acc = parts['steps_sweep']['accuracy']
     return {
         'n': n,
         'eps_sweep': {'eps_255': list(EPS_SWEEP_255), 'accuracy': eps_acc, 'attack': f'{PGD20}, step eps/10'},
         'eps_monotone': all(b <= a for a, b in zip(eps_acc, eps_acc[1:])),
         'unbounded_accuracy': unbounded,
         'unbounded_attack': dict(UNBOUNDED),
-        'steps_sweep': {'steps': list(STEPS_SWEEP), 'accuracy': steps_acc, 'n': steps_n,
+        'steps_sweep': {'steps': list(STEPS_SWEEP), 'accuracy': steps_acc, 'n': parts['steps_sweep']['n'],
                         'attack': 'pgd, step eps/10, no random start'},
         'checks': {
             'falls_to_zero_at_64': eps_acc[-1] <= ZERO_TOL,
@@ -89,7 +107,7 @@ def masking_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int, c
             'more_steps_never_raise': all(b <= a for a, b in zip(steps_acc, steps_acc[1:])),
         },
         'zero_tolerance': ZERO_TOL,
-        'seconds': round(time.perf_counter() - t0, 3),
+        'seconds': round(seconds, 3),
     }
 
 

@@ -38,7 +38,7 @@ class EvaluationRun:
         self.flags: Dict[str, torch.Tensor] = {}
         self.masking: Optional[Dict[str, Any]] = None
         self.not_run: Dict[str, str] = {s: PENDING for s in self.stages}
-        #: saved progress of the resumable stages (AutoAttack, NAttack)
+        #: saved progress of the resumable stages (AutoAttack, NAttack, the masking checks)
         self.aa_progress: Dict[str, Dict[str, Any]] = {}
         #: PGD-100's iterates at each k of the steps sweep
         self.traj: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}

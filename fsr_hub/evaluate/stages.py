@@ -1,6 +1,6 @@
 """One function per kind of stage (:class:`~fsr_hub.attack_registry.Kind`), each measuring one stage of an
 :class:`~fsr_hub.evaluate.runner.EvaluationRun` and recording its report entry there: the batch-wise attacks,
-AutoAttack and NAttack (both resumable batch by batch), and the masking checks."""
+AutoAttack and NAttack (both resumable batch by batch), and the masking checks (resumable part by part)."""
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping
 
@@ -11,7 +11,7 @@ from ..attacks import linf_violation, pgd_trajectory
 from ..autoattack import AA_KEYS, AAState, pack_flags, run_autoattack_resumable, unpack_flags
 from ..blackbox import run_nattack
 from ..hardware import synchronize
-from .checks import STEPS_SWEEP, masking_checks, masking_cost, trajectory_recorded
+from .checks import STEPS_SWEEP, masking_parts, masking_result
 from .measure import accuracy_entry, assert_eval, attack_fn, pct, run_batched
 
 if TYPE_CHECKING:
@@ -199,14 +199,34 @@ def nattack_stage(run: 'EvaluationRun', name: str) -> None:
 
 
 def masking_stage(run: 'EvaluationRun') -> None:
-    """The gradient-masking checks on the first ``masking_n`` images."""
+    """The gradient-masking checks on the first ``masking_n`` images, part by part (:func:`masking_parts`),
+    continuing their saved progress (of the same images and eps); saves it after every part and stops before a
+    part that does not fit the deadline."""
     n = run.n_images(MASKING)
-    units = masking_cost(trajectory_recorded(run.traj)) * n
-    if run.skip_if_late(MASKING, units):
-        return
-    t0 = time.perf_counter()
-    run.masking = masking_checks(run.model, run.x, run.y, n, run.config, run.traj, run.clock)
-    run.clock.record(units, time.perf_counter() - t0)
+    run_key = {'n': n, 'eps': run.config.eps}
+    state = run.aa_progress.get(MASKING)
+    if state is None or any(state.get(k) != v for k, v in run_key.items()):
+        state = {**run_key, 'parts': {}, 'seconds': 0.0}  # none yet, or of another configuration: start again
+    parts = masking_parts(run.model, run.x, run.y, n, run.config, run.traj, run.clock)
+    for name, units, measure in parts:
+        if name in state['parts']:
+            continue
+        done = len(state['parts'])
+        if run.skip_if_late(MASKING, units * n):
+            if done:
+                run.not_run[MASKING] += (f'; partial: {done} of {len(parts)} parts (progress saved: continue with '
+                                         f'--resume)')
+            return
+        t0 = time.perf_counter()
+        state['parts'][name] = measure()
+        seconds = time.perf_counter() - t0
+        run.clock.record(units * n, seconds)
+        state['seconds'] = round(state['seconds'] + seconds, 3)
+        run.aa_progress[MASKING] = state
+        run.not_run[MASKING] = f'running: {done + 1} of {len(parts)} parts done'
+        run.update()
+    run.masking = masking_result(n, state['parts'], state['seconds'])
+    run.aa_progress.pop(MASKING, None)
     run.not_run.pop(MASKING)
 
 
