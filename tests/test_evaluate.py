@@ -296,9 +296,15 @@ def test_masking_checks_stopped_and_resumed_equal_one_run():
     slow['results']['pgd20']['seconds'] = SPECS[PGD20].cost * 4 * speed
     del slow['results']['clean']['seconds']
     late = evaluate(model, x, y, previous=slow, deadline_minutes=1, **kw)
-    assert late['not_run']['masking_checks'].startswith(f'deadline: about {SPECS[PGD100].cost * 4 * speed:.0f} s')
+    assert late['not_run']['masking_checks'].startswith(
+        f'deadline: about {SPECS[PGD100].cost * 4 * speed:.0f} s needed for its next part, unbounded (all 2 left: '
+        f'about {SPECS[PGD100].cost * 2 * 4 * speed:.0f} s)')
     assert late['not_run']['masking_checks'].endswith('partial: 4 of 6 parts (progress saved: continue with --resume)')
     assert late['progress']['masking_checks'] == saved['progress']['masking_checks']
+    # AutoAttack starts when its first batch fits; the reason says that the estimate is for that batch
+    aa = evaluate(model, x, y, **{**kw, 'attacks': ('clean', 'pgd20', 'autoattack')}, masking_checks=False,
+                  previous=slow, deadline_minutes=1)
+    assert ' s needed for its first batch of 2 images (all 4: about ' in aa['not_run']['autoattack']
     rest = evaluate(model, x, y, previous=late, **kw)
     assert rest['complete'] and 'masking_checks' not in rest['progress'] and rest['resumed'] == ['clean', 'pgd20']
     drop = lambda m: {k: v for k, v in m.items() if k != 'seconds'}  # noqa: E731

@@ -59,7 +59,8 @@ def evaluate(
     batch fits, the masking checks whenever one part does). ``previous``: an earlier evaluation (or report) of the
     same weights and data to continue (a result measured with other parameters, another subset or another source
     is measured again). ``on_update(evaluation)`` runs after each stage, AutoAttack / NAttack batch and
-    masking-check part, so a caller can write a valid partial report at any moment. ``attack_overrides``: {black-box attack: parameters} over the defaults of :func:`attack_params`.
+    masking-check part, so a caller can write a valid partial report at any moment. ``attack_overrides``:
+    {black-box attack: parameters} over the defaults of :func:`attack_params`.
     Returns the report's ``results``, ``masking_checks``, ``timing``, ``precision``, ``per_example``,
     ``not_run`` (what was not run and why), ``progress`` and ``complete``.
     """

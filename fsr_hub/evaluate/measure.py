@@ -81,9 +81,10 @@ class Clock:
     def fits(self, seconds: Optional[float]) -> bool:
         return self.left() > (seconds or 0.0)
 
-    def reason(self, needed: Optional[float] = None) -> str:
+    def reason(self, needed: Optional[float] = None, what: Optional[str] = None) -> str:
+        """Why something was not run: the time left, and the ``needed`` estimate (for ``what``, if not all of it)."""
         total = f'{self.deadline_s / 60:.2f} min' if self.deadline_s is not None else 'none'
-        need = f'about {needed:.0f} s needed, ' if needed is not None else ''
+        need = f'about {needed:.0f} s needed{f" for {what}" if what else ""}, ' if needed is not None else ''
         return f'deadline: {need}{max(self.left(), 0.0):.0f} s left of {total}'
 
 

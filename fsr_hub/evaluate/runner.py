@@ -96,12 +96,13 @@ class EvaluationRun:
         self.flags[name] = correct
         self.not_run.pop(name)
 
-    def skip_if_late(self, name: str, units: float) -> bool:
-        """True (and ``name`` listed as not run) if ``units`` gradient evaluations do not fit the deadline."""
+    def skip_if_late(self, name: str, units: float, what: Optional[str] = None) -> bool:
+        """True (and ``name`` listed as not run) if ``units`` gradient evaluations do not fit the deadline;
+        ``what``: the part of the stage they measure, when not all of it (named in the reason)."""
         need = self.clock.estimate(units)
         if self.clock.fits(need):
             return False
-        self.not_run[name] = self.clock.reason(need)
+        self.not_run[name] = self.clock.reason(need, what)
         return True
 
     def _ensemble(self, results: Dict[str, Any], not_run: Dict[str, str]) -> None:

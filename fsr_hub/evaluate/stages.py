@@ -92,8 +92,12 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
     state = run.aa_progress.get(name)
     c = run.config
     # resumable: start when one batch fits (progress is saved batch by batch), not only when all of it does
-    if state is None and run.skip_if_late(name, _aa_units(run, name) * min(c.batch_size, n)):
-        return
+    b = min(c.batch_size, n)
+    if state is None:
+        whole = run.clock.estimate(_aa_units(run, name) * n)
+        of_all = f' (all {n}: about {whole:.0f} s)' if whole is not None else ''
+        if run.skip_if_late(name, _aa_units(run, name) * b, f'its first batch of {b} images{of_all}'):
+            return
 
     def save(st: AAState) -> None:
         run.aa_progress[name] = st.to_dict()
@@ -175,7 +179,8 @@ def nattack_stage(run: 'EvaluationRun', name: str) -> None:
         state = None  # progress of another configuration: start again
     first_checked = state is None
     if state is None:
-        if run.skip_if_late(name, _nattack_units(run, p) * min(batch, n)):
+        b = min(batch, n)
+        if run.skip_if_late(name, _nattack_units(run, p) * b, f'its first batch of {b} images'):
             return
         state = {**run_key, 'done': 0, 'correct': '', 'success': '', 'queries': [], 'seconds': 0.0,
                  'max_bound_violation': 0.0}
@@ -208,11 +213,13 @@ def masking_stage(run: 'EvaluationRun') -> None:
     if state is None or any(state.get(k) != v for k, v in run_key.items()):
         state = {**run_key, 'parts': {}, 'seconds': 0.0}  # none yet, or of another configuration: start again
     parts = masking_parts(run.model, run.x, run.y, n, run.config, run.traj, run.clock)
-    for name, units, measure in parts:
+    for i, (name, units, measure) in enumerate(parts):
         if name in state['parts']:
             continue
         done = len(state['parts'])
-        if run.skip_if_late(MASKING, units * n):
+        left = run.clock.estimate(sum(u for k, u, _ in parts[i:] if k not in state['parts']) * n)
+        what = f'its next part, {name}' + (f' (all {len(parts) - done} left: about {left:.0f} s)' if left else '')
+        if run.skip_if_late(MASKING, units * n, what):
             if done:
                 run.not_run[MASKING] += (f'; partial: {done} of {len(parts)} parts (progress saved: continue with '
                                          f'--resume)')
