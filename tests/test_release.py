@@ -109,6 +109,10 @@ def test_card_table_measured_beside_paper_and_not_measured(rel):
                    rel.results['training']['command'], 'Gradient-masking checks', 'Limitations', 'F16'):
         assert needle in body, needle
     assert '## Analysis' not in body  # no plots in this folder
+    # the masking checks say which images each ran on (the steps sweep may reuse PGD-100's first 1,000)
+    for needle in ('on the first 100 test images as eps grows', 'on the first 200 test images as steps grow',
+                   'Unbounded attack accuracy on the first 100 test images: 0.00 % (PGD, eps 1.0, 100 steps of 0.01'):
+        assert needle in body, needle
 
 
 def test_results_json_gets_cost_and_paper_reference(rel):
