@@ -218,7 +218,8 @@ def masking_stage(run: 'EvaluationRun') -> None:
             continue
         done = len(state['parts'])
         left = run.clock.estimate(sum(u for k, u, _ in parts[i:] if k not in state['parts']) * n)
-        what = f'its next part, {name}' + (f' (all {len(parts) - done} left: about {left:.0f} s)' if left else '')
+        rest = len(parts) - done
+        what = f'its next part, {name}' + (f' (all {rest} left: about {left:.0f} s)' if left and rest > 1 else '')
         if run.skip_if_late(MASKING, units * n, what):
             if done:
                 run.not_run[MASKING] += (f'; partial: {done} of {len(parts)} parts (progress saved: continue with '
