@@ -19,7 +19,7 @@ from fsr_hub.attack_registry import PGD20, PGD100, SPECS
 from fsr_hub.evaluate import (
     PENDING, SCHEMA, STAGE_ORDER, build_report, evaluate, model_info, parse_attacks, preset,
 )
-from fsr_hub.evaluate.checks import STEPS_SWEEP, masking_cost, masking_parts
+from fsr_hub.evaluate.checks import EPS_SWEEP_255, STEPS_SWEEP, masking_parts
 from fsr_hub.evaluate.config import EvalConfig
 from fsr_hub.evaluate.measure import Clock, DeadlineReached, run_batched
 from fsr_hub.hardware import strict_float32
@@ -261,7 +261,7 @@ def _linear() -> torch.nn.Module:
 
 def test_masking_parts_count_the_steps_sweep_they_must_run():
     # resumed without PGD-100's trajectory, the steps sweep runs its own PGD-100: the estimates have to include it
-    assert masking_cost(steps_recorded=False) == masking_cost(steps_recorded=True) + SPECS[PGD100].cost
+    sweeps = len(EPS_SWEEP_255) * SPECS[PGD20].cost + SPECS[PGD100].cost  # PGD-20 per eps, the unbounded PGD-100
     model, (x, y) = _linear(), _data(4)
     config = EvalConfig(attacks=(), eps=8 / 255, batch_size=4, device=torch.device('cpu'), seed=0, num_classes=10,
                         transfer_source=None, masking_checks=True, masking_n=4, progress=False, subsets={},
@@ -269,7 +269,7 @@ def test_masking_parts_count_the_steps_sweep_they_must_run():
     recorded = {k: [torch.ones(4, dtype=torch.bool)] for k in STEPS_SWEEP}
     for traj, steps_recorded in (({k: [] for k in STEPS_SWEEP}, False), (recorded, True)):
         parts = masking_parts(model, x, y, 4, config, traj, Clock(None))
-        assert sum(units for _, units, _ in parts) == masking_cost(steps_recorded)
+        assert sum(units for _, units, _ in parts) == sweeps + (0 if steps_recorded else SPECS[PGD100].cost)
     assert dict((name, m()) for name, _, m in parts)['steps_sweep'] == {'accuracy': [100.0] * 6, 'n': 4}
 
 

@@ -20,6 +20,7 @@ from fsr_hub.pruning import (
 )
 from fsr_hub.pruning import kfac as kfac_module
 from fsr_hub.pruning.layers import layer_matrix
+from fsr_hub.pruning.prune import check_saliency
 from fsr_hub.weights import load_weights, read_weights, save_weights, sha256_file
 from conftest import write_cifar_batches
 from tools import prune as prune_tool
@@ -315,6 +316,17 @@ def test_saliency_file_of_another_model_is_refused(pruned_run, tmp_path, metadat
     with pytest.raises(ValueError, match=message):
         run_prune(PruneConfig(**{**cfg.__dict__, 'saliency': str(bad), 'saliency_batches': None,
                                  'out': str(tmp_path / 'o')}))
+
+
+def test_saliency_of_other_shapes_is_refused_by_name():
+    layers = prunable_layers(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
+    saliency = {name: torch.zeros(layer.shape) for name, layer in layers.items()}
+    check_saliency(saliency, layers, 'sal.safetensors')  # fits
+    name = next(iter(layers))
+    saliency[name] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=rf"sal.safetensors does not fit the model: saliency shapes differ, "
+                                         rf"e.g. \['{name}: \(2, 2\) vs \(4, 28\)'\]"):
+        check_saliency(saliency, layers, 'sal.safetensors')
 
 
 def test_cli_maps_every_flag_to_the_config(monkeypatch, tmp_path, capsys):

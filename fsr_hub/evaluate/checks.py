@@ -13,8 +13,8 @@ from ..attacks import pgd, pgd_trajectory
 from .config import EvalConfig, attack_params
 from .measure import Clock, attack_fn, pct, run_batched
 
-__all__ = ['STEPS_SWEEP', 'EPS_SWEEP_255', 'ZERO_TOL', 'UNBOUNDED', 'BLACKBOX_TOL', 'masking_cost',
-           'trajectory_recorded', 'masking_parts', 'masking_result', 'masking_section']
+__all__ = ['STEPS_SWEEP', 'EPS_SWEEP_255', 'ZERO_TOL', 'UNBOUNDED', 'BLACKBOX_TOL', 'trajectory_recorded',
+           'masking_parts', 'masking_result', 'masking_section']
 
 STEPS_SWEEP = (1, 5, 10, 20, 50, 100)
 EPS_SWEEP_255 = (8, 16, 32, 64)
@@ -33,13 +33,6 @@ def trajectory_recorded(traj: Mapping[int, List[torch.Tensor]]) -> bool:
 
 #: a part of the masking checks: (name, gradient evaluations per image, the measurement)
 Part = Tuple[str, float, Callable[[], Any]]
-
-
-def masking_cost(steps_recorded: bool) -> float:
-    """Gradient evaluations per image of the checks, for estimates: the eps sweep's PGD-20s and the unbounded
-    PGD-100, plus the steps sweep's own PGD-100 unless the PGD-100 stage of this run recorded its trajectory."""
-    sweeps = len(EPS_SWEEP_255) * SPECS[PGD20].cost + SPECS[PGD100].cost
-    return sweeps if steps_recorded else sweeps + SPECS[PGD100].cost
 
 
 def _steps_sweep(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, config: EvalConfig,

@@ -39,7 +39,7 @@ class EvaluationRun:
         self.masking: Optional[Dict[str, Any]] = None
         self.not_run: Dict[str, str] = {s: PENDING for s in self.stages}
         #: saved progress of the resumable stages (AutoAttack, NAttack, the masking checks)
-        self.aa_progress: Dict[str, Dict[str, Any]] = {}
+        self.saved_progress: Dict[str, Dict[str, Any]] = {}
         #: PGD-100's iterates at each k of the steps sweep
         self.traj: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}
         self.current: Optional[str] = None
@@ -79,7 +79,7 @@ class EvaluationRun:
             self.resumed.append(MASKING)
         for name, st in (prev.get('progress') or {}).items():
             if name in self.not_run and isinstance(st, dict):
-                self.aa_progress[name] = dict(st)
+                self.saved_progress[name] = dict(st)
 
     # -- bookkeeping ----------------------------------------------------------------------------------------
     def n_images(self, stage: str) -> int:
@@ -132,7 +132,7 @@ class EvaluationRun:
             'precision': dict(self.precision),
             'per_example': {k: pack_flags(v) for k, v in self.flags.items()},
             'not_run': not_run,
-            'progress': {k: dict(v) for k, v in self.aa_progress.items()},
+            'progress': {k: dict(v) for k, v in self.saved_progress.items()},
             'resumed': list(self.resumed),
             'complete': not not_run,
         }

@@ -89,18 +89,19 @@ def _aa_units(run: 'EvaluationRun', name: str) -> float:
 def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
     """AutoAttack (the version of ``name``), continuing its saved progress; saves it after every batch."""
     n = run.n_images(name)
-    state = run.aa_progress.get(name)
+    state = run.saved_progress.get(name)
     c = run.config
     # resumable: start when one batch fits (progress is saved batch by batch), not only when all of it does
     b = min(c.batch_size, n)
     if state is None:
-        whole = run.clock.estimate(_aa_units(run, name) * n)
+        units = _aa_units(run, name)
+        whole = run.clock.estimate(units * n)
         of_all = f' (all {n}: about {whole:.0f} s)' if whole is not None else ''
-        if run.skip_if_late(name, _aa_units(run, name) * b, f'its first batch of {b} images{of_all}'):
+        if run.skip_if_late(name, units * b, f'its first batch of {b} images{of_all}'):
             return
 
     def save(st: AAState) -> None:
-        run.aa_progress[name] = st.to_dict()
+        run.saved_progress[name] = st.to_dict()
         run.not_run[name] = f'running: {st.describe()}'
         run.update()
 
@@ -110,7 +111,7 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
     res = run_autoattack_resumable(run.model, run.x[:n], run.y[:n], c.eps, AA_KEYS[name], c.batch_size, c.seed,
                                    c.device, state=state, should_stop=should_stop, on_batch=save)
     assert_eval(run.model)
-    run.aa_progress[name] = res.state.to_dict()
+    run.saved_progress[name] = res.state.to_dict()
     if not res.complete:
         run.not_run[name] = (f'{run.clock.reason()}; partial: {res.state.describe()} (progress saved: '
                              f'continue with --resume)')
@@ -119,7 +120,7 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
              'max_bound_violation': res.state.max_bound_violation, 'implementation': res.config['implementation'],
              'params': res.config,
              'robust_after': {k: round(100.0 * v / n, 2) for k, v in res.state.robust_after.items()}}
-    run.aa_progress.pop(name)
+    run.saved_progress.pop(name)
     run.finish(name, entry, res.robust)
 
 
@@ -174,7 +175,7 @@ def nattack_stage(run: 'EvaluationRun', name: str) -> None:
     p = run.config.params(name)
     batch = min(run.config.batch_size, NATTACK_BATCH)
     run_key = {'attack': name, 'n': n, 'batch': batch, 'seed': run.config.seed, 'params': p}
-    state = run.aa_progress.get(name)
+    state = run.saved_progress.get(name)
     if state is not None and any(state.get(k) != v for k, v in run_key.items()):
         state = None  # progress of another configuration: start again
     first_checked = state is None
@@ -196,10 +197,10 @@ def nattack_stage(run: 'EvaluationRun', name: str) -> None:
                 return
         first_checked = False
         _nattack_batch(run, state, b, p)
-        run.aa_progress[name] = state
+        run.saved_progress[name] = state
         run.not_run[name] = f'running: {i + b} of {n} images done'
         run.update()
-    run.aa_progress.pop(name)
+    run.saved_progress.pop(name)
     run.finish(name, _nattack_entry(run, state, n, p), unpack_flags(state['correct'], n))
 
 
@@ -209,7 +210,7 @@ def masking_stage(run: 'EvaluationRun') -> None:
     part that does not fit the deadline."""
     n = run.n_images(MASKING)
     run_key = {'n': n, 'eps': run.config.eps}
-    state = run.aa_progress.get(MASKING)
+    state = run.saved_progress.get(MASKING)
     if state is None or any(state.get(k) != v for k, v in run_key.items()):
         state = {**run_key, 'parts': {}, 'seconds': 0.0}  # none yet, or of another configuration: start again
     parts = masking_parts(run.model, run.x, run.y, n, run.config, run.traj, run.clock)
@@ -230,11 +231,11 @@ def masking_stage(run: 'EvaluationRun') -> None:
         seconds = time.perf_counter() - t0
         run.clock.record(units * n, seconds)
         state['seconds'] = round(state['seconds'] + seconds, 3)
-        run.aa_progress[MASKING] = state
+        run.saved_progress[MASKING] = state
         run.not_run[MASKING] = f'running: {done + 1} of {len(parts)} parts done'
         run.update()
     run.masking = masking_result(n, state['parts'], state['seconds'])
-    run.aa_progress.pop(MASKING, None)
+    run.saved_progress.pop(MASKING, None)
     run.not_run.pop(MASKING)
 
 

@@ -24,7 +24,7 @@ def check_saliency(saliency: Mapping[str, torch.Tensor], layers: Mapping[str, La
     if missing or extra:
         raise ValueError(f'{where} does not fit the model: {len(missing)} layers missing {missing[:3]}, '
                          f'{len(extra)} unknown {extra[:3]}.')
-    wrong = [f'{n}: {tuple(s.shape)} vs {layer.shape}' for n, layer in layers.items()
+    wrong = [f'{n}: {tuple(saliency[n].shape)} vs {layer.shape}' for n, layer in layers.items()
              if tuple(saliency[n].shape) != layer.shape]
     if wrong:
         raise ValueError(f'{where} does not fit the model: saliency shapes differ, e.g. {wrong[:2]}.')
