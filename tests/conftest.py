@@ -1,4 +1,6 @@
-"""Shared fixtures of the training / evaluation tests: a tiny FSR network and synthetic datasets on disk."""
+"""Shared fixtures: a tiny FSR network, synthetic datasets on disk, and a random-weight release folder (``rel``)."""
+import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import torch.nn as nn
 
 from fsr_hub.models.base import FSRNet, Stage
 from jobs.device.synthetic_unpack import write_batch
+from release_builders import build_release
 
 
 class TinyFSRNet(FSRNet):
@@ -53,6 +56,19 @@ def separable_data(n: int = 256, seed: int = 0):
 @pytest.fixture
 def cifar_root(tmp_path):
     return write_cifar_batches(tmp_path / 'data')
+
+
+@pytest.fixture(scope='module')
+def _rel_template(tmp_path_factory):
+    return build_release(tmp_path_factory.mktemp('template'))
+
+
+@pytest.fixture
+def rel(_rel_template, tmp_path):
+    """A fresh copy of one random-weight release folder (tests may break it; the template is never touched)."""
+    folder = tmp_path / 'model_cards' / _rel_template.folder.name
+    shutil.copytree(_rel_template.folder, folder)
+    return dataclasses.replace(_rel_template, folder=folder, model=None)
 
 
 def pytest_collection_modifyitems(config, items):

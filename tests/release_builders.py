@@ -1,6 +1,7 @@
 """Builders shared by the release, hub-pull and main-job tests (a helper module, not a test module).
 
-* :func:`make_results` / :func:`build_release`: verify reports and random-weight release folders;
+* :func:`make_results` / :func:`build_release`: verify reports and random-weight release folders (the ``rel``
+  fixture of conftest.py is a copy of one); :func:`card_body`: a folder's card text;
 * :func:`serve_folders`: a loopback HTTP server (Python's ``http.server``) speaking the two requests of the hub's
   ``/<repo>/resolve/<revision>/<file>`` protocol that ``hf_hub_download`` makes;
 * :func:`fill_hf_cache`: fills a huggingface_hub cache through ``hf_hub_download`` itself (public ``cache_dir``
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
+from huggingface_hub import ModelCard
 
 from fsr_hub.autoattack import AA_KEYS, ORIGINAL
 from fsr_hub.models import create
@@ -113,6 +115,11 @@ def edit_json(path: Path, fn) -> None:
     data = json.loads(path.read_text())
     fn(data)
     path.write_text(json.dumps(data, indent=2))
+
+
+def card_body(folder: Path) -> str:
+    """The text of a release folder's card (README.md) without its YAML metadata."""
+    return ModelCard.load(folder / 'README.md').text
 
 
 def tiny_png(path: Path, rgb=(200, 30, 30)) -> Path:

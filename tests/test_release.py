@@ -1,10 +1,8 @@
-"""Release folders: config.json, cards rendered through huggingface_hub's ModelCard, plots, validation failures,
-make_card / push_to_hub command lines, the paper's reference data and the shipped CIFAR-10 sample. CPU only, no
-network; weights are random."""
-import dataclasses
+"""Release folders: config.json, cards rendered through huggingface_hub's ModelCard, validation failures,
+make_card / push_to_hub command lines, the RobustBench record and the README's table of releases (plots and
+per-class tables: test_card_content.py). CPU only, no network; weights are random."""
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,34 +12,15 @@ from huggingface_hub import ModelCard
 
 from fsr_hub import paper, release
 from fsr_hub.models import create
-from fsr_hub.card import PER_CLASS_PNG, PLOTS
+from fsr_hub.card import PER_CLASS_PNG
 from fsr_hub.release import ReleaseError, assemble_release, validate_release, write_card
 from fsr_hub.catalog import DEFAULT_ORG
-from fsr_hub.sample import SAMPLE_PATH, SampleError, load_sample, read_sample, write_sample
 from fsr_hub.weights import read_weights, save_weights, sha256_file
 
-from release_builders import SMALL_ARGS, build_release, edit_json, load_tool, make_results, tiny_png
+from release_builders import SMALL_ARGS, build_release, card_body, edit_json, load_tool, make_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PAPER_TXT = REPO_ROOT.parent / 'shared' / 'papers' / 'fsr_cvpr2023.txt'  # shared/ sits beside the checkout
 ALL_ATTACKS = ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble', 'autoattack')
-
-
-@pytest.fixture(scope='module')
-def _rel_template(tmp_path_factory):
-    return build_release(tmp_path_factory.mktemp('template'))
-
-
-@pytest.fixture
-def rel(_rel_template, tmp_path):
-    """A fresh copy of one random-weight release folder (tests may break it; the template is never touched)."""
-    folder = tmp_path / 'model_cards' / _rel_template.folder.name
-    shutil.copytree(_rel_template.folder, folder)
-    return dataclasses.replace(_rel_template, folder=folder, model=None)
-
-
-def _body(folder: Path) -> str:
-    return ModelCard.load(folder / 'README.md').text
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,14 +66,14 @@ def test_model_index_never_labels_a_subset_as_the_whole_split(rel):
     for key, e in evals.items():
         whole = results[key].get('n', 10000) == 10000
         assert (e.dataset_split == 'test') == whole and (('n = ' in e.metric_name) != whole), key
-    row = next(line for line in _body(rel.folder).splitlines() if line.startswith('| PGD-20 |'))
+    row = next(line for line in card_body(rel.folder).splitlines() if line.startswith('| PGD-20 |'))
     acc = results['pgd20']['accuracy']
     half = round(196 * (acc / 100 * (1 - acc / 100) / 2000) ** 0.5, 2)
     assert row.startswith(f'| PGD-20 | {acc:.2f} | {half:.2f} | first 2,000 |'), row
 
 
 def test_card_table_measured_beside_paper_and_not_measured(rel):
-    body = _body(rel.folder)
+    body = card_body(rel.folder)
     results = rel.results['results']
     ref = paper.paper_reference('fsr_resnet18', 'at_cifar10')
     rows = {line.split('|')[1].strip(): line for line in body.splitlines() if line.startswith('| ')}
@@ -121,7 +100,7 @@ def test_results_json_gets_cost_and_paper_reference(rel):
     assert cost['params'] == sum(p.numel() for p in model.parameters())
     assert cost['gflops_paper_convention'] == pytest.approx(2 * cost['gflops_fvcore'], abs=2e-4)
     assert rel.results['paper_reference']['metrics'] == paper.paper_reference('fsr_resnet18', 'at_cifar10').metrics
-    body = _body(rel.folder)
+    body = card_body(rel.folder)
     assert f"| this model | {cost['params']:,} | {cost['params_millions']:.2f} | {cost['gflops_fvcore']:.4f} |" in body
 
 
@@ -132,7 +111,7 @@ def test_card_follows_results_json(rel):
         validate_release(rel.folder)
     write_card(rel.folder)
     validate_release(rel.folder)
-    assert '| PGD-20 | 12.34 |' in _body(rel.folder)
+    assert '| PGD-20 | 12.34 |' in card_body(rel.folder)
     evals = ModelCard.load(rel.folder / 'README.md').data.eval_results
     assert next(e.metric_value for e in evals if e.metric_config == 'pgd20') == 12.34
 
@@ -163,172 +142,6 @@ def test_missing_attacks_and_extra_attacks(tmp_path):
     assert [e.metric_config for e in card.data.eval_results] == list(ALL_ATTACKS) + ['autoattack_rand']
     assert 'not measured' not in card.text.split('## Evaluation')[1].split('## Gradient')[0]
     assert 'AutoAttack (rand)' in card.text
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Plots (issue 18 item 7): shown only when the PNG is there, its numbers are in results.json, and the
-# analysis applies to the model
-
-
-def _analysis(sha256: str) -> dict:
-    """Sections in the format tools/analyze.py writes (fsr_hub.analysis), trimmed to what the card reads."""
-    meta = {'model': {'architecture': 'fsr_resnet18', 'sha256': sha256}, 'complete': True, 'seconds': 12.5,
-            'data': {'dataset': 'cifar10', 'split': 'test', 'n': 1000}, 'hardware': {'device': 'NVIDIA H100'}}
-    labels = {'robust': 'f+', 'non_robust': 'f-'}
-    return {
-        'eps_curve': {**meta, 'attack': {'attack': 'pgd20', 'steps': 20}, 'n': 1000, 'eps_255': [0, 4, 8, 16],
-                      'accuracy': [81.5, 62.25, 50.0, 12.75]},
-        'feature_swap': {**meta, 'attacks': ['clean', 'pgd20'], 'n': 1000, 'labels': labels,
-                         'accuracy': {'robust': {'clean': 80.5, 'pgd20': 49.25},
-                                      'non_robust': {'clean': 20.5, 'pgd20': 3.75}}},
-        'knn': {**meta, 'gamma': 0.07, 'ks': [5, 20], 'labels': labels,
-                'accuracy': {'robust': {'5': 45.5, '20': 46.25}, 'non_robust': {'5': 11.5, '20': 10.25}}},
-        'gradcam': {**meta, 'n': 4, 'columns': ['x', 'f_nat']},
-        'ib_split': {**meta, 'n': 1000, 'batch_size': 100, 'stage': 'layer4',
-                     'table': {'header': ['', 'value'], 'rows': [['IB-robust units (%)', 3.125]]}},
-        'ib_attack': {**meta, 'n': 100, 'threat_model': 'L2',
-                      'table': {'header': ['', 'success rate (%)', 'mean L2'], 'rows': [['NRF', 100.0, 0.41237]]}},
-    }
-
-
-def _add_plots(folder: Path, keys, sha256: str, pngs=None) -> None:
-    edit_json(folder / 'results.json', lambda d: d.__setitem__('analysis', {k: _analysis(sha256)[k] for k in keys}))
-    for key in (keys if pngs is None else pngs):
-        tiny_png(folder / PLOTS[key][0])
-    write_card(folder)
-
-
-def test_card_embeds_plots_with_their_numbers(rel):
-    _add_plots(rel.folder, list(PLOTS), rel.sha256)
-    info = validate_release(rel.folder)
-    body = _body(rel.folder)
-    for key, (file, _, title) in PLOTS.items():
-        assert f'### {title}\n\n![{title}]({file})' in body, key
-    assert '| eps | 0/255 | 4/255 | 8/255 | 16/255 |' in body
-    assert '| accuracy (%) | 81.50 | 62.25 | 50.00 | 12.75 |' in body
-    assert '|  | Clean | PGD-20 |' in body and '| f+ | 80.50 | 49.25 |' in body and '| f- | 20.50 | 3.75 |' in body
-    assert '|  | 5-NN | 20-NN |' in body and '| f+ | 45.50 | 46.25 |' in body
-    assert '- gamma: 0.07' in body and '- columns: x, f_nat' in body and '- attack: attack pgd20, steps 20' in body
-    assert '| IB-robust units (%) | 3.125 |' in body and '| NRF | 100 | 0.4124 |' in body
-    assert body.count('- measured on: cifar10 test (n = 1000), NVIDIA H100, 12.5 s') == len(PLOTS)
-    assert [p['path'] for p in release.upload_plan(info.folder)] == sorted(
-        list(release.REQUIRED_FILES) + [f for f, _, _ in PLOTS.values()] + [PER_CLASS_PNG])
-
-
-def test_plot_needs_both_png_and_numbers(rel):
-    _add_plots(rel.folder, ['eps_curve'], rel.sha256, pngs=['knn'])  # curve numbers without PNG, a PNG without numbers
-    body = _body(rel.folder)
-    assert '## Analysis' not in body and not any(f in body for f, _, _ in PLOTS.values()) and '62.25' not in body
-    validate_release(rel.folder)
-    tiny_png(rel.folder / 'eps_curve.png')  # the PNG arrives: the card must be re-rendered to show it
-    with pytest.raises(ReleaseError, match='differs from the card rendered'):
-        validate_release(rel.folder)
-    write_card(rel.folder)
-    assert '![Robust accuracy vs eps](eps_curve.png)' in _body(rel.folder)
-
-
-def test_vanilla_card_shows_no_fsr_plots(tmp_path):
-    info = build_release(tmp_path, architecture='cifar_resnet18', model_args={'layers': [1, 1, 1, 1]})
-    _add_plots(info.folder, list(PLOTS), info.sha256)
-    body = _body(info.folder)
-    assert 'without FSR (vanilla twin)' in body and '![Robust accuracy vs eps](eps_curve.png)' in body
-    assert not any(f in body for f, fsr_only, _ in PLOTS.values() if fsr_only)
-    assert '| f+ |' not in body and '- gamma:' not in body
-
-
-def test_analysis_of_other_weights_is_refused(rel):
-    _add_plots(rel.folder, [], rel.sha256)
-    edit_json(rel.folder / 'results.json', lambda d: d.__setitem__('analysis', {'feature_swap': _analysis('0' * 64)[
-        'feature_swap']}))
-    with pytest.raises(ReleaseError, match=r'analysis\.feature_swap was measured on other weights \(sha256 0{64}\)'):
-        write_card(rel.folder)
-
-
-def test_card_shows_only_complete_analyses_that_name_the_weights(rel):
-    sections = _analysis(rel.sha256)
-    sections['knn']['complete'] = False  # stopped by its deadline
-    del sections['feature_swap']['model']  # says nothing about the weights it was measured on
-    edit_json(rel.folder / 'results.json', lambda d: d.__setitem__('analysis', sections))
-    for key in PLOTS:
-        tiny_png(rel.folder / PLOTS[key][0])
-    write_card(rel.folder)
-    body = _body(rel.folder)
-    assert '![Robust accuracy vs eps](eps_curve.png)' in body and 'gradcam.png' in body
-    assert 'knn.png' not in body and 'feature_swap.png' not in body and '45.50' not in body
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Per-class accuracy (issue 30 item 3): the card's table and per_class.png, before / after for a fine-tuned model
-
-CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-
-
-def _row(body: str, name: str) -> list:
-    line = next(l for l in body.splitlines() if l.startswith(f'| {name} |'))
-    return [c.strip() for c in line.strip('|').split('|')]
-
-
-def test_card_shows_clean_and_pgd20_per_class_with_its_figure(rel):
-    from PIL import Image
-
-    results = json.loads((rel.folder / 'results.json').read_text())['results']
-    body = _body(rel.folder)
-    assert '## Per-class accuracy' in body and '![Per-class accuracy](per_class.png)' in body
-    assert '| class | Clean (first 200) | PGD-20 (first 200) |' in body
-    for i, name in enumerate(CLASSES):
-        assert _row(body, name) == [name, f"{results['clean']['per_class'][i]:.2f}",
-                                    f"{results['pgd20']['per_class'][i]:.2f}"]
-    assert Image.open(rel.folder / PER_CLASS_PNG).size[0] == 800
-    validate_release(rel.folder)
-    (rel.folder / PER_CLASS_PNG).unlink()  # as for the analysis plots: no figure, no section
-    with pytest.raises(ReleaseError, match='differs from the card rendered'):
-        validate_release(rel.folder)
-    write_card(rel.folder)
-    assert (rel.folder / PER_CLASS_PNG).is_file() and '## Per-class accuracy' in _body(rel.folder)
-
-
-def _fine_tuned(folder: Path, start_sha: str, **init) -> None:
-    record = {'source': 'start.safetensors', 'kind': 'file', 'file': 'start.safetensors', 'sha256': start_sha,
-              'pinned': False, 'release': None, 'release_folder': None, **init}
-    edit_json(folder / 'results.json', lambda d: d['training'].__setitem__('init_from', record))
-
-
-def test_card_shows_per_class_before_and_after_fine_tuning(rel, tmp_path, capsys):
-    from decimal import Decimal
-
-    start = make_results('a' * 64, 'start.safetensors', seed=7)
-    before = tmp_path / 'before.json'
-    before.write_text(json.dumps(start))
-    with pytest.raises(ReleaseError, match='records no training.init_from'):
-        write_card(rel.folder, before=before)
-    _fine_tuned(rel.folder, 'b' * 64)
-    with pytest.raises(ReleaseError, match='describes weights with sha256 a{64}, but this model was fine-tuned '
-                                           'from b{64}'):
-        write_card(rel.folder, before=before)
-    _fine_tuned(rel.folder, 'a' * 64)
-    assert load_tool('make_card').main(['--folder', str(rel.folder), '--before', str(before)]) == 0
-    after = json.loads((rel.folder / 'results.json').read_text())
-    assert after['per_class_before']['model']['sha256'] == 'a' * 64
-    body = _body(rel.folder)
-    assert ('| class | Clean before (first 200) | Clean after (first 200) | Clean change (points) | '
-            'PGD-20 before (first 200) | PGD-20 after (first 200) | PGD-20 change (points) |') in body
-    old, new = start['results']['pgd20']['per_class'][3], after['results']['pgd20']['per_class'][3]
-    change = Decimal(str(new)) - Decimal(str(old))
-    assert _row(body, 'cat')[4:] == [f'{old:.2f}', f'{new:.2f}', f"{'+' if change >= 0 else ''}{change:.2f}"]
-    assert "Fine-tuned from `start.safetensors` (sha256 `aaaaaaaaaaaa`)." in body
-    assert '"Before" is `fsr_resnet18.at_cifar10` (sha256 `aaaaaaaaaaaa`)' in body
-    validate_release(rel.folder)
-    edit_json(rel.folder / 'results.json', lambda d: d['training']['init_from'].__setitem__('sha256', 'c' * 64))
-    with pytest.raises(ReleaseError, match='per_class_before .* is not the report of the weights'):
-        validate_release(rel.folder)
-
-
-def test_start_release_folder_gives_the_before_numbers(rel, _rel_template):
-    _fine_tuned(rel.folder, _rel_template.sha256, release_folder=str(_rel_template.folder))
-    write_card(rel.folder)  # no --before: the start release's results.json, which describes those weights
-    before = json.loads((rel.folder / 'results.json').read_text())['per_class_before']
-    assert before['model']['sha256'] == _rel_template.sha256
-    assert 'Clean before (first 200)' in _body(rel.folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -472,7 +285,7 @@ class RecordingApi:
 def test_push_dry_run_prints_plan_and_uploads_nothing(rel, capsys):
     write_card(rel.folder, org='myorg')  # config.json hub_id and the card name the repo it is uploaded to
     assert json.loads((rel.folder / 'config.json').read_text())['hub_id'] == 'myorg/fsr_resnet18.at_cifar10'
-    assert 'hf-hub:myorg/fsr_resnet18.at_cifar10' in _body(rel.folder)
+    assert 'hf-hub:myorg/fsr_resnet18.at_cifar10' in card_body(rel.folder)
     assert load_tool('push_to_hub').main([str(rel.folder), '--org', 'myorg', '--dry-run']) == 0
     out = capsys.readouterr().out
     assert 'myorg/fsr_resnet18.at_cifar10' in out and 'dry-run' in out
@@ -536,86 +349,6 @@ def test_make_card_cli(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Paper data and the shipped sample
-
-
-def test_paper_reference_values():
-    ref = paper.paper_reference('fsr_resnet18', 'at_cifar10')
-    assert list(ref.metrics) == list(paper.METRICS) + list(paper.BLACKBOX_METRICS)
-    assert ref.metrics['nattack'] == 52.65 and ref.sources['ti_fgsm'].startswith('Table 3')
-    assert ref.sources['pgd20'] == 'Table 1' and ref.sources['autoattack'].startswith('Table 3')
-    assert paper.paper_reference('fsr_vgg16', 'trades_svhn').sources['clean'] == 'Table 2'
-    assert 'autoattack' not in paper.paper_reference('fsr_vgg16', 'at_cifar10').metrics
-    assert paper.paper_reference('fsr_wrn34_10', 'at_cifar10') is None
-    assert paper.paper_reference('fsr_resnet18', 'at_imagenet') is None
-
-
-@pytest.mark.skipif(not PAPER_TXT.is_file(), reason='paper text not available')
-def test_paper_numbers_match_paper_text():
-    text = PAPER_TXT.read_text()
-    rows = {  # (arch, tag) -> the row label in the paper's tables
-        ('resnet18', 'at'): 'AT + FSR', ('resnet18', 'trades'): 'TRADES + FSR', ('resnet18', 'mart'): 'MART + FSR'}
-    for (backbone, method), label in rows.items():
-        ref = paper.paper_reference(f'fsr_{backbone}', f'{method}_cifar10')
-        white = '\t'.join(f'{ref.metrics[k]:.2f}' for k in ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble'))
-        assert f'{label}\t{white}' in text, label
-        table3 = '\t'.join(f'{ref.metrics[k]:.2f}' for k in paper.BLACKBOX_METRICS + ('autoattack',))
-        assert f'{label}\t{table3}\n' in text, label
-    for backbone in ('resnet18', 'vgg16'):
-        for kind in ('vanilla', 'fsr'):
-            c = paper.PAPER_COST[backbone][kind]
-            assert f"{c['params_m']:.2f}" in text and f"{c['gflops']:.4f}" in text
-
-
-def test_sample_loads_balanced():
-    assert SAMPLE_PATH.stat().st_size < 500_000
-    x, y = load_sample()
-    assert x.shape == (200, 3, 32, 32) and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.1
-    assert torch.bincount(y, minlength=10).tolist() == [20] * 10
-    x10, y10 = load_sample(10)
-    assert sorted(y10.tolist()) == list(range(10)) and torch.equal(x10, x[:10])
-    _, _, meta = read_sample()
-    assert len(set(meta['indices'])) == 200 and all(0 <= i < 10000 for i in meta['indices'])
-    with pytest.raises(SampleError, match='n=201 is out of range'):
-        load_sample(201)
-
-
-def test_make_sample_tool_round_trip(tmp_path):
-    """tools/make_sample.py on a synthetic cifar-10-batches-py folder: lossless, labelled, round-robin."""
-    import pickle
-
-    import numpy as np
-    from conftest import write_cifar_batches
-
-    root = write_cifar_batches(tmp_path, n_train=5, n_test=300, seed=1)
-    out = tmp_path / 'sample.png'
-    tool = load_tool('make_sample')
-    assert tool.main([str(root / 'cifar-10-batches-py'), '--per-class', '2', '--out', str(out)]) == 0
-    with open(root / 'cifar-10-batches-py' / 'test_batch', 'rb') as f:
-        batch = pickle.load(f, encoding='bytes')
-    src = np.asarray(batch[b'data']).reshape(-1, 3, 32, 32)
-    labels = np.asarray(batch[b'labels'])
-    images, y, meta = read_sample(out)
-    idx = np.asarray(meta['indices'])
-    assert np.array_equal(images.transpose(0, 3, 1, 2), src[idx]) and np.array_equal(y, labels[idx])
-    assert y.tolist() == list(range(10)) * 2
-    assert all(idx[c] == np.nonzero(labels == c)[0][0] for c in range(10))  # the *first* image of each class
-    assert tool.main([str(tmp_path / 'nowhere')]) == 2
-
-
-def test_sample_file_errors(tmp_path):
-    with pytest.raises(SampleError, match='sample file not found'):
-        load_sample(path=tmp_path / 'missing.png')
-    (tmp_path / 'bad.png').write_bytes(b'not a png')
-    with pytest.raises(SampleError, match='bad.png is not a valid fsr_hub sample file'):
-        load_sample(path=tmp_path / 'bad.png')
-    import numpy as np
-    with pytest.raises(SampleError, match='images must be uint8'):
-        write_sample(tmp_path / 'x.png', np.zeros((2, 32, 32, 3), np.float32), [0, 1], [0, 1])
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # RobustBench record, AutoAttack configuration, fast recipes, the README's table
 
 
@@ -643,7 +376,7 @@ def test_autoattack_is_standard_only_when_it_ran_the_original(tmp_path):
     assert record['autoattack_acc'] == f"{info.results['results']['autoattack']['accuracy']:.2f}"
     evals = {e.metric_config: e for e in ModelCard.load(info.folder / 'README.md').data.eval_results}
     assert evals['autoattack'].metric_name == 'robust accuracy, AutoAttack (standard), Linf 8/255'
-    assert 'standard version (apgd-ce, apgd-t, fab-t, square)' in _body(info.folder)
+    assert 'standard version (apgd-ce, apgd-t, fab-t, square)' in card_body(info.folder)
     # fewer Square queries: not the original; the release check refuses it, and the card would not call it standard
     edit_json(info.folder / 'results.json',
               lambda d: d['results']['autoattack']['params']['sub_attacks']['square'].update(n_queries=100))
@@ -691,7 +424,7 @@ def test_card_says_how_a_budgeted_run_is_reproduced(rel):
     from fsr_hub.evaluate import training_section
     from fsr_hub.schemas import TRAIN_SCHEMA
 
-    assert 'Time budget' not in _body(rel.folder)  # a run without a budget: no such line
+    assert 'Time budget' not in card_body(rel.folder)  # a run without a budget: no such line
     replan = {'after_epoch': 1, 'from_epochs': 10, 'epochs': 8, 'fits': True, 'epoch_seconds': 736.172}
     reproduce = 're-planned after epoch 1 (from 10 to 8 epochs): --epochs 8 alone does not reproduce this run'
     summary = {'schema': TRAIN_SCHEMA, 'weights': {'best': {'sha256': 'b' * 64}},
@@ -703,5 +436,5 @@ def test_card_says_how_a_budgeted_run_is_reproduced(rel):
     edit_json(rel.folder / 'results.json', lambda d: d['training'].__setitem__('budget', budget))
     write_card(rel.folder)
     assert ('Time budget: 115 min, the epochs planned by the trainer from its measured speed (after epoch 1 the '
-            f'machine had slowed to 736 s per epoch). Reproducing the run: {reproduce}.') in _body(rel.folder)
+            f'machine had slowed to 736 s per epoch). Reproducing the run: {reproduce}.') in card_body(rel.folder)
     validate_release(rel.folder)
