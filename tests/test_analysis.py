@@ -153,11 +153,9 @@ def test_analyses_end_to_end_into_the_model_card(tmp_path, cifar_root, capsys):
     """tools/analyze.py runs each analysis on tiny data, attaches them to a release folder's results.json (PNGs
     beside it), and the re-rendered card shows each plot with its numbers; a partial analysis is not shown, and an
     analysis of other weights is refused."""
-    from huggingface_hub import ModelCard
-
     from fsr_hub.card import PLOTS as ALL_PLOTS
     from fsr_hub.release import ReleaseError, validate_release, write_card
-    from release_builders import build_release, edit_json, load_tool
+    from release_builders import build_release, card_body, edit_json, load_tool
 
     analyze = load_tool('analyze')
     info = build_release(tmp_path, model_args={})  # a full-size fsr_resnet18 release with random weights
@@ -183,7 +181,7 @@ def test_analyses_end_to_end_into_the_model_card(tmp_path, cifar_root, capsys):
     assert all((folder / file).is_file() for file, _, _ in PLOTS.values())
     write_card(folder)
     validate_release(folder)
-    body = ModelCard.load(folder / 'README.md').text
+    body = card_body(folder)
     for key, (file, _, title) in PLOTS.items():
         assert f'### {title}\n\n![{title}]({file})' in body, key
     assert f"| accuracy (%) | {docs['eps_curve']['accuracy'][0]:.2f} |" in body
@@ -200,7 +198,7 @@ def test_analyses_end_to_end_into_the_model_card(tmp_path, cifar_root, capsys):
     assert analyze.main(['attach', str(folder / 'results.json'), curve]) == 0
     assert 'eps_curve is partial (complete: false): the card does not show it' in capsys.readouterr().out
     write_card(folder)
-    body = ModelCard.load(folder / 'README.md').text
+    body = card_body(folder)
     assert 'eps_curve.png' not in body and '![Weighted k-NN' in body
     # an analysis of other weights is refused by attach, and by the card renderer if put there by hand
     edit_json(a / 'knn.json', lambda d: d['model'].__setitem__('sha256', '0' * 64))

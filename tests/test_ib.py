@@ -204,10 +204,8 @@ def test_bad_inputs_get_one_line_errors():
 
 def test_ib_commands_into_the_model_card(tmp_path, cifar_root, capsys):
     """ib-split and ib-attack write JSON and PNG, attach to a release, and the card shows both as L2 / split tables."""
-    from huggingface_hub import ModelCard
-
     from fsr_hub.release import validate_release, write_card
-    from release_builders import build_release, load_tool
+    from release_builders import build_release, card_body, load_tool
 
     analyze = load_tool('analyze')
     info = build_release(tmp_path, model_args={})
@@ -227,7 +225,7 @@ def test_ib_commands_into_the_model_card(tmp_path, cifar_root, capsys):
                          str(a / 'ib_attack.json')]) == 0
     write_card(folder)
     validate_release(folder)
-    body = ModelCard.load(folder / 'README.md').text
+    body = card_body(folder)
     assert '![NRF / RF feature attacks, L2' in body and '(ib_attack.png)' in body and '(ib_split.png)' in body
     assert '|  | success rate (%) | mean L2 | median L2 | accuracy under attack (%) |' in body
     assert '- batches: 1 x 2' in body and 'not measured' not in body.split('## Analysis')[1].split('## Cost')[0]

@@ -23,7 +23,7 @@ from tools.cost_report import main as cost_main
 from tools.train import main as train_main
 
 from conftest import separable_data, write_cifar_batches
-from release_builders import edit_json, load_tool
+from release_builders import card_body, edit_json, load_tool
 
 ARCH = 'test_resnet'  # feature_info: act1 32, layer1 32, layer2 48, layer3 192, layer4 96 channels
 FLAGS = ['--fsr-positions', 'layer3,layer4', '--fsr-hidden', '8', '--fsr-tau', '0.2']
@@ -174,7 +174,7 @@ def test_release_folder_of_a_timm_cnn_with_fsr(trained, tmp_path, capsys):
     write_card(folder)
     validate_release(folder, load_model=False)
     assert ('Inputs are RGB pixels in [0, 1], 64x64, normalised with mean [0.5, 0.5, 0.5] and std [1.0, 1.0, 1.0];'
-            in ModelCard.load(folder / 'README.md').text)
+            in card_body(folder))
 
 
 def test_cost_report_before_and_after_fsr_for_any_model(tmp_path, capsys):

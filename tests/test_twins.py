@@ -5,14 +5,13 @@ import math
 
 import pytest
 import torch
-from huggingface_hub import ModelCard
 
 from fsr_hub.autoattack import pack_flags
 from fsr_hub.card_tables import released_table
 from fsr_hub.release import ReleaseError, attach_twin, readme_table, validate_release, write_card
 from fsr_hub.twins import check_twin_section, example_flags, paired_gap, twin_name, twin_section
 
-from release_builders import build_release, edit_json, load_tool
+from release_builders import build_release, card_body, edit_json, load_tool
 
 
 def _report(flags, seed=0, eps=8 / 255, n_total=10):
@@ -113,7 +112,7 @@ def test_attach_renders_both_cards_and_the_readme(tmp_path, capsys):
     assert [r['gap'] for r in section['rows']] == [-5.0, 5.0, 5.0] and all(r['n'] == n for r in section['rows'])
     assert 'FSR - vanilla (fsr_resnet18.at_cifar10 - cifar_resnet18.at_cifar10): Clean -5.00 ± ' in capsys.readouterr().out
     for info in (fsr, van):
-        body = ModelCard.load(info.folder / 'README.md').text
+        body = card_body(info.folder)
         assert '## FSR versus its vanilla twin' in body and '| PGD-20 | 35.00 | 30.00 | +5.00 |' in body
         assert json.loads((info.folder / 'results.json').read_text())['twin'] == section
         validate_release(info.folder)
