@@ -237,6 +237,18 @@ def _check_state(state: AAState, cfg: Dict[str, Any], n: int, eps: float, seed: 
         raise ValueError(f'the saved AutoAttack progress belongs to another run: {", ".join(diff)}.')
 
 
+def _saved_seconds_per_unit(st: AAState, cost: Dict[str, float]) -> Optional[float]:
+    """Seconds per gradient evaluation of the work ``st`` records as done (None before any)."""
+    attacked, units = int(unpack_flags(st.clean, st.n).sum()), 0.0
+    for sub in st.done:  # each sub-attack ran on the points the previous one left robust
+        units += attacked * cost[sub]
+        attacked = st.robust_after[sub]
+    if st.current is not None:
+        started = int(unpack_flags(st.current_points, st.n).sum())
+        units += min(st.batches_done * st.batch_size, started) * cost[st.current]
+    return st.seconds / units if units > 0 and st.seconds > 0 else None
+
+
 def run_autoattack_resumable(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = 'standard',
         batch_size: int = 500, seed: int = 0, device: Any = 'cpu',
@@ -249,7 +261,8 @@ def run_autoattack_resumable(
 
     Before each batch, ``should_stop(estimated_seconds)`` may end the run early (a deadline); after each batch
     ``on_batch(state)`` sees the new state (save it to continue later). Estimates come from the last batch of the
-    same sub-attack, or from the seconds per gradient evaluation measured so far.
+    same sub-attack, or from the seconds per gradient evaluation measured so far (at first, in a resumed
+    run, the speed the saved state records).
     """
     if model.training:
         raise ValueError('AutoAttack must run on a model in eval mode (deterministic FSR mask).')
@@ -272,7 +285,8 @@ def run_autoattack_resumable(
                                 for i in range(0, n, batch_size)])
         st = AAState(version=version, n=n, eps=eps, seed=seed, batch_size=batch_size, attacks=order,
                      robust=pack_flags(robust), clean=pack_flags(robust), sub_attacks=cfg['sub_attacks'])
-    sec_per_unit: Optional[float] = None
+    # a resumed run's first batch is estimated from the saved run's speed (a batch may last an hour on a CPU)
+    sec_per_unit = _saved_seconds_per_unit(st, cost)
     last: Dict[str, float] = {}  # sub-attack -> seconds per point of its last batch
     for sub in order:
         if sub in st.done:

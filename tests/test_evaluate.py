@@ -366,7 +366,10 @@ def test_autoattack_stopped_and_resumed_equals_one_run():
     assert not part.complete and part.state.done == ['apgd-ce'] and part.state.current == 'apgd-t'
     assert calls[0] == 0.0 and calls[-1] > 0  # the later batches are estimated from the measured ones
     state = json.loads(json.dumps(saved[-1]))  # what a report on disk holds
-    rest = run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small, state=state)
+    resumed_calls = []
+    rest = run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small, state=state,
+                                    should_stop=lambda est: resumed_calls.append(est) or False)
+    assert resumed_calls[0] > 0  # the first resumed batch is estimated from the saved run's speed
     assert rest.complete and torch.equal(rest.robust, whole.robust)
     assert rest.state.robust_after == whole.state.robust_after
     assert unpack_flags(pack_flags(whole.robust), 12).equal(whole.robust)
