@@ -1,5 +1,5 @@
 """Throughput of the training step (the trainer's own :class:`fsr_hub.step.TrainStep`, in any step mode) and
-of PGD-20 evaluation, on random data."""
+of PGD-20 evaluation, on random data; the float32 evaluation's memory formats side by side."""
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -11,9 +11,11 @@ from .hardware import synchronize
 from .objectives import AdversarialObjective, ObjectiveConfig
 from .step import TrainStep, autocast, build_optimizer
 
-__all__ = ['benchmark_train_step', 'benchmark_eval']
+__all__ = ['benchmark_train_step', 'benchmark_eval', 'compare_eval_formats', 'EVAL_FORMATS']
 
 EPOCH_IMAGES = 50_000  # one CIFAR-10 training epoch
+#: the memory formats a float32 evaluation can run in (``evaluate(channels_last=...)``)
+EVAL_FORMATS = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}
 
 
 def _timed(fn: Callable[[int], Any], repeats: int, device: torch.device) -> float:
@@ -89,3 +91,48 @@ def benchmark_eval(
     _timed(run, warmup, dev)
     ips = batches * batch_size / _timed(run, batches, dev)
     return {'images_per_second': ips, 'seconds_per_10k': 10000 / ips}
+
+
+def compare_eval_formats(model: nn.Module, batch_size: int = 100, rounds: int = 3, repeats: int = 3,
+                         device: str = 'cpu') -> Dict[str, Any]:
+    """Float32 seconds per image of the two costs an evaluation's attacks are made of, in each memory format of
+    :data:`EVAL_FORMATS`: a gradient evaluation (forward + input-gradient backward: PGD, APGD, FAB) and a forward
+    alone (Square's queries). The formats alternate in ``rounds`` rounds of ``repeats`` calls each (after one
+    untimed call per format), so that drifting machine speed hits both alike; the median round is kept. Also the
+    largest logit difference between the formats on the same images."""
+    if rounds < 1 or repeats < 1 or batch_size < 1:
+        raise ValueError(f'rounds, repeats and batch_size must be positive, got {rounds}, {repeats}, {batch_size}.')
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 3, 32, 32, generator=gen).to(dev)
+    y = torch.randint(0, 10, (batch_size,), generator=gen).to(dev)
+
+    def grad(_: int) -> None:
+        xr = x.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(xr), y)
+        torch.autograd.grad(loss, xr)
+
+    def forward(_: int) -> None:
+        with torch.no_grad():
+            model(x)
+
+    times: Dict[str, Dict[str, list]] = {f: {'gradient': [], 'forward': []} for f in EVAL_FORMATS}
+    logits = {}
+    try:
+        for r in range(rounds + 1):
+            for name, fmt in EVAL_FORMATS.items():
+                model.to(memory_format=fmt)
+                if r == 0:  # untimed: the first call of a format sets up its kernels
+                    grad(0), forward(0)
+                    with torch.no_grad():
+                        logits[name] = model(x).float()
+                    continue
+                times[name]['gradient'].append(_timed(grad, repeats, dev) / (repeats * batch_size))
+                times[name]['forward'].append(_timed(forward, repeats, dev) / (repeats * batch_size))
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+    out: Dict[str, Any] = {f: {k: sorted(v)[len(v) // 2] for k, v in t.items()} for f, t in times.items()}
+    out['speedup'] = {k: out['contiguous'][k] / out['channels_last'][k] for k in ('gradient', 'forward')}
+    out['max_logit_difference'] = float((logits['contiguous'] - logits['channels_last']).abs().max())
+    return out

@@ -469,3 +469,32 @@ def test_a_resumed_report_lists_the_commands_of_its_runs(tmp_path, cifar_root):
     assert report['analysis'] == attached
     assert len(report['commands']) == 3 and report['commands'][-1] == report['command']
     assert '--resume' not in report['commands'][0] and report['resumed'] == ['clean', 'fgsm']
+
+
+def test_channels_last_evaluation_runs_in_that_format_and_agrees():
+    model = tiny_fsr_net()
+    x, y = _data(8)
+    seen = []
+    model.stem[0].register_forward_pre_hook(
+        lambda m, inp: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    kw = dict(attacks=('clean', 'pgd20'), batch_size=8, masking_checks=False, progress=False)
+    plain = evaluate(model, x, y, **kw)
+    assert seen and not any(seen)
+    seen.clear()
+    cl = evaluate(model, x, y, channels_last=True, **kw)
+    assert seen and all(seen)  # every forward of the attack ran on channels_last weights
+    assert plain['precision']['memory_format'] == 'contiguous' and cl['precision']['memory_format'] == 'channels_last'
+    assert cl['per_example'] == plain['per_example']  # float32 either way: the same examples survive
+    assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is handed back contiguous
+
+
+def test_verify_cli_channels_last_is_recorded(tmp_path, cifar_root):
+    torch.manual_seed(0)
+    weights = tmp_path / 'r18.safetensors'
+    save_weights(timm.create_model('cifar_resnet18', num_classes=10), weights)
+    out = tmp_path / 'report.json'
+    assert verify.main(['--model', 'cifar_resnet18', '--weights', str(weights), '--data', str(cifar_root), '--n', '4',
+                        '--batch-size', '4', '--attacks', 'clean', '--no-masking-checks', '--out', str(out),
+                        '--device', 'cpu', '--no-progress', '--channels-last']) == 0
+    report = json.loads(out.read_text())
+    assert report['hardware']['memory_format'] == 'channels_last' and '--channels-last' in report['command']

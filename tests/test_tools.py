@@ -109,3 +109,25 @@ def test_grad_check_reports_on_a_tiny_fsr_net():
     assert split['norm_ratio'] > 0 and -1.0 <= split['cos'] <= 1.0 + 1e-6
     same = gc._grads(model, x, y, amp=False)
     assert gc._compare(same, same, gc.GROUPS['backbone'])['cos'] == pytest.approx(1.0)
+
+
+def test_eval_formats_benchmark_times_both_formats_side_by_side(capsys, tmp_path):
+    from fsr_hub.benchmark import compare_eval_formats
+    from tools.benchmark_eval import main as eval_formats_main
+    from conftest import tiny_fsr_net
+    model = tiny_fsr_net()
+    r = compare_eval_formats(model, batch_size=4, rounds=2, repeats=1)
+    for fmt in ('contiguous', 'channels_last'):
+        assert r[fmt]['gradient'] > 0 and r[fmt]['forward'] > 0
+    assert r['speedup']['gradient'] == pytest.approx(r['contiguous']['gradient'] / r['channels_last']['gradient'])
+    assert r['max_logit_difference'] < 1e-4 and all(p.is_contiguous() for p in model.parameters())
+    with pytest.raises(ValueError, match='positive'):
+        compare_eval_formats(model, rounds=0)
+    out = tmp_path / 'f.json'
+    assert eval_formats_main(['--model', 'cifar_resnet18', '--device', 'cpu', '--batch-size', '2', '--rounds', '1',
+                              '--repeats', '1', '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'channels_last speed-up x' in text and 'forward' in text and 'gradient' in text
+    assert json.loads(out.read_text())['speedup']['forward'] > 0
+    assert eval_formats_main(['--device', 'cpu', '--rounds', '0']) == 2
+    assert 'error:' in capsys.readouterr().err

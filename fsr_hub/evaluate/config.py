@@ -78,6 +78,7 @@ class EvalConfig:
     subsets: Mapping[str, int]  # over DEFAULT_SUBSETS
     deadline_minutes: Optional[float]
     overrides: Mapping[str, Mapping[str, Any]]
+    channels_last: bool = False
 
     @property
     def stages(self) -> Tuple[str, ...]:

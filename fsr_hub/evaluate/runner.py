@@ -169,19 +169,25 @@ def run_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: E
                    transfer_model: Optional[nn.Module] = None, previous: Optional[Mapping[str, Any]] = None,
                    on_update: Optional[Callable[[Snapshot], None]] = None) -> Snapshot:
     """Run the stages of a checked ``config`` in strict float32 (see :func:`fsr_hub.evaluate.evaluate`)."""
-    model = model.to(config.device)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(config.device, memory_format=fmt)
     assert_eval(model)
     if transfer_model is not None:
-        transfer_model = transfer_model.to(config.device)
+        transfer_model = transfer_model.to(config.device, memory_format=fmt)
         assert_eval(transfer_model)
     run = EvaluationRun(model, x, y, config, transfer_model, previous, on_update)
-    with strict_float32() as precision:
-        run.precision = precision
-        torch.manual_seed(config.seed)
-        try:
-            for stage in run.stages:
-                run.stage(stage)
-        except KeyboardInterrupt:
-            run.interrupt()
-            raise
+    try:
+        with strict_float32() as precision:
+            run.precision = {**precision, 'memory_format': 'channels_last' if config.channels_last else 'contiguous'}
+            torch.manual_seed(config.seed)
+            try:
+                for stage in run.stages:
+                    run.stage(stage)
+            except KeyboardInterrupt:
+                run.interrupt()
+                raise
+    finally:
+        for m in (model, transfer_model):
+            if m is not None and config.channels_last:
+                m.to(memory_format=torch.contiguous_format)
     return run.snapshot()
