@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--channels-last', action='store_true',
                    help='run the models in channels_last memory (float32 still; faster on some CPUs, see '
-                        'tools/benchmark.py --eval-formats)')
+                        'tools/benchmark_eval.py)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--out', default=None, help='write the JSON report here, after every stage (default: stdout '
                                                'at the end)')
