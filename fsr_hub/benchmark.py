@@ -7,15 +7,13 @@ import torch
 import torch.nn as nn
 
 from .attacks import pgd
-from .hardware import synchronize
+from .hardware import MEMORY_FORMATS, synchronize
 from .objectives import AdversarialObjective, ObjectiveConfig
 from .step import TrainStep, autocast, build_optimizer
 
-__all__ = ['benchmark_train_step', 'benchmark_eval', 'compare_eval_formats', 'EVAL_FORMATS']
+__all__ = ['benchmark_train_step', 'benchmark_eval', 'compare_eval_formats']
 
 EPOCH_IMAGES = 50_000  # one CIFAR-10 training epoch
-#: the memory formats a float32 evaluation can run in (``evaluate(channels_last=...)``)
-EVAL_FORMATS = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}
 
 
 def _timed(fn: Callable[[int], Any], repeats: int, device: torch.device) -> float:
@@ -96,10 +94,10 @@ def benchmark_eval(
 def compare_eval_formats(model: nn.Module, batch_size: int = 100, rounds: int = 3, repeats: int = 3,
                          device: str = 'cpu') -> Dict[str, Any]:
     """Float32 seconds per image of the two costs an evaluation's attacks are made of, in each memory format of
-    :data:`EVAL_FORMATS`: a gradient evaluation (forward + input-gradient backward: PGD, APGD, FAB) and a forward
-    alone (Square's queries). The formats alternate in ``rounds`` rounds of ``repeats`` calls each (after one
-    untimed call per format), so that drifting machine speed hits both alike; the median round is kept. Also the
-    largest logit difference between the formats on the same images."""
+    :data:`~fsr_hub.hardware.MEMORY_FORMATS`: a gradient evaluation (forward + input-gradient backward: PGD, APGD,
+    FAB) and a forward alone (Square's queries). The formats alternate in ``rounds`` rounds of ``repeats`` calls
+    each (after untimed calls in each format), so that drifting machine speed hits both alike; the median round is
+    kept. Also the largest logit difference between the formats on the same images."""
     if rounds < 1 or repeats < 1 or batch_size < 1:
         raise ValueError(f'rounds, repeats and batch_size must be positive, got {rounds}, {repeats}, {batch_size}.')
     dev = torch.device(device)
@@ -117,17 +115,17 @@ def compare_eval_formats(model: nn.Module, batch_size: int = 100, rounds: int = 
         with torch.no_grad():
             model(x)
 
-    times: Dict[str, Dict[str, list]] = {f: {'gradient': [], 'forward': []} for f in EVAL_FORMATS}
+    times: Dict[str, Dict[str, list]] = {f: {'gradient': [], 'forward': []} for f in MEMORY_FORMATS}
     logits = {}
     try:
-        for r in range(rounds + 1):
-            for name, fmt in EVAL_FORMATS.items():
+        for name, fmt in MEMORY_FORMATS.items():  # untimed: the first calls in a format set up its kernels
+            model.to(memory_format=fmt)
+            grad(0)
+            with torch.no_grad():
+                logits[name] = model(x)
+        for _ in range(rounds):
+            for name, fmt in MEMORY_FORMATS.items():
                 model.to(memory_format=fmt)
-                if r == 0:  # untimed: the first call of a format sets up its kernels
-                    grad(0), forward(0)
-                    with torch.no_grad():
-                        logits[name] = model(x).float()
-                    continue
                 times[name]['gradient'].append(_timed(grad, repeats, dev) / (repeats * batch_size))
                 times[name]['forward'].append(_timed(forward, repeats, dev) / (repeats * batch_size))
     finally:

@@ -1,5 +1,5 @@
 """The device a measurement ran on, named for reports; the CPU's bf16 instruction set and the precision it gets by
-default; device synchronisation for timing; strict float32."""
+default; device synchronisation for timing; strict float32 and the memory formats it runs in."""
 import os
 import platform
 from contextlib import contextmanager
@@ -8,12 +8,14 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import torch
 
 __all__ = ['resolve_device', 'hardware_name', 'cpu_model', 'cpu_bf16_isa', 'fast_precision', 'synchronize',
-           'strict_float32', 'BF16_ISAS']
+           'strict_float32', 'BF16_ISAS', 'MEMORY_FORMATS']
 
 #: CPU flags (``/proc/cpuinfo``) of bf16 arithmetic in hardware, the best first: AMX tiles (Intel Sapphire Rapids
 #: and later), then AVX512-BF16 dot products (Intel Cooper Lake, AMD Zen 4 and later)
 BF16_ISAS = ('amx_bf16', 'avx512_bf16')
 CPUINFO = '/proc/cpuinfo'
+#: the memory formats a model can run in, by the name reports give them
+MEMORY_FORMATS = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}
 
 
 def resolve_device(name: Optional[str] = None) -> torch.device:

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..attack_registry import CLEAN, ENSEMBLE, ENSEMBLE_ATTACKS, MASKING, SOURCE_ATTACKS, SPECS
 from ..autoattack import AA_KEYS, departures, pack_flags, unpack_flags
-from ..hardware import strict_float32
+from ..hardware import MEMORY_FORMATS, strict_float32
 from .checks import STEPS_SWEEP, masking_section
 from .config import EvalConfig
 from .measure import Clock, DeadlineReached, assert_eval, pct, per_class, subset_label
@@ -169,16 +169,16 @@ def run_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: E
                    transfer_model: Optional[nn.Module] = None, previous: Optional[Mapping[str, Any]] = None,
                    on_update: Optional[Callable[[Snapshot], None]] = None) -> Snapshot:
     """Run the stages of a checked ``config`` in strict float32 (see :func:`fsr_hub.evaluate.evaluate`)."""
-    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(config.device, memory_format=fmt)
+    fmt = 'channels_last' if config.channels_last else 'contiguous'
+    model = model.to(config.device, memory_format=MEMORY_FORMATS[fmt])
     assert_eval(model)
     if transfer_model is not None:
-        transfer_model = transfer_model.to(config.device, memory_format=fmt)
+        transfer_model = transfer_model.to(config.device, memory_format=MEMORY_FORMATS[fmt])
         assert_eval(transfer_model)
     run = EvaluationRun(model, x, y, config, transfer_model, previous, on_update)
     try:
         with strict_float32() as precision:
-            run.precision = {**precision, 'memory_format': 'channels_last' if config.channels_last else 'contiguous'}
+            run.precision = {**precision, 'memory_format': fmt}
             torch.manual_seed(config.seed)
             try:
                 for stage in run.stages:
@@ -186,8 +186,8 @@ def run_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: E
             except KeyboardInterrupt:
                 run.interrupt()
                 raise
-    finally:
+    finally:  # the caller's models go back to the default format
         for m in (model, transfer_model):
-            if m is not None and config.channels_last:
+            if m is not None:
                 m.to(memory_format=torch.contiguous_format)
     return run.snapshot()
