@@ -113,29 +113,35 @@ def _train_epoch(run: RunState, step_callback: Optional[Callable[[int, int], Non
     t0 = t_warm = time.perf_counter()
     bar = tqdm(run.loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (run.is_main and cfg.progress),
                leave=False, file=sys.stderr)
+    plan_seconds = 0.0  # spent inside the epoch on planning the budget (timed evaluation and checkpoint)
     for i, (x, y) in enumerate(bar):
         if per_iteration and i:
             run.step.set_lr(step_lr(cfg, epoch, i, steps_per_epoch))
         stats += run.step(x, y)
         if step_callback is not None:
             step_callback(epoch, i)
-        if planning and i + 1 in (warm, warm + PROBE_STEPS):
+        if i + 1 == warm or (planning and i + 1 == warm + PROBE_STEPS):
             synchronize(run.device)
             if i + 1 == warm:
                 t_warm = time.perf_counter()
             else:
-                plan_budget(run, (time.perf_counter() - t_warm) / PROBE_STEPS, i + 1, t_warm - t0)
+                t_plan = time.perf_counter()
+                plan_budget(run, (t_plan - t_warm) / PROBE_STEPS, i + 1, t_warm - t0)
+                plan_seconds = time.perf_counter() - t_plan
                 planning = False
                 cfg = run.cfg  # the plan fixed the epoch count: the rest of the epoch follows its schedule
     if run.world > 1:
         dist.all_reduce(stats)
     synchronize(run.device)
     seconds = time.perf_counter() - t0
+    after = steps_per_epoch - warm
+    # the set-up calls (compilation, graph capture) and the planning happen once per process: what the next
+    # epochs cost is the steps after them, scaled to the whole epoch
+    run.steady_epoch_seconds = ((t0 + seconds - t_warm - plan_seconds) * steps_per_epoch / after if after > 0
+                                else seconds)
     if planning:  # an epoch too short to probe: time its steps after the set-up calls, or all of them
-        steps = len(run.loader)
-        after = steps - warm
-        per_step = (t0 + seconds - t_warm) / after if after > 0 else seconds / steps
-        plan_budget(run, per_step, steps, t_warm - t0 if after > 0 else seconds)
+        per_step = (t0 + seconds - t_warm) / after if after > 0 else seconds / steps_per_epoch
+        plan_budget(run, per_step, steps_per_epoch, t_warm - t0 if after > 0 else seconds)
     loss_sum, n, adv_c, nat_c = stats.tolist()
     lrs = {'lr': lr}
     if per_iteration:

@@ -77,8 +77,8 @@ def out_of_time(run: RunState) -> bool:
     decay is already behind."""
     if run.deadline is None or not run.history or run.budget is None or run.epoch >= run.cfg.epochs:
         return False
-    epoch_seconds, elapsed = all_reduce_max([run.history[-1]['epoch_seconds'], time.monotonic() - run.clock_start],
-                                            run)
+    last = run.steady_epoch_seconds if run.steady_epoch_seconds is not None else run.history[-1]['epoch_seconds']
+    epoch_seconds, elapsed = all_reduce_max([last, time.monotonic() - run.clock_start], run)
     left = 60.0 * run.raw.time_budget - run.budget['reserve_seconds'] - elapsed
     epochs, estimate, fits = replan_epochs(left, run.epoch, run.cfg.epochs, epoch_seconds, run.costs['evaluation'],
                                            run.costs['checkpoint'], run.raw.eval_every, run.cfg.holdout > 0)

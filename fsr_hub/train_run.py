@@ -48,6 +48,7 @@ class RunState:
     best_sha: Optional[str] = None
     prior_seconds: float = 0.0  # wall clock of earlier (resumed) processes
     budget: Optional[Dict[str, Any]] = None  # the time-budget plan, once made
+    steady_epoch_seconds: Optional[float] = None  # the last epoch of this process without its one-off set-up
     costs: Dict[str, float] = field(default_factory=lambda: {'evaluation': 0.0, 'checkpoint': 0.0})
     guard: Optional[OverfitGuard] = None  # made by fsr_hub.guard.check_guard after the first epoch
     init: Optional[Dict[str, Any]] = None  # the weights the run started from (--init-from), as the summary records

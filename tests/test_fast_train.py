@@ -226,6 +226,22 @@ def test_a_slowed_budgeted_run_replans_and_completes_its_schedule(tmp_path, monk
     assert clock[0] <= 60.0
 
 
+def test_a_slow_set_up_call_does_not_shrink_the_plan(tmp_path, monkeypatch):
+    # the first step of the process costs 30 s more (a graph capture), then 1 s per step: the epochs after the
+    # first cost 3 s, so all 10 planned epochs still fit and none is cut after epoch 1
+    clock = _fake_clock(monkeypatch)
+
+    def tick(epoch, step):
+        clock[0] += 31.0 if (epoch, step) == (0, 0) else 1.0
+
+    cfg = tiny_config(tmp_path, epochs=10, time_budget=2.0, steps=1)
+    res = train(cfg, model=tiny_fsr_net(), data=separable_data(128), step_callback=tick, clock_start=0.0)
+    budget = res.summary['budget']
+    assert res.history[0]['epoch_seconds'] == pytest.approx(33.0)  # the record keeps what the epoch took
+    assert 'replans' not in budget and budget['epochs'] == 10 == len(res.history)
+    assert clock[0] <= 120.0
+
+
 def test_a_budgeted_cyclic_run_follows_the_planned_schedule_once_planned(tmp_path, monkeypatch):
     # 1 s per step on a fake clock; 12 steps per epoch, so the plan is made inside the first epoch (after 11 steps)
     clock = _fake_clock(monkeypatch)
