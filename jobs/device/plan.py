@@ -58,11 +58,11 @@ class LeasePlan:
     margin: float = 30.0  # kept free on the lease
     command_limit: float = 600.0  # one command's limit
     command_margin: float = 20.0  # b ends this long before its command limit
-    unpack: float = 20.0  # b: unpack the second half and check every md5 (estimate)
+    unpack: float = 10.0  # b: unpack the second half and check every md5 (H200 lease, 2026-12-04: 3.4 s)
     tests: float = 75.0  # a: pytest -m 'cuda and not slow', at most (imports and CUDA start-up included)
     benchmark: float = 40.0  # a: benchmark seconds (eager and cuda-graph, FSR and vanilla)
     verify: float = 150.0  # b: the quick verification's share (it also gets whatever training leaves)
-    release: float = 45.0  # b: card, release folder, staging
+    release: float = 25.0  # b: card, release folder, staging (H200 lease, 2026-12-04: 10.1 s)
     min_train: float = 60.0  # b trains at least this long, even when the lease is late
     train_grace: float = 30.0  # past its budget (and 10 %), training is interrupted (it keeps its last epoch)
     min_verify: float = 30.0  # and verifies at least this long (clean, FGSM and PGD-20 on the test set)
