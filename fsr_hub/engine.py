@@ -135,12 +135,11 @@ def _train_epoch(run: RunState, step_callback: Optional[Callable[[int, int], Non
     synchronize(run.device)
     seconds = time.perf_counter() - t0
     after = steps_per_epoch - warm
-    # the set-up calls (compilation, graph capture) and the planning happen once per process: what the next
-    # epochs cost is the steps after them, scaled to the whole epoch
-    run.steady_epoch_seconds = ((t0 + seconds - t_warm - plan_seconds) * steps_per_epoch / after if after > 0
-                                else seconds)
-    if planning:  # an epoch too short to probe: time its steps after the set-up calls, or all of them
-        per_step = (t0 + seconds - t_warm) / after if after > 0 else seconds / steps_per_epoch
+    # the set-up calls (compilation, graph capture) and the planning happen once per process: a step costs what
+    # the steps after them took (all of them in an epoch of set-up calls only)
+    per_step = (t0 + seconds - t_warm - plan_seconds) / after if after > 0 else seconds / steps_per_epoch
+    run.steady_epoch_seconds = per_step * steps_per_epoch
+    if planning:  # an epoch too short to probe: plan from its steps
         plan_budget(run, per_step, steps_per_epoch, t_warm - t0 if after > 0 else seconds)
     loss_sum, n, adv_c, nat_c = stats.tolist()
     lrs = {'lr': lr}
