@@ -51,7 +51,8 @@ def test_derived_tuples_equal_the_literals_they_replace():
     assert R.AUTOATTACK_VERSIONS == AA_KEYS == {'autoattack': 'standard', 'autoattack_rand': 'rand'}
     assert {a.name: a.cost for a in R.REGISTRY if a.kind is R.Kind.BATCH} == {'clean': 0.4, 'fgsm': 1.4, 'pgd20': 20.4, 'pgd100': 100.4, 'cw': 30.4, 'transfer': 20.4,
                           'ti_fgsm': 1.4, 'di_fgsm': 10 * 1.2 + 0.4}
-    assert PRESETS['quick'][0] == PRESETS['cpu'][0] == TABLE5A_ATTACKS == R.ENSEMBLE_ATTACKS + (R.AUTOATTACK,)
+    assert PRESETS['quick'][0] == PRESETS['cpu'][0] == PRESETS['lease'][0] == TABLE5A_ATTACKS
+    assert TABLE5A_ATTACKS == R.ENSEMBLE_ATTACKS + (R.AUTOATTACK,)
     assert paper.METRICS == ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble', 'autoattack')
     assert paper.METRIC_NAMES == {'clean': 'Clean', 'fgsm': 'FGSM', 'pgd20': 'PGD-20', 'pgd100': 'PGD-100',
                                   'cw': 'C&W', 'ensemble': 'Ensemble', 'autoattack': 'AutoAttack'}

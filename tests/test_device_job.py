@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from fsr_hub.attack_registry import CLEAN, PGD20, Kind, spec
 from fsr_hub.data import load_dataset
+from fsr_hub.evaluate import preset
 from fsr_hub.sources import PYAUTOATTACK_SPEC, natural_resnet18
 from fsr_hub.weights import read_weights
 from jobs.device import (
     CIFAR10_MD5, JobError, JobSettings, LeasePlan, join, job_b, job_verify_source, make_synthetic_source,
     plan_lines, prepare, prepare_verify, rehearse, repack_wheel, split_file, train_seconds,
 )
+from jobs.device.plan import VERIFY_PRESET
 from tools.device_job import main as device_job_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +48,18 @@ def test_cli_help_lists_every_subcommand(capsys):
             device_job_main([cmd, '--help'])
         assert e.value.code == 0
 
+
+
+def test_b_verifies_the_floors_on_all_images_within_its_share():
+    # the GPU issues' floors are clean and PGD-20 on all 10,000 test images: the lease preset runs them there
+    attacks, subsets, masking = preset(VERIFY_PRESET)
+    assert {CLEAN, PGD20} <= set(attacks) and not {CLEAN, PGD20} & set(subsets) and not masking
+    # its attacks fit the plan's share at the first H200 lease's speed (PGD-20 on 10,000: 21.6 s), AutoAttack aside
+    per_unit = 21.6 / (spec(PGD20).cost * 10_000)
+    units = sum(spec(a).cost * min(subsets.get(a, 10_000), 10_000) for a in attacks if spec(a).kind is Kind.BATCH)
+    quick_units = sum(spec(a).cost * 10_000 for a in preset('quick')[0] if spec(a).kind is Kind.BATCH)
+    plan = LeasePlan()
+    assert units * per_unit < plan.verify - plan.tool_start < quick_units * per_unit
 
 def test_lease_budget_of_call_b():
     plan = LeasePlan()

@@ -18,6 +18,8 @@ AutoAttack standard on the first 1,000; full = those on all images, the masking 
 rand (first 1,000), AutoAttack standard on all images, and the transfer attack when --transfer-from is given;
 cpu = clean on all images, FGSM, PGD-20 and C&W on the first 2,000, PGD-100 (and so the Ensemble) and AutoAttack
 standard on the first 1,000, and the masking checks (a CPU's hours; continue it with --resume).
+lease = quick with C&W and PGD-100 (and so the Ensemble) on the first 1,000: what a rented GPU's lease has time for
+(clean, FGSM and PGD-20 on all images; from the first H200 lease's stage times, about 38 s against quick's 163 s).
 --blackbox adds the paper's Table 3 black-box attacks (opt-in, also nameable in --attacks): TI-FGSM and DI-FGSM
 crafted on the --transfer-from source, and NAttack (at most 40,000 queries per image) on the first --nattack-n
 images (1,000, the paper's protocol); NAttack saves its progress like AutoAttack. The source
@@ -67,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--preset', choices=sorted(PRESETS), default=None,
                    help='quick: the white-box suite on all images, then AutoAttack on the first 1,000; '
                         'full (the default): everything, masking checks included; cpu: clean on all images, the '
-                        'rest on the first 2,000 / 1,000 (see above)')
+                        'rest on the first 2,000 / 1,000; lease: quick with C&W and PGD-100 on the first 1,000 (see '
+                        'above)')
     p.add_argument('--attacks', default=None,
                    help=f'instead of a preset: comma list from {",".join(ATTACKS)} or "all" (all images each; '
                         'nattack: the first --nattack-n); the masking checks still run unless --no-masking-checks')

@@ -24,6 +24,9 @@ _TABLE_ATTACKS = ENSEMBLE_ATTACKS + (AUTOATTACK,)
 #: preset -> (attacks, {attack: first-n subset}, masking checks on?)
 PRESETS: Dict[str, Tuple[Tuple[str, ...], Dict[str, int], bool]] = {
     'quick': (_TABLE_ATTACKS, {AUTOATTACK: 1000}, False),
+    # a rented GPU's share of a lease: the release floors' clean and PGD-20 (and FGSM) on all images, the slow
+    # attacks on the first 1,000 (the full verification of a later lease re-measures them on all images)
+    'lease': (_TABLE_ATTACKS, {CW: 1000, PGD100: 1000, AUTOATTACK: 1000}, False),
     'full': (DEFAULT_ATTACKS, {AUTOATTACK_RAND: 1000}, True),
     # a CPU run: clean on all images, the rest on first-n subsets; AutoAttack resumes across runs (--resume)
     'cpu': (_TABLE_ATTACKS, {FGSM: 2000, PGD20: 2000, CW: 2000, PGD100: 1000, AUTOATTACK: 1000}, True),

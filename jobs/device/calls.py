@@ -1,5 +1,5 @@
 """The calls on the machine: ``a`` (wheels, first half of the data, CUDA tests, benchmark), ``b`` (rest of the data,
-budgeted training, quick verification, release), and the later ``verify-source`` and ``verify`` (the full suite on
+budgeted training, short verification, release), and the later ``verify-source`` and ``verify`` (the full suite on
 a release, under a deadline). Each stages what it produces in ``$OUT`` as it appears."""
 import shutil
 import sys
@@ -11,7 +11,7 @@ from fsr_hub.cli import fsr_flags
 
 from .plan import (
     BATCHES_A, BATCHES_ALL, BATCHES_TEST, CARRY_A, CARRY_B, CARRY_V, CARRY_VS, CIFAR, JOB, RUN, SITE, VOUT, WEIGHTS,
-    JobError, JobSettings, LeasePlan, PathLike, train_seconds,
+    VERIFY_PRESET, JobError, JobSettings, LeasePlan, PathLike, train_seconds,
 )
 from .staging import Log, Stager, digest, install_wheels, out_dir, read_json, run, unpack, write_state
 
@@ -72,7 +72,7 @@ def _train_cmd(settings: JobSettings, minutes: float, step: str) -> List[str]:
 
 def _verify_cmd(settings: JobSettings, weights: Path, minutes: float, summary: Optional[Path]) -> List[str]:
     return [sys.executable, 'tools/verify.py', '--model', settings.model, '--tag', settings.tag, '--weights',
-            str(weights), '--data', str(CIFAR), '--preset', 'quick', '--deadline-minutes', f'{minutes:.3f}',
+            str(weights), '--data', str(CIFAR), '--preset', VERIFY_PRESET, '--deadline-minutes', f'{minutes:.3f}',
             '--out', str(RUN / 'results.json'), '--no-progress',
             *(['--train-summary', str(summary)] if summary else []), *settings.verify_args]
 
@@ -101,7 +101,7 @@ def _b_train(root: Path, settings: JobSettings, step: str, budget: float, log: L
 
 def _b_verify(root: Path, settings: JobSettings, weights: Path, b_end: float, log: Log, stager: Stager,
               state: Dict[str, Any]) -> None:
-    """Call b's quick verification of ``weights``, to end by ``b_end`` less the release's share; results.json is
+    """Call b's short verification of ``weights``, to end by ``b_end`` less the release's share; results.json is
     staged while verify rewrites it."""
     plan, folder = settings.plan, root / RUN
     summary = folder / 'train_summary.json'
@@ -146,7 +146,7 @@ def _b_release(root: Path, settings: JobSettings, log: Log, stager: Stager) -> N
 
 
 def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[float] = None) -> Dict[str, Any]:
-    """Second device call: rest of the data, md5, budgeted training, quick verification, release, staging.
+    """Second device call: rest of the data, md5, budgeted training, short verification, release, staging.
     ``started``: when the call's process started (default: now). ``lease_left``: the device time left when call a
     returned, as the machine reported it (see :meth:`LeasePlan.b_end`); without it b plans from a's recorded
     start."""
