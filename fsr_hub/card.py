@@ -8,7 +8,7 @@ The card is a function of those files (:func:`render_card`); :func:`fsr_hub.rele
 it and compares bytes, so every number the card shows comes from results.json.
 """
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -20,6 +20,7 @@ from .card_plots import (
 from .card_recipe import describe_recipe
 from .card_tables import released_table, robustbench_record
 from .models import ALL_MODELS
+from .schemas import report_runs
 from .catalog import release_name, robustbench_name
 from .twins import check_twin_section
 from .weights import WEIGHTS_NAME
@@ -42,6 +43,27 @@ def _verify_seconds(results: Mapping[str, Any]) -> Optional[float]:
     secs = [e['seconds'] for e in entries if isinstance(e, dict) and isinstance(e.get('seconds'), (int, float))]
     return sum(secs) if secs else None
 
+
+def _describe_hardware(hw: Optional[Mapping[str, Any]]) -> str:
+    if not hw:
+        return 'hardware not recorded'
+    fmt = ', channels_last memory' if hw.get('memory_format') == 'channels_last' else ''
+    return f"{hw.get('device') or 'unknown device'}, torch {hw.get('torch') or '?'}, {hw.get('dtype') or '?'}{fmt}"
+
+
+def _evaluation_hardware(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Where the runs that built a report ran: one description, or each with its runs (1-based, oldest first)."""
+    groups: List[Tuple[str, List[int]]] = []
+    for i, run in enumerate(runs, 1):
+        text = _describe_hardware(run.get('hardware'))
+        if groups and groups[-1][0] == text:
+            groups[-1][1].append(i)
+        else:
+            groups.append((text, [i]))
+    if len(groups) == 1:
+        return groups[0][0]
+    span = lambda ix: f'run {ix[0]}' if len(ix) == 1 else f'runs {ix[0]}-{ix[-1]}'  # noqa: E731
+    return '; '.join(f'{span(ix)}: {text}' for text, ix in groups)
 
 def _split_of(row: Mapping[str, Any], split: str) -> str:
     """The dataset split a metric was measured on, as the hub writes slices: ``test``, or ``test[:1000]``."""
@@ -125,6 +147,7 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
     name = release_name(arch, tag)
     training = results.get('training')
     thw = training.get('hardware') if isinstance(training, dict) else None
+    runs = report_runs(results)
     size = pcfg.get('input_size') or (3, 32, 32)
     mean, std = pcfg.get('mean') or (0.0,), pcfg.get('std') or (1.0,)
     raw = all(m == 0 for m in mean) and all(v == 1 for v in std)
@@ -139,10 +162,11 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
         fsr_positions=config.get('model_args', {}).get('fsr_positions') or [],
         dataset=_DATASET_NAMES.get(results['data'].get('dataset', 'cifar10'), results['data'].get('dataset')),
         data=results['data'], eps=eps_255(results.get('eps')), paper=results.get('paper_reference') or {},
-        metrics=metric_rows(results), commands=results.get('commands') or [results.get('command', 'not recorded')],
+        metrics=metric_rows(results), commands=[r['command'] for r in runs],
+        eval_hardware=_evaluation_hardware(runs),
         masking=results.get('masking_checks'), plots=plot_sections(results, config, folder),
         per_class=shown_per_class_section(results, config, folder),
-        cost=results.get('cost') or {}, hardware=results.get('hardware') or {}, timing=results.get('timing') or {},
+        cost=results.get('cost') or {}, timing=results.get('timing') or {},
         training=training, training_hardware=thw.get('device', thw) if isinstance(thw, dict) else thw,
         recipe=describe_recipe(training['config'])
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,

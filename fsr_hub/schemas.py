@@ -1,6 +1,9 @@
-"""Format identifiers of the JSON documents and checkpoints the package writes: the one home of each string."""
+"""Format identifiers of the JSON documents and checkpoints the package writes (the one home of each string), and
+:func:`report_runs`, the one reader of a verify report's run history."""
+from typing import Any, Dict, List, Mapping
 
-__all__ = ['TRAIN_SCHEMA', 'VERIFY_SCHEMA', 'CKPT_FORMAT', 'ANALYSIS_SCHEMA', 'PRUNE_SCHEMA']
+
+__all__ = ['TRAIN_SCHEMA', 'VERIFY_SCHEMA', 'CKPT_FORMAT', 'ANALYSIS_SCHEMA', 'PRUNE_SCHEMA', 'report_runs']
 
 #: ``train_summary.json`` written by :func:`fsr_hub.engine.train`
 TRAIN_SCHEMA = 'fsr-hub/train/v1'
@@ -12,3 +15,14 @@ CKPT_FORMAT = 'fsr-hub/ckpt/v1'
 ANALYSIS_SCHEMA = 'fsr-hub/analysis/v1'
 #: ``prune_summary.json`` written by :func:`fsr_hub.pruning.run_prune` (``tools/prune.py``)
 PRUNE_SCHEMA = 'fsr-hub/prune/v1'
+
+
+def report_runs(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The runs that built ``report``, oldest first: each one's ``command`` and ``hardware``. A report of one run
+    has its own; one written before runs were recorded (``commands`` only) has the hardware of its last run alone,
+    the earlier ones ``None``."""
+    if report.get('runs'):
+        return [dict(r) for r in report['runs']]
+    commands = report.get('commands') or [report.get('command', 'not recorded')]
+    return [{'command': c, 'hardware': None} for c in commands[:-1]] + [
+        {'command': commands[-1], 'hardware': report.get('hardware')}]

@@ -179,3 +179,35 @@ def test_start_release_folder_gives_the_before_numbers(rel, _rel_template):
     assert 'Clean before (first 200)' in card_body(rel.folder)
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the evaluation ran: every run of a resumed report with its own hardware
+
+
+def test_card_names_the_hardware_of_each_run(rel):
+    cpu = {'device': 'cpu (AMD EPYC, 2 cores)', 'torch': '2.14.1', 'dtype': 'float32'}
+    gpu = {'device': 'cuda (NVIDIA H200)', 'torch': '2.11.0', 'dtype': 'float32', 'memory_format': 'channels_last'}
+
+    def history(report: dict, keys: dict) -> None:
+        report.pop('runs', None)
+        report.pop('commands', None)
+        report.update(keys)
+
+    def body_with(**keys) -> str:
+        edit_json(rel.folder / 'results.json', lambda d: history(d, keys))
+        write_card(rel.folder)
+        validate_release(rel.folder)
+        return card_body(rel.folder)
+
+    # a report written before runs were recorded: only its last run's hardware is known
+    body = body_with(commands=['verify a', 'verify b --resume r', 'verify c --resume r'], hardware=cpu)
+    assert '- Evaluation: runs 1-2: hardware not recorded; run 3: cpu (AMD EPYC, 2 cores), torch 2.14.1, float32;' \
+        in body and 'verify a\nverify b --resume r\nverify c --resume r\n' in body
+    runs = [{'command': 'verify a', 'hardware': cpu}, {'command': 'verify b --resume r', 'hardware': cpu},
+            {'command': 'verify c --resume r', 'hardware': gpu}]
+    body = body_with(runs=runs, hardware=gpu)
+    assert ('- Evaluation: runs 1-2: cpu (AMD EPYC, 2 cores), torch 2.14.1, float32; run 3: cuda (NVIDIA H200), '
+            'torch 2.11.0, float32, channels_last memory;') in body
+    body = body_with(hardware=cpu)  # one run: the report's own hardware, no run numbers
+    assert '- Evaluation: cpu (AMD EPYC, 2 cores), torch 2.14.1, float32;' in body

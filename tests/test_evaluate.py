@@ -452,14 +452,14 @@ def test_ensemble_covers_the_first_images_every_attack_ran_on():
     assert r['ensemble']['accuracy'] == round(100.0 * expected.float().mean().item(), 2)
 
 
-def test_a_resumed_report_lists_the_commands_of_its_runs(tmp_path, cifar_root):
+def test_a_resumed_report_lists_its_runs_with_their_hardware(tmp_path, cifar_root):
     weights = tmp_path / 'w.safetensors'
     save_weights(timm.create_model('cifar_resnet18', num_classes=10), weights)
     out = tmp_path / 'report.json'
     args = ['--model', 'cifar_resnet18', '--weights', str(weights), '--data', str(cifar_root), '--n', '2',
             '--no-masking-checks', '--device', 'cpu', '--no-progress', '--out', str(out)]
     assert verify.main(args + ['--attacks', 'clean']) == 0
-    assert 'commands' not in json.loads(out.read_text())
+    assert 'runs' not in json.loads(out.read_text())  # one run: its command and hardware are the report's own
     assert verify.main(args + ['--attacks', 'clean,fgsm', '--resume', str(out)]) == 0
     attached = {'eps_curve': {'model': {'sha256': json.loads(out.read_text())['model']['sha256']}, 'complete': True}}
     report = json.loads(out.read_text())
@@ -467,8 +467,10 @@ def test_a_resumed_report_lists_the_commands_of_its_runs(tmp_path, cifar_root):
     assert verify.main(args + ['--attacks', 'clean,fgsm', '--resume', str(out)]) == 0
     report = json.loads(out.read_text())
     assert report['analysis'] == attached
-    assert len(report['commands']) == 3 and report['commands'][-1] == report['command']
-    assert '--resume' not in report['commands'][0] and report['resumed'] == ['clean', 'fgsm']
+    runs = report['runs']
+    assert len(runs) == 3 and runs[-1] == {'command': report['command'], 'hardware': report['hardware']}
+    assert '--resume' not in runs[0]['command'] and report['resumed'] == ['clean', 'fgsm']
+    assert all(r['hardware']['device'] and r['hardware']['memory_format'] == 'contiguous' for r in runs)
 
 
 def test_channels_last_evaluation_runs_in_that_format_and_agrees():

@@ -50,7 +50,7 @@ from fsr_hub.evaluate import (
 from fsr_hub.models import create
 from fsr_hub.catalog import release_name
 from fsr_hub.pruning.record import pruning_section
-from fsr_hub.schemas import VERIFY_SCHEMA
+from fsr_hub.schemas import VERIFY_SCHEMA, report_runs
 from fsr_hub.sources import PYAUTOATTACK_SPEC, describe_source, load_model_spec
 from fsr_hub.weights import WeightsError, cast_dtype, load_weights, resolve_pretrained_file, sha256_file
 
@@ -271,9 +271,8 @@ def run(args: argparse.Namespace, command: str, t_start: float) -> Dict[str, Any
                   if k in ('cost', 'paper_reference', 'training', 'pruning', 'analysis', 'per_class_before')}
         report.update(build_report(info, data, evaluation, args.eps, args.batch_size, args.device, command,
                                    preset=preset_name, deadline_minutes=args.deadline_minutes))
-        if previous is not None:  # the runs that built the report, oldest first
-            report['commands'] = previous.get('commands') or [previous.get('command', 'not recorded')]
-            report['commands'] = report['commands'] + [command]
+        if previous is not None:  # the runs that built the report, oldest first, each with its hardware
+            report['runs'] = report_runs(previous) + report_runs(report)
         if training is not None:
             report['training'] = training
         if pruning is not None:
