@@ -65,6 +65,7 @@ def _evaluation_hardware(runs: Sequence[Mapping[str, Any]]) -> str:
     span = lambda ix: f'run {ix[0]}' if len(ix) == 1 else f'runs {ix[0]}-{ix[-1]}'  # noqa: E731
     return '; '.join(f'{span(ix)}: {text}' for text, ix in groups)
 
+
 def _split_of(row: Mapping[str, Any], split: str) -> str:
     """The dataset split a metric was measured on, as the hub writes slices: ``test``, or ``test[:1000]``."""
     return split if row['whole'] else f"{split}[:{row['n'] if row['n'] is not None else '?'}]"

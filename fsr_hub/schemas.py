@@ -2,7 +2,6 @@
 :func:`report_runs`, the one reader of a verify report's run history."""
 from typing import Any, Dict, List, Mapping
 
-
 __all__ = ['TRAIN_SCHEMA', 'VERIFY_SCHEMA', 'CKPT_FORMAT', 'ANALYSIS_SCHEMA', 'PRUNE_SCHEMA', 'report_runs']
 
 #: ``train_summary.json`` written by :func:`fsr_hub.engine.train`
