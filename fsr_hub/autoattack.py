@@ -11,6 +11,7 @@ points still robust) one batch at a time, each batch a call of the library's own
 with only that sub-attack selected, and returns a small JSON-able state (:class:`AAState`) after every batch.
 A run continued from a saved state sees exactly the batches (and per-batch seeds) of an uninterrupted run.
 """
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from .attacks import linf_violation
 
 __all__ = [
     'AA_VERSIONS', 'AA_KEYS', 'ORIGINAL', 'AAState', 'AAResult', 'build_autoattack', 'autoattack_config', 'departures',
-    'run_autoattack', 'run_autoattack_resumable', 'pack_flags', 'unpack_flags', 'sub_attack_cost',
+    'run_autoattack', 'run_autoattack_resumable', 'rebatch', 'pack_flags', 'unpack_flags', 'sub_attack_cost',
 ]
 
 AA_VERSIONS = ('standard', 'rand')
@@ -166,10 +167,11 @@ class AAState:
     """Where a resumable AutoAttack run stands; JSON-able (:meth:`to_dict` / :meth:`from_dict`).
 
     ``robust``: points not yet broken (initially the clean-correct ones). ``current``: the sub-attack in progress,
-    ``current_points``: the robust points when it started (its batches are slices of their index order),
-    ``batches_done``: how many of its batches are finished. ``robust_after``: robust count after each finished
-    sub-attack. Identity fields (version, n, eps, seed, batch_size, attacks, sub_attacks: each one's parameters)
-    must match to continue.
+    ``current_points``: the points it still has to attack in batches of ``batch_size`` (the robust points when it
+    started; its batches are slices of their index order), ``batches_done``: how many of those batches are finished.
+    ``robust_after``: robust count after each finished sub-attack. Identity fields (version, n, eps, seed, attacks,
+    sub_attacks: each one's parameters) must match to continue; the batch size may change between runs
+    (``rebatched`` records each change: see :func:`rebatch`).
     """
     version: str
     n: int
@@ -187,6 +189,7 @@ class AAState:
     max_bound_violation: float = 0.0
     seconds: float = 0.0
     sub_attacks: Optional[Dict[str, Any]] = None
+    rebatched: List[Dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -194,7 +197,7 @@ class AAState:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'AAState':
         try:
-            return cls(**d)
+            return cls(**copy.deepcopy(dict(d)))  # the caller's dict (and its lists) stay as they were
         except TypeError as e:
             raise ValueError(f'malformed AutoAttack state ({e}).') from None
 
@@ -225,9 +228,9 @@ class AAResult:
     config: Dict[str, Any]
 
 
-def _check_state(state: AAState, cfg: Dict[str, Any], n: int, eps: float, seed: int, batch_size: int) -> None:
-    want = {'version': cfg['version'], 'n': n, 'eps': eps, 'seed': seed, 'batch_size': batch_size,
-            'attacks': cfg['attacks'], 'sub_attacks': cfg['sub_attacks']}
+def _check_state(state: AAState, cfg: Dict[str, Any], n: int, eps: float, seed: int) -> None:
+    want = {'version': cfg['version'], 'n': n, 'eps': eps, 'seed': seed, 'attacks': cfg['attacks'],
+            'sub_attacks': cfg['sub_attacks']}
     have = {k: getattr(state, k) for k in want}
     diff = [f'{k} {have[k]!r} (now {want[k]!r})' for k in want if k != 'sub_attacks' and have[k] != want[k]]
     if have['sub_attacks'] != want['sub_attacks']:
@@ -235,6 +238,25 @@ def _check_state(state: AAState, cfg: Dict[str, Any], n: int, eps: float, seed: 
                                                 f'{have["sub_attacks"]} (now {want["sub_attacks"]})'))
     if diff:
         raise ValueError(f'the saved AutoAttack progress belongs to another run: {", ".join(diff)}.')
+
+
+def rebatch(st: AAState, batch_size: int) -> None:
+    """Continue ``st`` in batches of ``batch_size``: the points of the sub-attack in progress that no finished batch
+    has attacked become its new batches (a long batch of a slow machine can be split into shorter ones; which points
+    share a batch changes the attacks' random starts, not their parameters). Recorded in ``st.rebatched``."""
+    if batch_size <= 0:
+        raise ValueError(f'batch_size must be positive, got {batch_size}.')
+    entry: Dict[str, Any] = {'sub': st.current, 'after_batches': st.batches_done, 'from': st.batch_size,
+                             'to': batch_size}
+    if st.current is not None:
+        points = unpack_flags(st.current_points, st.n).nonzero().flatten()
+        attacked = min(st.batches_done * st.batch_size, len(points))
+        left = torch.zeros(st.n, dtype=torch.bool)
+        left[points[attacked:]] = True
+        entry.update(attacked=attacked, left=len(points) - attacked)
+        st.current_points, st.batches_done = pack_flags(left), 0
+    st.rebatched.append(entry)
+    st.batch_size = batch_size
 
 
 def _saved_seconds_per_unit(st: AAState, cost: Dict[str, float]) -> Optional[float]:
@@ -246,6 +268,7 @@ def _saved_seconds_per_unit(st: AAState, cost: Dict[str, float]) -> Optional[flo
     if st.current is not None:
         started = int(unpack_flags(st.current_points, st.n).sum())
         units += min(st.batches_done * st.batch_size, started) * cost[st.current]
+        units += sum(e.get('attacked', 0) for e in st.rebatched if e['sub'] == st.current) * cost[st.current]
     return st.seconds / units if units > 0 and st.seconds > 0 else None
 
 
@@ -277,8 +300,10 @@ def run_autoattack_resumable(
     x_adv = x.clone()
     if state is not None:
         st = AAState.from_dict(dict(state))
-        _check_state(st, cfg, n, eps, seed, batch_size)
+        _check_state(st, cfg, n, eps, seed)
         robust = unpack_flags(st.robust, n)
+        if st.batch_size != batch_size:
+            rebatch(st, batch_size)
     else:
         with torch.no_grad():
             robust = torch.cat([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()

@@ -13,7 +13,8 @@ import torch
 
 import fsr_hub  # noqa: F401
 from fsr_hub.autoattack import (
-    AA_VERSIONS, autoattack_config, build_autoattack, departures, pack_flags, run_autoattack_resumable, unpack_flags,
+    AA_VERSIONS, AAState, autoattack_config, build_autoattack, departures, pack_flags, rebatch,
+    run_autoattack_resumable, unpack_flags,
 )
 from fsr_hub.attack_registry import PGD20, PGD100, SPECS
 from fsr_hub.evaluate import (
@@ -343,7 +344,7 @@ def test_strict_float32_turns_tf32_off_and_restores_it():
     assert report['hardware']['tf32'] is False and report['hardware']['dtype'] == 'float32'
 
 
-def test_autoattack_stopped_and_resumed_equals_one_run():
+def test_autoattack_stopped_and_resumed_equals_one_run_and_may_change_batch_size():
     # a linear model with input-dependent predictions: at eps 0.5/255 APGD-CE breaks some points, APGD-T more
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
@@ -374,7 +375,20 @@ def test_autoattack_stopped_and_resumed_equals_one_run():
     assert rest.state.robust_after == whole.state.robust_after
     assert unpack_flags(pack_flags(whole.robust), 12).equal(whole.robust)
     with pytest.raises(ValueError, match='another run'):
-        run_autoattack_resumable(model, x, y, eps, batch_size=3, overrides=small, state=state)
+        run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small, state=state, seed=1)
+    # another batch size: the points the stopped sub-attack has not attacked yet go on in the new batches
+    current = unpack_flags(state['current_points'], 12).nonzero().flatten()
+    attacked = state['batches_done'] * 4
+    small_batches = run_autoattack_resumable(model, x, y, eps, batch_size=3, overrides=small, state=state)
+    assert state == json.loads(json.dumps(saved[-1]))  # the caller's saved state is left as it was
+    assert small_batches.complete and small_batches.state.done == whole.state.done
+    assert small_batches.state.rebatched == [{'sub': 'apgd-t', 'after_batches': state['batches_done'], 'from': 4,
+                                              'to': 3, 'attacked': attacked, 'left': len(current) - attacked}]
+    assert small_batches.state.robust_after['apgd-ce'] == whole.state.robust_after['apgd-ce']
+    assert not (small_batches.robust & ~unpack_flags(state['robust'], 12)).any()  # broken points stay broken
+    stopped = AAState.from_dict(state)
+    rebatch(stopped, 3)
+    assert 'apgd-t batch 1 of ' + str(-(-(len(current) - attacked) // 3)) in stopped.describe()
     # progress of other sub-attack parameters, or saved without them, is refused too
     with pytest.raises(ValueError, match='sub-attack parameters'):
         run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides={**small, 'square': {'n_queries': 30}},

@@ -26,7 +26,10 @@ images (1,000, the paper's protocol); NAttack saves its progress like AutoAttack
 cifar_resnet18:pyautoattack is pyautoattack's naturally trained CIFAR-10 ResNet-18 (examples/model_test.pt).
 With --out the report is rewritten (atomically) after every stage, so a run stopped by the deadline, a signal or
 a crash leaves a valid partial report whose "not_run" says what did not run and why; AutoAttack's progress is
-saved in it batch by batch, the masking checks' sweep by sweep, and --resume continues from there. Attacks run in strict float32 (TF32 off).
+saved in it batch by batch, the masking checks' sweep by sweep, and --resume continues from there. A resumed
+AutoAttack may take another --batch-size (e.g. 25 on a slow CPU, where a Square batch of 100 takes hours): the points
+its current sub-attack has not attacked yet go on in the new batches, recorded under "rebatched". Attacks run in
+strict float32 (TF32 off).
 """
 import argparse
 import json

@@ -120,6 +120,8 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
              'max_bound_violation': res.state.max_bound_violation, 'implementation': res.config['implementation'],
              'params': res.config,
              'robust_after': {k: round(100.0 * v / n, 2) for k, v in res.state.robust_after.items()}}
+    if res.state.rebatched:  # the runs that continued it in other batch sizes (see fsr_hub.autoattack.rebatch)
+        entry['rebatched'] = res.state.rebatched
     run.saved_progress.pop(name)
     run.finish(name, entry, res.robust)
 
