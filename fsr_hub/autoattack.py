@@ -272,6 +272,24 @@ def _saved_seconds_per_unit(st: AAState, cost: Dict[str, float]) -> Optional[flo
     return st.seconds / units if units > 0 and st.seconds > 0 else None
 
 
+def _start(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Dict[str, Any], eps: float, seed: int,
+           batch_size: int, state: Optional[Dict[str, Any]]) -> Tuple[AAState, torch.Tensor]:
+    """The state a run starts from (``state`` checked and, for another batch size, re-batched; else the clean-correct
+    points of a new run) and its robust flags."""
+    n = len(y)
+    if state is not None:
+        st = AAState.from_dict(state)
+        _check_state(st, cfg, n, eps, seed)
+        if st.batch_size != batch_size:
+            rebatch(st, batch_size)
+        return st, unpack_flags(st.robust, n)
+    with torch.no_grad():
+        robust = torch.cat([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
+                            for i in range(0, n, batch_size)])
+    st = AAState(version=cfg['version'], n=n, eps=eps, seed=seed, batch_size=batch_size, attacks=list(cfg['attacks']),
+                 robust=pack_flags(robust), clean=pack_flags(robust), sub_attacks=cfg['sub_attacks'])
+    return st, robust
+
 def run_autoattack_resumable(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = 'standard',
         batch_size: int = 500, seed: int = 0, device: Any = 'cpu',
@@ -298,18 +316,7 @@ def run_autoattack_resumable(
     n = len(y)
     x, y = x.to(device), y.to(device)
     x_adv = x.clone()
-    if state is not None:
-        st = AAState.from_dict(dict(state))
-        _check_state(st, cfg, n, eps, seed)
-        robust = unpack_flags(st.robust, n)
-        if st.batch_size != batch_size:
-            rebatch(st, batch_size)
-    else:
-        with torch.no_grad():
-            robust = torch.cat([(model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).cpu()
-                                for i in range(0, n, batch_size)])
-        st = AAState(version=version, n=n, eps=eps, seed=seed, batch_size=batch_size, attacks=order,
-                     robust=pack_flags(robust), clean=pack_flags(robust), sub_attacks=cfg['sub_attacks'])
+    st, robust = _start(model, x, y, cfg, eps, seed, batch_size, state)
     # a resumed run's first batch is estimated from the saved run's speed (a batch may last an hour on a CPU)
     sec_per_unit = _saved_seconds_per_unit(st, cost)
     last: Dict[str, float] = {}  # sub-attack -> seconds per point of its last batch
