@@ -9,7 +9,8 @@ objects, so the report states what actually ran.
 Resumable runs: :func:`run_autoattack_resumable` drives the standard loop (sub-attacks in order, each on the
 points still robust) one batch at a time, each batch a call of the library's own ``run_standard_evaluation``
 with only that sub-attack selected, and returns a small JSON-able state (:class:`AAState`) after every batch.
-A run continued from a saved state sees exactly the batches (and per-batch seeds) of an uninterrupted run.
+A run continued from a saved state with the same batch size sees exactly the batches (and per-batch seeds) of an
+uninterrupted run; with another one (:func:`rebatch`), the points not yet attacked form new batches.
 """
 import copy
 import logging
@@ -289,6 +290,7 @@ def _start(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Dict[str, An
     st = AAState(version=cfg['version'], n=n, eps=eps, seed=seed, batch_size=batch_size, attacks=list(cfg['attacks']),
                  robust=pack_flags(robust), clean=pack_flags(robust), sub_attacks=cfg['sub_attacks'])
     return st, robust
+
 
 def run_autoattack_resumable(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = 'standard',

@@ -179,8 +179,6 @@ def test_start_release_folder_gives_the_before_numbers(rel, _rel_template):
     assert 'Clean before (first 200)' in card_body(rel.folder)
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Where the evaluation ran: every run of a resumed report with its own hardware
 

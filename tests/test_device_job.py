@@ -49,7 +49,6 @@ def test_cli_help_lists_every_subcommand(capsys):
         assert e.value.code == 0
 
 
-
 def test_b_verifies_the_floors_on_all_images_within_its_share():
     # the GPU issues' floors are clean and PGD-20 on all 10,000 test images: the lease preset runs them there
     attacks, subsets, masking = preset(VERIFY_PRESET)
@@ -60,6 +59,7 @@ def test_b_verifies_the_floors_on_all_images_within_its_share():
     quick_units = sum(spec(a).cost * 10_000 for a in preset('quick')[0] if spec(a).kind is Kind.BATCH)
     plan = LeasePlan()
     assert units * per_unit < plan.verify - plan.tool_start < quick_units * per_unit
+
 
 def test_lease_budget_of_call_b():
     plan = LeasePlan()
