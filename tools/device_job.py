@@ -10,6 +10,10 @@ Here (the checkout that is sent to the machine, on the CPU):
     python tools/device_job.py prepare-verify model_cards/fsr_resnet18.at_cifar10 [--transfer-from MODEL:WEIGHTS]
         the one call of a full verification (weights + test set), continued from the release's results.json;
         a transfer source (e.g. cifar_resnet18:pyautoattack) needs a call of its own first (verify-source)
+    python tools/device_job.py prepare --epochs N [--continue-from .data/lease_state]
+        a run of N epochs over several leases: a lease that cannot finish it leaves the run's state, staged in
+        parts by b and the c calls after it; join-state joins them, and the next lease's r calls carry it back
+    python tools/device_job.py join-state FILES_B FILES_C... --out .data/lease_state
     python tools/device_job.py join FILES_DIR --out model_cards/fsr_resnet18.at_cifar10
         reassembles the staged weight parts, checks the sha256, validates the release folder
     python tools/device_job.py rehearse
@@ -19,6 +23,8 @@ On the machine ($OUT is the folder whose files come back from the call):
     python tools/device_job.py a          # wheels, first half of the data, pytest -m cuda, benchmark
     python tools/device_job.py b [--lease-left-s S]   # rest of the data, md5, budgeted training, quick verify,
                                                        # release; S = the device time left when a returned
+    python tools/device_job.py r K        # before a, continuing a run: checks the state parts it carried
+    python tools/device_job.py c          # after b left its run unfinished: the next state parts (repeat)
     python tools/device_job.py verify-source   # lands the transfer source, if prepare-verify was given one
     python tools/device_job.py verify     # the full suite under a deadline, results.json staged as it grows
 
@@ -41,8 +47,8 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # jobs/ is not packaged: it is imported from this checkout
 
 from jobs.device import (  # noqa: E402
-    CALL_LIMIT_MIB, JobError, JobSettings, job_a, job_b, job_verify, job_verify_source, join, prepare,
-    prepare_verify, rehearse,
+    CALL_LIMIT_MIB, JobError, JobSettings, job_a, job_b, job_c, job_r, job_verify, job_verify_source, join,
+    join_state, prepare, prepare_verify, rehearse,
 )
 
 DEFAULT_SOURCE = ROOT.parent / 'shared' / 'data' / 'cifar10'
@@ -55,8 +61,8 @@ def _split_args(text: str) -> list:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--root', default=str(ROOT), help='the checkout (default: the one holding this script)')
-    sub = p.add_subparsers(dest='cmd', required=True, metavar='{prepare,prepare-verify,a,b,verify-source,verify,join,rehearse}')
-    pr = sub.add_parser('prepare', help='fill the carry folders and print the two device calls')
+    sub = p.add_subparsers(dest='cmd', required=True, metavar='{prepare,prepare-verify,r,a,b,c,join-state,verify-source,verify,join,rehearse}')
+    pr = sub.add_parser('prepare', help='fill the carry folders and print the device calls')
     pr.add_argument('--source', default=str(DEFAULT_SOURCE), help='CIFAR-10 mosaic folder (default ../shared/...)')
     pr.add_argument('--md5', default=None, help='JSON file of md5 sums of the unpacked batches (default: the '
                                                 'canonical CIFAR-10 sums; a synthetic source brings its own)')
@@ -65,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--train-args', default='', help='extra tools/train.py arguments, one string')
     pr.add_argument('--verify-args', default='', help='extra tools/verify.py arguments, one string')
     pr.add_argument('--limit-mib', type=float, default=CALL_LIMIT_MIB)
+    pr.add_argument('--epochs', type=int, default=None,
+                    help='a run of this many epochs, continued over as many leases as it takes (default: what one '
+                         'lease allows, by --time-budget)')
+    pr.add_argument('--continue-from', default=None, metavar='DIR',
+                    help='the joined state of the unfinished run of an earlier lease (join-state --out DIR); its '
+                         'parts travel with r calls made before a')
+    pr.add_argument('--floors', default='clean=78,pgd20=46', metavar='METRIC=PCT,...',
+                    help='least accuracies on all test images for a release; a run below any is not released '
+                         '(default: %(default)s, the GPU queue\'s floors; "" for none)')
     pv = sub.add_parser('prepare-verify', help='fill .data/v and print the device call of a full verification')
     pv.add_argument('release', help='release folder model_cards/<arch>.<tag>')
     pv.add_argument('--source', default=str(DEFAULT_SOURCE))
@@ -80,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument('--lease-left-s', type=float, default=None,
                     help="device seconds left when call a returned (its reply's lease.budget_left_s): b plans its "
                          "end from it; without it, from a's start and an assumed 2-minute machine start-up")
+    sub.add_parser('c', help='device call right after b when b left its run unfinished: the next state parts')
+    pr_ = sub.add_parser('r', help='device call before a: checks the run state parts its carry folder brought')
+    pr_.add_argument('k', type=int, help='which r call (its folder .data/rK)')
+    ps = sub.add_parser('join-state', help='join the run state parts staged by b and the c calls')
+    ps.add_argument('src', nargs='+', help='the files_at folders of b and of each c call')
+    ps.add_argument('--out', required=True, help='folder to write run_state.tar and its manifest to')
     sub.add_parser('verify-source', help='device call before verify: lands and checks the transfer source')
     vv = sub.add_parser('verify', help='device call of a full verification')
     vv.add_argument('--deadline-minutes', type=float, default=None)
@@ -105,16 +126,32 @@ def _md5(path):
         raise JobError(f'--md5 {path}: not a readable JSON object ({e}).') from e
 
 
+def _floors(text: str) -> dict:
+    floors = {}
+    for item in filter(None, (t.strip() for t in (text or '').split(','))):
+        metric, sep, value = item.partition('=')
+        try:
+            floors[metric.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f'--floors {text!r}: each item is METRIC=PERCENT, e.g. clean=78,pgd20=46') from None
+        if not sep or not metric.strip():
+            raise ValueError(f'--floors {text!r}: each item is METRIC=PERCENT, e.g. clean=78,pgd20=46')
+    return floors
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     root = Path(args.root)
     try:
         if args.cmd == 'prepare':
+            if args.epochs is not None and args.epochs < 1:
+                raise ValueError(f'--epochs must be a positive number, got {args.epochs}.')
             settings = JobSettings(model=args.model, tag=args.tag, train_args=_split_args(args.train_args),
-                                   verify_args=_split_args(args.verify_args))
+                                   verify_args=_split_args(args.verify_args), epochs=args.epochs,
+                                   floors=_floors(args.floors))
             if args.md5:
                 settings.md5 = _md5(args.md5)
-            result = prepare(root, args.source, settings, args.limit_mib)
+            result = prepare(root, args.source, settings, args.limit_mib, continue_from=args.continue_from)
         elif args.cmd == 'prepare-verify':
             result = prepare_verify(root, args.source, args.release, args.deadline_minutes, _md5(args.md5),
                                     args.limit_mib, transfer_from=args.transfer_from)
@@ -122,6 +159,12 @@ def main(argv=None) -> int:
             result = job_a(root, args.benchmark_seconds, started=STARTED)
         elif args.cmd == 'b':
             result = job_b(root, started=STARTED, lease_left=args.lease_left_s)
+        elif args.cmd == 'c':
+            result = job_c(root)
+        elif args.cmd == 'r':
+            result = job_r(root, f'r{args.k}')
+        elif args.cmd == 'join-state':
+            result = join_state(args.src, args.out)
         elif args.cmd == 'verify-source':
             result = job_verify_source(root)
         elif args.cmd == 'verify':

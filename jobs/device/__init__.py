@@ -15,13 +15,17 @@ what they need, and nothing is left to decide on the machine:
   Whatever a call produces is staged in ``$OUT`` as it appears (weights in parts), by :mod:`jobs.device.staging`.
 * ``verify-source`` and ``verify`` (a later run): the full suite on a release's weights under a deadline,
   resumable, with an optional transfer source carried by a call of its own.
+* a run of fixed ``--epochs`` over several leases (:mod:`jobs.device.lease_state`): b trains to its end and
+  stages the state of the unfinished run in parts, ``c`` calls stage the rest, ``join-state`` (here) joins them,
+  and the next lease's ``r`` calls, made before a, carry it back; b lands it and continues the run.
 * ``join`` (here): reassembles the staged parts and checks the sha256.
 * ``rehearse`` (here, on the CPU, :mod:`jobs.device.rehearsal`): all of the above against a synthetic CIFAR-10
   source, with a fake ``$OUT``.
 
 Everything the machine keeps between the calls lives in the ignored folder ``.data/`` of the checkout there.
 """
-from .calls import job_a, job_b, job_verify, job_verify_source
+from .calls import job_a, job_b, job_c, job_r, job_verify, job_verify_source
+from .lease_state import join_state
 from .plan import (
     CALL_LIMIT_MIB, CIFAR10_MD5, PART_BYTES, WHEELS, JobError, JobSettings, LeasePlan, plan_lines, train_seconds,
 )
@@ -31,6 +35,7 @@ from .staging import join, split_file
 
 __all__ = [
     'JobError', 'LeasePlan', 'JobSettings', 'CIFAR10_MD5', 'WHEELS', 'CALL_LIMIT_MIB', 'PART_BYTES',
-    'prepare', 'prepare_verify', 'job_a', 'job_b', 'job_verify_source', 'job_verify', 'join', 'rehearse',
+    'prepare', 'prepare_verify', 'job_a', 'job_b', 'job_c', 'job_r', 'job_verify_source', 'job_verify', 'join',
+    'join_state', 'rehearse',
     'repack_wheel', 'tree_files', 'split_file', 'train_seconds', 'plan_lines', 'make_synthetic_source',
 ]

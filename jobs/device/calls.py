@@ -5,17 +5,18 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from fsr_hub.cli import fsr_flags
 
 from .plan import (
     BATCHES_A, BATCHES_ALL, BATCHES_TEST, CARRY_A, CARRY_B, CARRY_V, CARRY_VS, CIFAR, JOB, RUN, SITE, VOUT, WEIGHTS,
-    VERIFY_PRESET, JobError, JobSettings, LeasePlan, PathLike, train_seconds,
+    VERIFY_PRESET, JobError, JobSettings, LeasePlan, PathLike,
 )
+from .lease_state import PARTS, check_carried, land_state, pack_state, stage_state_parts, state_progress
 from .staging import Log, Stager, digest, install_wheels, out_dir, read_json, run, unpack, write_state
 
-__all__ = ['job_a', 'job_b', 'job_verify_source', 'job_verify']
+__all__ = ['job_a', 'job_b', 'job_c', 'job_r', 'job_verify_source', 'job_verify']
 
 
 def job_a(root: PathLike, benchmark_seconds: Optional[float] = None,
@@ -65,9 +66,9 @@ def job_a(root: PathLike, benchmark_seconds: Optional[float] = None,
 
 
 def _train_cmd(settings: JobSettings, minutes: float, step: str) -> List[str]:
+    length = ['--epochs', str(settings.epochs)] if settings.epochs else ['--time-budget', f'{minutes:.3f}']
     return [sys.executable, 'tools/train.py', '--model', settings.model, '--data', str(CIFAR), '--out', str(RUN),
-            '--time-budget', f'{minutes:.3f}', '--step', step, '--fp16', '--no-progress', '--resume',
-            *settings.train_args]
+            *length, '--step', step, '--fp16', '--no-progress', '--resume', *settings.train_args]
 
 
 def _verify_cmd(settings: JobSettings, weights: Path, minutes: float, summary: Optional[Path]) -> List[str]:
@@ -77,20 +78,30 @@ def _verify_cmd(settings: JobSettings, weights: Path, minutes: float, summary: O
             *(['--train-summary', str(summary)] if summary else []), *settings.verify_args]
 
 
-def _b_train(root: Path, settings: JobSettings, step: str, budget: float, log: Log, stager: Stager,
-             state: Dict[str, Any]) -> Path:
+def _b_train(root: Path, settings: JobSettings, step: str, budget: float, finishes: bool, log: Log,
+             stager: Stager, state: Dict[str, Any]) -> Optional[Path]:
     """Call b's training under ``budget`` seconds, the best checkpoint and the summary staged as they appear;
-    returns the weights to verify."""
+    returns the weights to verify, or None when a run of fixed epochs is left unfinished (``finishes`` False: it is
+    stopped at the budget, its best weights not staged, to leave $OUT to its state)."""
     plan, folder = settings.plan, root / RUN
     folder.mkdir(parents=True, exist_ok=True)
     best, final = folder / 'best.safetensors', folder / 'final.safetensors'
-    stager.start([(best, WEIGHTS), (folder / 'train_summary.json', 'train_summary.json')])
+    summary = folder / 'train_summary.json'
+    stager.start(([(best, WEIGHTS)] if finishes else []) + [(summary, 'train_summary.json')])
+    grace = max(plan.train_grace, 0.1 * budget) if finishes else 0.0
     try:
         state['train_rc'] = log.phase(f'train ({budget / 60:.2f} min)', lambda: run(
-            _train_cmd(settings, budget / 60, step), root, log,
-            timeout=budget + max(plan.train_grace, 0.1 * budget), interrupt_first=True))
+            _train_cmd(settings, budget / 60, step), root, log, timeout=budget + grace, interrupt_first=True))
     finally:
         stager.stop()
+    if settings.epochs:
+        if not summary.is_file():
+            raise JobError(f'training finished no epoch in {budget:.0f} s (exit {state["train_rc"]}): there is no '
+                           f'run state to continue from.')
+        progress = state_progress(read_json(summary, 'the training summary'))
+        state['progress'] = progress
+        if not progress['complete']:
+            return None
     weights = best if best.is_file() else final
     if not weights.is_file():
         raise JobError(f'training left no weights in {folder} (exit {state["train_rc"]}).')
@@ -145,6 +156,75 @@ def _b_release(root: Path, settings: JobSettings, log: Log, stager: Stager) -> N
     stager.check_limits()
 
 
+def _missed_floors(floors: Mapping[str, float], report: Path) -> Dict[str, str]:
+    """The floors (metric -> least accuracy on all test images) that the verify report misses, in words."""
+    results = read_json(report, 'the verify report').get('results') or {}
+    missed = {}
+    for metric, floor in floors.items():
+        r = results.get(metric) or {}
+        if r.get('accuracy') is None or not str(r.get('subset', '')).startswith('all'):
+            missed[metric] = f'not measured on all test images (floor {floor:g})'
+        elif r['accuracy'] < floor:
+            missed[metric] = f'{r["accuracy"]:g} < {floor:g}'
+    return missed
+
+
+def _b_budget(root: Path, settings: JobSettings, a: Mapping[str, Any], b_end: float, log: Log,
+              state: Dict[str, Any]) -> Tuple[float, bool]:
+    """Call b's training seconds and whether the run finishes in them: a time-budget run always does; a run of
+    fixed epochs lands the state the r calls carried, if any, and finishes when its epochs left fit."""
+    plan = settings.plan
+    if not settings.epochs:
+        return max(b_end - time.time() - plan.verify - plan.release, plan.min_train), True
+    landed = log.phase('land the run state', lambda: land_state(root, log))
+    if landed is not None and (landed.get('epochs'), landed.get('model')) != (settings.epochs, settings.model):
+        raise JobError(f'the carried state is of a {landed.get("model")} run of {landed.get("epochs")} epochs, not '
+                       f'the {settings.model} run of {settings.epochs} prepare set.')
+    done = landed['epochs_done'] if landed else 0
+    times = [e['epoch_seconds'] for e in _history(root) if e.get('epoch_seconds')]
+    per_epoch = sorted(times)[len(times) // 2] if times else (a.get('seconds_per_epoch') or {}).get(a.get('step'))
+    budget, finishes = plan.fixed_epochs_budget(b_end, time.time(), settings.epochs - done, per_epoch)
+    state.update(epochs_done_before=done, seconds_per_epoch=per_epoch, finishes=finishes)
+    log(f'{settings.epochs - done} of {settings.epochs} epochs left at ~{per_epoch or 0:.1f} s each: '
+        f'{"they fit this call; verify and release follow" if finishes else "train to the end of this call"}')
+    return budget, finishes
+
+
+def _history(root: Path) -> List[Dict[str, Any]]:
+    summary = root / RUN / 'train_summary.json'
+    return (read_json(summary, 'the training summary').get('history') or []) if summary.is_file() else []
+
+
+def _b_leave_state(root: Path, log: Log, stager: Stager, state: Dict[str, Any]) -> None:
+    """An unfinished run: its state packed and staged, as much as comes back with b; the rest for c calls."""
+    manifest = log.phase('pack the run state', lambda: pack_state(root / RUN, root / PARTS))
+    left = stage_state_parts(root / PARTS, stager.out, log)
+    state['continue'] = {'epochs_done': manifest['epochs_done'], 'epochs': manifest['epochs'],
+                         'parts': len(manifest['parts']), 'parts_left': left}
+    log(f'the run stops at epoch {manifest["epochs_done"]} of {manifest["epochs"]}; its state is '
+        f'{manifest["bytes"] / 2 ** 20:.1f} MiB in {len(manifest["parts"])} parts, {len(left)} left for call c')
+
+
+def job_c(root: PathLike) -> Dict[str, Any]:
+    """The call after b when b left its run unfinished: the next parts of the run state that fit $OUT (repeat
+    while parts are left)."""
+    root = Path(root)
+    out = out_dir()
+    log = Log(out / 'job-c.log')
+    left = stage_state_parts(root / PARTS, out, log)
+    state = {'parts_left': left}
+    write_state(root, 'c.json', state)
+    log(f'{len(left)} parts left' + (': make another c call at once' if left else ''))
+    return state
+
+
+def job_r(root: PathLike, name: str) -> Dict[str, Any]:
+    """An r call, before a: it carries part of the run state of an earlier lease; the parts are checked here."""
+    state = check_carried(root, name)
+    write_state(Path(root), f'{name}.json', state)
+    return state
+
+
 def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[float] = None) -> Dict[str, Any]:
     """Second device call: rest of the data, md5, budgeted training, short verification, release, staging.
     ``started``: when the call's process started (default: now). ``lease_left``: the device time left when call a
@@ -160,17 +240,26 @@ def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[
     if not (root / SITE).is_dir():
         raise JobError(f'{root / SITE} is missing: call a did not finish on this machine; run a, then b at once.')
     plan, a_start = settings.plan, float(a['a_start'])
-    b_end = plan.b_end(a_start, b_start, lease_left)
+    b_end = plan.b_end(a_start, b_start, lease_left, reserve=plan.c if settings.epochs else 0.0)
     log(f'call b: {settings.name}, path {a.get("step")} ({a.get("why")}); '
         f'{b_start - a_start:.0f} s after a started; b must end within {b_end - b_start:.0f} s')
     state: Dict[str, Any] = {'b_start': b_start, 'a': a, 'lease_left_s': lease_left}
     try:
         log.phase('unpack train_4..5 + test, md5 of all',
                   lambda: unpack(root, root / CARRY_A / 'unpack.py', root / CARRY_B, BATCHES_ALL, settings.md5, log))
-        budget = train_seconds(plan, a_start, b_start, time.time(), lease_left)
+        budget, finishes = _b_budget(root, settings, a, b_end, log, state)
         state['train_budget_s'] = round(budget, 1)
-        weights = _b_train(root, settings, a.get('step') or 'eager', budget, log, stager, state)
+        weights = _b_train(root, settings, a.get('step') or 'eager', budget, finishes, log, stager, state)
+        if weights is None:
+            _b_leave_state(root, log, stager, state)
+            return state
         _b_verify(root, settings, weights, b_end, log, stager, state)
+        missed = _missed_floors(settings.floors, root / RUN / 'results.json')
+        if missed:
+            state['floors_missed'] = missed
+            log(f'floors missed ({"; ".join(f"{k} {v}" for k, v in missed.items())}): no release folder; the '
+                f'weights, summary and report are staged')
+            return state
         _b_release(root, settings, log, stager)
         state['released'] = settings.name
     finally:

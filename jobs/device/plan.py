@@ -4,7 +4,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from fsr_hub.catalog import release_name
 
@@ -19,6 +19,7 @@ WEIGHTS = 'model.safetensors'
 
 DATA = Path('.data')
 CARRY_A, CARRY_B, CARRY_V, CARRY_VS = DATA / 'a', DATA / 'b', DATA / 'v', DATA / 'vs'
+CARRY_R = DATA / 'r'  # + 1, 2, ...: the parts of a run state continued from an earlier lease (jobs.device.lease_state)
 SITE, CIFAR, JOB, RUN, VOUT = DATA / 'site', DATA / 'cifar', DATA / 'job', DATA / 'run', DATA / 'vout'
 FILES_A = ('train_1.webp', 'train_2.webp', 'train_3.webp', 'meta.json.gz', 'unpack.py')
 FILES_B = ('train_4.webp', 'train_5.webp', 'test.webp')
@@ -74,18 +75,35 @@ class LeasePlan:
     train_grace: float = 30.0  # past its budget (and 10 %), training is interrupted (it keeps its last epoch)
     min_verify: float = 30.0  # and verifies at least this long (clean, FGSM and PGD-20 on the test set)
     tool_start: float = 20.0  # a tool's imports and model loading, before its own deadline clock starts
+    # a run of fixed --epochs over several leases (jobs.device.lease_state): b packs and stages the state of an
+    # unfinished run, a c call after b stages the rest of it (its gap included)
+    pack: float = 15.0
+    c: float = 30.0
+    # the first epoch of a (continued) run captures the CUDA graphs: H200 lease, 2026-12-04: 23.8 s, later 11.45 s
+    capture: float = 15.0
+    # an epoch's held-out evaluation (1.8 s every few epochs) and checkpoint writes, on top of its training time
+    epoch_overhead: float = 1.1
 
-    def b_end(self, a_start: float, b_start: float, lease_left: Optional[float] = None) -> float:
+    def b_end(self, a_start: float, b_start: float, lease_left: Optional[float] = None, reserve: float = 0.0) -> float:
         """Wall-clock time by which call b must have ended (the earlier of lease and command limit).
 
         ``lease_left``: the device time left when call a returned, as the machine's reply to a reports it; b then
         started ``gap`` seconds after that. Without it, the lease is assumed to have started ``startup`` seconds
-        before call a."""
+        before call a. ``reserve``: lease time kept for calls after b."""
         if lease_left is not None:
             lease_end = b_start - self.gap + lease_left - self.after - self.margin
         else:
             lease_end = a_start - self.startup + self.lease - self.after - self.margin
-        return min(lease_end, b_start + self.command_limit - self.command_margin)
+        return min(lease_end - reserve, b_start + self.command_limit - self.command_margin)
+
+    def fixed_epochs_budget(self, b_end: float, now: float, epochs_left: int,
+                            seconds_per_epoch: Optional[float]) -> Tuple[float, bool]:
+        """Training seconds of call b in a run of fixed epochs, and whether the run finishes in them (then b also
+        verifies and releases; otherwise it trains to its end and leaves the run's state for the next lease)."""
+        full = b_end - now - self.verify - self.release
+        if seconds_per_epoch and self.capture + epochs_left * seconds_per_epoch * self.epoch_overhead <= full:
+            return max(full, self.min_train), True
+        return max(b_end - now - self.pack, self.min_train), False
 
 
 def train_seconds(plan: LeasePlan, a_start: float, b_start: float, now: float,
@@ -101,8 +119,9 @@ def mmss(seconds: float) -> str:
     return f'{s // 60:02d}:{s % 60:02d}'
 
 
-def plan_lines(plan: LeasePlan) -> List[str]:
-    """The minute-by-minute budget of a lease when every step takes its planned time."""
+def plan_lines(plan: LeasePlan, epochs: Optional[int] = None) -> List[str]:
+    """The minute-by-minute budget of a lease when every step takes its planned time (``epochs``: of a run of
+    fixed epochs, as its last lease runs it)."""
     a0 = plan.startup
     a1 = a0 + plan.a
     b0 = a1 + plan.gap
@@ -116,8 +135,11 @@ def plan_lines(plan: LeasePlan) -> List[str]:
                  f'benchmark ({plan.benchmark:.0f} s), choose the training path'),
         (a1, b0, 'a returns; call b is sent and starts'),
         (b0, b0 + plan.unpack, 'call b: unpack train_4..5 + test, md5 of all 7 files'),
-        (b0 + plan.unpack, t1, f'train (--time-budget {t_train / 60:.2f} min; best checkpoint + summary staged '
-                               f'as they appear)'),
+        (b0 + plan.unpack, t1, (f'train (--time-budget {t_train / 60:.2f} min' if epochs is None else
+                                f'train the epochs left of {epochs} ({t_train / 60:.2f} min if they fit; if not, to '
+                                f'b\'s end less {plan.pack:.0f} s, then the run\'s state is staged for the next '
+                                f'lease, with a c call after b, instead of verify and release') +
+                               '; best checkpoint + summary staged as they appear)'),
         (t1, t2, f'verify the best checkpoint (--preset {VERIFY_PRESET}, deadline {plan.verify / 60:.2f} min + '
                  f'whatever training left)'),
         (t2, b_end, 'release folder (make_card), weights in 15 MiB parts, stage in $OUT'),
@@ -138,6 +160,11 @@ class JobSettings:
     benchmark_args: List[str] = field(default_factory=list)
     md5: Dict[str, str] = field(default_factory=lambda: dict(CIFAR10_MD5))
     plan: LeasePlan = field(default_factory=LeasePlan)
+    #: None: train what the lease allows (--time-budget); N: a run of N epochs, continued over as many leases as it
+    #: takes (the state of an unfinished run comes back in parts, and goes to the next lease with r calls)
+    epochs: Optional[int] = None
+    #: metric -> the least accuracy (%) on all test images for a release; a run below any is not released
+    floors: Dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -16,6 +16,8 @@ from .plan import (
     CALL_LIMIT_MIB, CARRY_A, CARRY_B, CARRY_V, CARRY_VS, CIFAR10_MD5, COMMAND_PREFIX, FILES_A, FILES_B, FILES_V, MIB,
     WEIGHTS, WHEEL_EXCLUDE, WHEELS, JobError, JobSettings, LeasePlan, PathLike, plan_lines,
 )
+from .lease_state import MANIFEST, carry_state, clear_carried
+from .staging import read_json
 
 __all__ = ['tree_files', 'repack_wheel', 'prepare', 'prepare_verify']
 
@@ -131,29 +133,55 @@ def _call(name: str, args: str, carry: Sequence[Path], timeout_s: int) -> Dict[s
     return {'name': name, 'command': command, 'carry': [p.as_posix() for p in carry], 'timeout_s': timeout_s}
 
 
+def _carry_state(root: Path, settings: JobSettings, state_dir: Path, limit_mib: float) -> List[Path]:
+    """The r carry folders of a run continued from ``state_dir`` (a joined run state), checked against the
+    settings' run."""
+    if not settings.epochs:
+        raise JobError('--continue-from continues a run of fixed epochs: give the same --epochs as its first lease.')
+    manifest = read_json(state_dir / MANIFEST, f'the joined run state in {state_dir}')
+    if (manifest.get('model'), manifest.get('epochs')) != (settings.model, settings.epochs):
+        raise JobError(f'{state_dir} holds a {manifest.get("model")} run of {manifest.get("epochs")} epochs, not '
+                       f'the {settings.model} run of {settings.epochs} epochs asked for.')
+    tree = _size(f for f in tree_files(root) if not (f.name == WEIGHTS and 'model_cards' in f.parts))
+    return carry_state(root, state_dir, int(limit_mib * MIB - tree - MIB))
+
+
 def prepare(root: PathLike, source: PathLike, settings: Optional[JobSettings] = None,
-            limit_mib: float = CALL_LIMIT_MIB) -> Dict[str, Any]:
+            limit_mib: float = CALL_LIMIT_MIB, continue_from: Optional[PathLike] = None) -> Dict[str, Any]:
     """Fill ``.data/a`` and ``.data/b`` under ``root`` from the CIFAR-10 mosaic folder ``source`` and return the
-    two device calls (``calls``), the per-call sizes in MiB and the lease plan."""
+    device calls (``calls``), the per-call sizes in MiB and the lease plan. ``continue_from``: a joined run state
+    of an earlier lease (a run of ``settings.epochs``), carried by r calls made before a."""
     root, source = Path(root), Path(source)
     settings = settings or JobSettings()
     if not source.is_dir():
         raise JobError(f'CIFAR-10 source folder {source} not found (pass --source DIR holding the .webp mosaics).')
+    if continue_from:
+        carried = _carry_state(root, settings, Path(continue_from), limit_mib)
+    else:
+        carried = []
+        clear_carried(root)  # a fresh run: no state of an earlier one may travel
     _copy_into(root / CARRY_A, [source / f for f in FILES_A])
     _copy_into(root / CARRY_B, [source / f for f in FILES_B])
     _wheels(root / CARRY_A / 'wheels')
     (root / CARRY_A / 'job.json').write_text(json.dumps(settings.to_dict(), indent=2) + '\n')
-    sizes, move_out = _check_sizes(root, {'a': root / CARRY_A, 'b': root / CARRY_B}, limit_mib)
+    carries = {**{f.name: root / f for f in carried}, 'a': root / CARRY_A, 'b': root / CARRY_B}
+    sizes, move_out = _check_sizes(root, carries, limit_mib)
     p = settings.plan
-    calls = [_call('a', 'a', [CARRY_A], int(p.a + 60)), _call('b', 'b', [CARRY_B], int(p.command_limit))]
+    calls = [_call(f.name, f'r {f.name[1:]}', [f], 60) for f in carried]
+    calls += [_call('a', 'a', [CARRY_A], int(p.a + 60)), _call('b', 'b', [CARRY_B], int(p.command_limit))]
+    notes = _move_out_note(move_out) + [
+        'make each call right after the one before returns (the machine keeps .data/ only while warm, 30 s); append '
+        '--lease-left-s S to b\'s command, S = lease.budget_left_s of call a\'s reply, so that b plans from the '
+        'real device time left (without it b assumes the machine started 2 minutes before a)',
+        f'afterwards: python tools/device_job.py join <files_at of b> --out model_cards/{settings.name}']
+    if settings.epochs:
+        notes.append(f'a run of {settings.epochs} epochs: when b\'s reply has "continue" (the run is unfinished), '
+                     f'make call c (command: {COMMAND_PREFIX} c, no carry, timeout_s 60) at once, again while its '
+                     f'reply lists parts_left; then python tools/device_job.py join-state <files_at of b> <files_at '
+                     f'of each c> --out .data/lease_state, and next lease: prepare --epochs {settings.epochs} '
+                     f'--continue-from .data/lease_state')
     return {'calls': calls, 'sizes_mib': sizes, 'limit_mib': limit_mib, 'move_out': move_out,
-            'plan': plan_lines(p),
-            'notes': _move_out_note(move_out) + [
-                'make call b right after a returns (the machine keeps .data/ only while warm, 30 s); append '
-                '--lease-left-s S to its command, S = lease.budget_left_s of call a\'s reply, so that b plans from '
-                'the real device time left (without it b assumes the machine started 2 minutes before a)',
-                f'afterwards: python tools/device_job.py join <files_at of b> --out '
-                f'model_cards/{settings.name}']}
+            'plan': plan_lines(p, settings.epochs), 'notes': notes}
 
 
 def _stage_source(folder: Path, spec: str) -> Dict[str, str]:
