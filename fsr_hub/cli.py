@@ -1,12 +1,15 @@
 """Argument types and flags shared by the command-line tools (``tools/*.py``): one parser per kind of value, one
-set of FSR flags (``--fsr-*``) for every tool that builds a model by name."""
+set of FSR flags (``--fsr-*``) for every tool that builds a model by name, and how a long-running tool is stopped."""
 import argparse
+import contextlib
 import json
+import signal
+import threading
 from fractions import Fraction
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 __all__ = ['number', 'int_tuple', 'comma_list', 'positions', 'add_fsr_arguments', 'fsr_model_args', 'fsr_flags',
-           'agreed_model_args']
+           'agreed_model_args', 'interruptible']
 
 #: ``--fsr-*`` flag destinations, which are also the ``fsr_hub.models.create`` keyword arguments they set
 FSR_FLAGS = ('fsr_positions', 'fsr_tau', 'fsr_hidden', 'fsr_separation', 'fsr_recalibration')
@@ -111,3 +114,23 @@ def agreed_model_args(given: Mapping[str, Any], recorded: Optional[Mapping[str, 
         raise ValueError(f'the flags {differ} differ from the model_args of {where} ({theirs}); drop the flags to '
                          f'use the recorded ones.')
     return recorded
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt inside the block (the tool then saves and exits), also when the
+    process was started with SIGINT ignored, as a shell's background job is; the handlers before are restored.
+    A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

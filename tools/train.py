@@ -53,7 +53,7 @@ import sys  # noqa: E402
 import typing  # noqa: E402
 
 from fsr_hub.checkpoint import CheckpointError  # noqa: E402
-from fsr_hub.cli import add_fsr_arguments, fsr_model_args, int_tuple, number  # noqa: E402
+from fsr_hub.cli import add_fsr_arguments, fsr_model_args, interruptible, int_tuple, number  # noqa: E402
 from fsr_hub.data import DATASETS, DatasetError  # noqa: E402
 from fsr_hub.engine import NATURAL_RECIPE, STEP_MODES, TrainConfig, train  # noqa: E402
 from fsr_hub.objectives import ADML_BASES, OBJECTIVES  # noqa: E402
@@ -156,7 +156,8 @@ def main(argv=None, clock_start: float = CLOCK_START) -> int:
     command = 'python tools/train.py ' + ' '.join(shlex.quote(a) for a in argv)
     try:
         cfg = TrainConfig(**overrides)
-        train(cfg, command=command, clock_start=clock_start)
+        with interruptible():  # SIGINT or SIGTERM: the last complete epoch stays in last.pt
+            train(cfg, command=command, clock_start=clock_start)
     except (DatasetError, CheckpointError, WeightsError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

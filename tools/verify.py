@@ -34,9 +34,7 @@ strict float32 (TF32 off).
 import argparse
 import json
 import shlex
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -45,7 +43,7 @@ import torch
 
 from fsr_hub.attack_registry import NATTACK, NATTACK_N, SOURCE_ATTACKS, TRANSFER
 from fsr_hub.checkpoint import write_json
-from fsr_hub.cli import add_fsr_arguments, agreed_model_args, fsr_model_args, number
+from fsr_hub.cli import add_fsr_arguments, agreed_model_args, fsr_model_args, interruptible, number
 from fsr_hub.data import DATASETS, INPUT_SIZE, DatasetError, images_to_float, load_dataset
 from fsr_hub.evaluate import (
     ATTACKS, PRESETS, build_report, evaluate, model_info, parse_attacks, preset, training_section,
@@ -163,10 +161,6 @@ def _recorded_args(summary: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]
     if summary is None:
         return None
     return (summary.get('config') or {}).get('model_args') or {}
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f'signal {signum}')
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -307,11 +301,10 @@ def main(argv=None) -> int:
     t_start = time.monotonic()
     args = build_parser().parse_args(argv)
     command = 'python tools/verify.py ' + ' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    # SIGTERM (a timeout's kill) ends the run like Ctrl-C: the partial report names the interrupted stage
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
     try:
-        report = run(args, command, t_start)
+        # SIGTERM (a timeout's kill) ends the run like Ctrl-C: the partial report names the interrupted stage
+        with interruptible():
+            report = run(args, command, t_start)
     except (DatasetError, WeightsError, ValueError, RuntimeError, OSError, ImportError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -319,9 +312,6 @@ def main(argv=None) -> int:
         where = f'the partial report is in {args.out}' if args.out else 'no report written (no --out)'
         print(f'interrupted: {where}', file=sys.stderr)
         return 130
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous_handler)
     if args.out:
         r = report['results']
         print(' '.join(f'{k}={v["accuracy"]:.2f}' for k, v in r.items()), f'-> {args.out}')
