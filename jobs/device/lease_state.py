@@ -37,6 +37,12 @@ def state_progress(summary: Dict[str, Any]) -> Dict[str, Any]:
             'model': config.get('model'), 'complete': bool(summary.get('complete'))}
 
 
+def _split(tar: Path, dest: Path, part_bytes: int) -> List[Dict[str, Any]]:
+    """``tar`` split into parts in ``dest``: each part's name, size and sha256."""
+    return [{'name': p.name, 'bytes': p.stat().st_size, 'sha256': digest(p, 'sha256')}
+            for p in split_file(tar, dest, base=STATE, part_bytes=part_bytes)]
+
+
 def pack_state(run_dir: PathLike, dest: PathLike, part_bytes: int = PART_BYTES) -> Dict[str, Any]:
     """Pack ``run_dir``'s :data:`RUN_FILES` into ``dest/run_state.tar``, split it into parts there (the tar itself
     removed) and write the manifest (sha256 of the whole and of each part, progress of the run)."""
@@ -52,9 +58,8 @@ def pack_state(run_dir: PathLike, dest: PathLike, part_bytes: int = PART_BYTES) 
             if (run_dir / name).is_file():
                 t.add(run_dir / name, arcname=name, recursive=False)
     manifest = {'file': STATE, 'bytes': tar.stat().st_size, 'sha256': digest(tar, 'sha256'),
-                **state_progress(read_json(run_dir / 'train_summary.json', 'the training summary')), 'parts': []}
-    for part in split_file(tar, dest, base=STATE, part_bytes=part_bytes):
-        manifest['parts'].append({'name': part.name, 'bytes': part.stat().st_size, 'sha256': digest(part, 'sha256')})
+                **state_progress(read_json(run_dir / 'train_summary.json', 'the training summary')),
+                'parts': _split(tar, dest, part_bytes)}
     tar.unlink()
     write_json(dest / MANIFEST, manifest)
     return manifest
@@ -150,8 +155,7 @@ def carry_state(root: PathLike, state_dir: PathLike, room_bytes: int, part_bytes
     clear_carried(root)
     scratch = root / CARRY_R.parent / f'{CARRY_R.name}_parts'
     scratch.mkdir(parents=True)
-    manifest = {**manifest, 'parts': [{'name': p.name, 'bytes': p.stat().st_size, 'sha256': digest(p, 'sha256')}
-                                      for p in split_file(tar, scratch, base=STATE, part_bytes=part_bytes)]}
+    manifest = {**manifest, 'parts': _split(tar, scratch, part_bytes)}
     folders: List[Path] = []
     used = room_bytes
     for part in manifest['parts']:
