@@ -100,12 +100,18 @@ def _wheels(folder: Path) -> List[Path]:
     return [repack_wheel(n, folder, WHEEL_EXCLUDE.get(n, ())) for n in WHEELS]
 
 
+def _tree(root: Path) -> Tuple[List[Path], List[Path], int]:
+    """The files a call sends of ``root``, the released weights among them (to move out first) and the bytes of
+    the rest."""
+    files = tree_files(root)
+    move_out = [f for f in files if f.name == WEIGHTS and f.relative_to(root).parts[0] == 'model_cards']
+    return files, move_out, _size(f for f in files if f not in move_out)
+
+
 def _check_sizes(root: Path, carries: Mapping[str, Path], limit_mib: float) -> Tuple[Dict[str, float], List[str]]:
     """MiB each call sends (tree + its carry) and the released weights to move out of the checkout first: they
     are not counted, since they must not travel (a release folder's weights alone are 25-95 MB)."""
-    files = tree_files(root)
-    move_out = [f for f in files if f.name == WEIGHTS and f.relative_to(root).parts[0] == 'model_cards']
-    tree = _size(f for f in files if f not in move_out)
+    files, move_out, tree = _tree(root)
     sizes = {'tree': round(tree / MIB, 2)}
     for call, folder in carries.items():
         total = tree + _folder_size(folder)
@@ -142,8 +148,7 @@ def _carry_state(root: Path, settings: JobSettings, state_dir: Path, limit_mib: 
     if (manifest.get('model'), manifest.get('epochs')) != (settings.model, settings.epochs):
         raise JobError(f'{state_dir} holds a {manifest.get("model")} run of {manifest.get("epochs")} epochs, not '
                        f'the {settings.model} run of {settings.epochs} epochs asked for.')
-    tree = _size(f for f in tree_files(root) if not (f.name == WEIGHTS and 'model_cards' in f.parts))
-    return carry_state(root, state_dir, int(limit_mib * MIB - tree - MIB))
+    return carry_state(root, state_dir, int(limit_mib * MIB - _tree(root)[2] - MIB))
 
 
 def prepare(root: PathLike, source: PathLike, settings: Optional[JobSettings] = None,
