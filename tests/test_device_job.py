@@ -41,9 +41,9 @@ def test_cli_help_lists_every_subcommand(capsys):
         device_job_main(['--help'])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ('prepare', 'prepare-verify', 'join', 'rehearse', ' a ', ' b ', 'verify'):
+    for cmd in ('prepare', 'prepare-verify', 'join', 'join-state', 'rehearse', ' a ', ' b ', ' c ', ' r K ', 'verify'):
         assert cmd in out
-    for cmd in ('prepare', 'b', 'rehearse'):
+    for cmd in ('prepare', 'b', 'c', 'r', 'join-state', 'rehearse'):
         with pytest.raises(SystemExit) as e:
             device_job_main([cmd, '--help'])
         assert e.value.code == 0
