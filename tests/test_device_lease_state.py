@@ -71,6 +71,10 @@ def test_state_round_trip_in_parts_over_calls(tmp_path, monkeypatch):
     assert landed['epochs_done'] == 3
     for name in ('last.pt', 'best.safetensors', 'train_summary.json'):
         assert (machine / RUN / name).read_bytes() == (run / name).read_bytes()
+    # b again on the same machine, after the run went on there: the older carried state is not landed over it
+    _run_dir(machine / RUN, done=5, epochs=10)
+    newer = (machine / RUN / 'last.pt').read_bytes()
+    assert land_state(machine, log)['epochs_done'] == 3 and (machine / RUN / 'last.pt').read_bytes() == newer
     clear_carried(machine)
     assert not any((machine / '.data').glob('r[0-9]*')) and (machine / RUN / 'keep').is_file()
     assert land_state(machine, log) is None

@@ -180,8 +180,9 @@ def _b_budget(root: Path, settings: JobSettings, a: Mapping[str, Any], b_end: fl
     if landed is not None and (landed.get('epochs'), landed.get('model')) != (settings.epochs, settings.model):
         raise JobError(f'the carried state is of a {landed.get("model")} run of {landed.get("epochs")} epochs, not '
                        f'the {settings.model} run of {settings.epochs} prepare set.')
-    done = landed['epochs_done'] if landed else 0
-    times = [e['epoch_seconds'] for e in _history(root) if e.get('epoch_seconds')]
+    history = _history(root)  # a b run before on this machine may have gone further than the carried state
+    done = len(history)
+    times = [e['epoch_seconds'] for e in history if e.get('epoch_seconds')]
     per_epoch = sorted(times)[len(times) // 2] if times else (a.get('seconds_per_epoch') or {}).get(a.get('step'))
     budget, finishes = plan.fixed_epochs_budget(b_end, time.time(), settings.epochs - done, per_epoch)
     state.update(epochs_done_before=done, seconds_per_epoch=per_epoch, finishes=finishes)

@@ -199,14 +199,21 @@ def check_carried(root: PathLike, name: str) -> Dict[str, Any]:
 
 def land_state(root: PathLike, log: Log) -> Optional[Dict[str, Any]]:
     """Call b: the run state the r calls carried, joined, checked and unpacked into ``.data/run`` (None when no r
-    call carried one); a JobError if a part is missing or differs."""
+    call carried one; not over a later epoch of the same run there); a JobError if a part is missing or differs."""
     root = Path(root)
     folders = _carried(root)
     if not folders:
         return None
     manifest = _manifest(folders)
-    parts = _check_parts(folders, manifest)
     run_dir = root / RUN
+    summary = run_dir / 'train_summary.json'
+    here = state_progress(read_json(summary, 'the training summary')) if summary.is_file() else None
+    if here and (here['model'], here['epochs']) == (manifest['model'], manifest['epochs']) \
+            and here['epochs_done'] >= manifest['epochs_done']:
+        log(f'{run_dir} already holds epoch {here["epochs_done"]} of this run (b ran before on this machine): the '
+            f'carried state of epoch {manifest["epochs_done"]} is not landed over it')
+        return manifest
+    parts = _check_parts(folders, manifest)
     run_dir.mkdir(parents=True, exist_ok=True)
     tar = _assemble(parts, manifest, root / JOB / STATE)
     with tarfile.open(tar) as t:
