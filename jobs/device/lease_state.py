@@ -6,9 +6,7 @@ One lease carries at most 64 MiB per call and brings back at most 64 MiB per cal
 about 120 MiB (fp32 weights and SGD momentum in ``last.pt``, fp16 best weights), so it travels in parts over
 several calls. Every part and the whole file are checked against the sha256 sums of the state's manifest.
 """
-import hashlib
 import json
-import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from fsr_hub.checkpoint import write_json
 
 from .plan import CARRY_R, JOB, MIB, OUT_MAX_FILES, OUT_MAX_TOTAL, PART_BYTES, RUN, JobError, PathLike
-from .staging import Log, digest, read_json, split_file
+from .staging import Log, digest, join_parts, read_json, split_file
 
 __all__ = ['STATE', 'MANIFEST', 'RUN_FILES', 'pack_state', 'stage_state_parts', 'join_state', 'carry_state',
            'clear_carried', 'check_carried', 'land_state', 'state_progress']
@@ -114,19 +112,9 @@ def _manifest(folders: Sequence[Path]) -> Dict[str, Any]:
 
 
 def _assemble(parts: Dict[str, Path], manifest: Dict[str, Any], dest: Path) -> Path:
-    """The parts concatenated into ``dest`` (written under a temporary name), checked against the whole's sha256."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f'.{dest.name}.tmp'
-    h = hashlib.sha256()
-    with open(tmp, 'wb') as f:
-        for part in manifest['parts']:
-            data = parts[part['name']].read_bytes()
-            h.update(data)
-            f.write(data)
-    if h.hexdigest() != manifest['sha256']:
-        tmp.unlink()
-        raise JobError(f'the joined run state has sha256 {h.hexdigest()}, not the manifest\'s {manifest["sha256"]}.')
-    os.replace(tmp, dest)
+    """The parts concatenated into ``dest`` in the manifest's order, checked against the whole's sha256."""
+    join_parts([parts[p['name']] for p in manifest['parts']], dest, manifest['sha256'], 'the joined run state parts',
+               'the manifest')
     return dest
 
 

@@ -66,9 +66,9 @@ class LeasePlan:
     # a: benchmark seconds (eager and cuda-graph, FSR and vanilla); H200 lease, 2026-12-04: 20 s took 23.0 s and gave
     # the s/epoch that 40 s (29.8 s) gave (fsr_resnet18 cuda-graph 12.40 vs 12.46)
     benchmark: float = 20.0
-    # b: the verification's share (it also gets whatever training leaves): --preset lease, not yet run on a GPU, would
-    # take ~38 s at the stage times of the H200 lease of 2026-12-04 (clean 0.9, FGSM 1.7, PGD-20 21.6 s on 10,000;
-    # C&W and PGD-100 a tenth of their 32.2 and 106.2 s)
+    # b: the verification's share (it also gets whatever training leaves): --preset lease on the third H200 lease of
+    # 2026-12-04: attacks 38.4 s (clean 1.0, FGSM 1.7, PGD-20 21.7 s on 10,000; C&W 3.3, PGD-100 10.7 s on 1,000),
+    # 52.5 s with the tool's start
     verify: float = 70.0
     release: float = 25.0  # b: card, release folder, staging (H200 lease, 2026-12-04: 10.1 s)
     min_train: float = 60.0  # b trains at least this long, even when the lease is late

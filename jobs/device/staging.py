@@ -20,8 +20,8 @@ from .plan import (
     CIFAR, JOB, MIB, OUT_MAX_FILE, OUT_MAX_FILES, OUT_MAX_TOTAL, PART_BYTES, SITE, WEIGHTS, JobError, PathLike, mmss,
 )
 
-__all__ = ['Log', 'Stager', 'run', 'unpack', 'digest', 'split_file', 'join', 'read_json', 'write_state', 'out_dir',
-           'install_wheels', 'cpu_seconds']
+__all__ = ['Log', 'Stager', 'run', 'unpack', 'digest', 'split_file', 'join_parts', 'join', 'read_json', 'write_state',
+           'out_dir', 'install_wheels', 'cpu_seconds']
 
 
 class Log:
@@ -162,6 +162,25 @@ def split_file(path: Path, out: Path, base: str = WEIGHTS, part_bytes: int = PAR
     return parts
 
 
+def join_parts(parts: Sequence[Path], dest: Path, want: str, what: str, where: str) -> str:
+    """Concatenate ``parts`` into ``dest`` (written under a temporary name, renamed only if its sha256 is
+    ``want``); returns the sha256, or a JobError naming ``what`` was joined and ``where`` the sum comes from."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f'.{dest.name}.tmp'
+    h = hashlib.sha256()
+    with open(tmp, 'wb') as f:
+        for part in parts:
+            data = part.read_bytes()
+            h.update(data)
+            f.write(data)
+    got = h.hexdigest()
+    if got != want:
+        tmp.unlink()
+        raise JobError(f'{what} have sha256 {got}, but {where} says {want}.')
+    os.replace(tmp, dest)
+    return got
+
+
 class Stager:
     """Copies files into $OUT as they appear or change; a background thread polls while a phase runs."""
 
@@ -297,18 +316,7 @@ def join(src: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
         for name in names:
             if (src / name).is_file():
                 shutil.copyfile(src / name, dest / name)
-    tmp = dest / f'.{WEIGHTS}.tmp'
-    h = hashlib.sha256()
-    with open(tmp, 'wb') as f:
-        for part in parts:
-            data = part.read_bytes()
-            h.update(data)
-            f.write(data)
-    got = h.hexdigest()
-    if got != want:
-        tmp.unlink()
-        raise JobError(f'joined weights have sha256 {got}, but {where} says {want}.')
-    os.replace(tmp, dest / WEIGHTS)
+    got = join_parts(parts, dest / WEIGHTS, want, 'joined weights', where)
     if dest.resolve() == src.resolve():
         for part in parts:
             part.unlink()
