@@ -117,6 +117,9 @@ def test_fixed_epochs_budget_finishes_or_leaves_the_state():
     assert plan.fixed_epochs_budget(b_end, now, 40, 11.45) == (full, True)
     assert plan.fixed_epochs_budget(b_end, now, 80, 11.45) == (b_end - plan.pack, False)
     assert plan.fixed_epochs_budget(b_end, now, 1, None) == (b_end - plan.pack, False)  # no estimate
+    # an unfinished run ends earlier when c calls must follow it; a finishing one keeps the whole call
+    assert plan.fixed_epochs_budget(b_end, now, 80, 11.45, leave_end=900.0) == (900.0 - plan.pack, False)
+    assert plan.fixed_epochs_budget(b_end, now, 40, 11.45, leave_end=900.0) == (full, True)
     # b's end keeps the c call's share of the lease when asked
     assert plan.b_end(0, 0, 700, reserve=plan.c) == min(700 - plan.gap - plan.after - plan.margin - plan.c,
                                                          plan.command_limit - plan.command_margin)
@@ -221,6 +224,24 @@ def test_call_b_leaves_the_state_then_a_later_lease_finishes_and_checks_floors(t
     monkeypatch.setenv('OUT', str(tmp_path / 'out_b3'))
     with pytest.raises(JobError, match='not the fsr_resnet18 run of 7'):
         calls.job_b(m2)
+
+
+def test_a_run_expected_to_stay_unfinished_that_completes_is_staged_and_verified(tmp_path, monkeypatch):
+    monkeypatch.setattr(calls, 'unpack', lambda *a, **k: None)
+    plan = LeasePlan(command_limit=200, command_margin=0, verify=20, release=10, pack=5, capture=0, min_train=5)
+    settings = JobSettings(epochs=3, floors={'clean': 78.0}, plan=plan)
+    machine = _machine(tmp_path, settings, 'lease')
+    # a's benchmark estimated 100 s per epoch: 3 epochs do not fit, yet the (fake) trainer completes them
+    (machine / JOB / 'a.json').write_text(json.dumps({'a_start': time.time(), 'step': 'eager',
+                                                      'seconds_per_epoch': {'eager': 100.0}}))
+    monkeypatch.setenv('FAKE_EPOCHS_PER_CALL', '10')
+    monkeypatch.setenv('OUT', str(tmp_path / 'out'))
+    state = calls.job_b(machine)
+    assert state['finishes'] is False and state['progress']['complete'] and 'continue' not in state
+    # its weights came back before the verification (which might overrun the call), then the report
+    assert (tmp_path / 'out' / 'model.safetensors.part-00').read_bytes() == b'best'
+    assert state['floors_missed'] == {'clean': '75.25 < 78'}
+    assert (tmp_path / 'out' / 'results.json').is_file()
 
 
 @pytest.mark.parametrize('text, ok', [('clean=78,pgd20=46', True), ('', True), ('clean', False), ('x=y', False)])

@@ -105,8 +105,10 @@ def _b_train(root: Path, settings: JobSettings, step: str, budget: float, finish
     weights = best if best.is_file() else final
     if not weights.is_file():
         raise JobError(f'training left no weights in {folder} (exit {state["train_rc"]}).')
-    if weights == final:
-        stager.stage(final, WEIGHTS)
+    if weights == final or not finishes:
+        # the weights come back even if the verification that follows overruns the call (a run that was expected
+        # to stop unfinished staged no weights while it trained)
+        stager.stage(weights, WEIGHTS)
     return weights
 
 
@@ -169,7 +171,7 @@ def _missed_floors(floors: Mapping[str, float], report: Path) -> Dict[str, str]:
     return missed
 
 
-def _b_budget(root: Path, settings: JobSettings, a: Mapping[str, Any], b_end: float, log: Log,
+def _b_budget(root: Path, settings: JobSettings, a: Mapping[str, Any], b_end: float, leave_end: float, log: Log,
               state: Dict[str, Any]) -> Tuple[float, bool]:
     """Call b's training seconds and whether the run finishes in them: a time-budget run always does; a run of
     fixed epochs lands the state the r calls carried, if any, and finishes when its epochs left fit."""
@@ -184,7 +186,7 @@ def _b_budget(root: Path, settings: JobSettings, a: Mapping[str, Any], b_end: fl
     done = len(history)
     times = [e['epoch_seconds'] for e in history if e.get('epoch_seconds')]
     per_epoch = sorted(times)[len(times) // 2] if times else (a.get('seconds_per_epoch') or {}).get(a.get('step'))
-    budget, finishes = plan.fixed_epochs_budget(b_end, time.time(), settings.epochs - done, per_epoch)
+    budget, finishes = plan.fixed_epochs_budget(b_end, time.time(), settings.epochs - done, per_epoch, leave_end)
     state.update(epochs_done_before=done, seconds_per_epoch=per_epoch, finishes=finishes)
     log(f'{settings.epochs - done} of {settings.epochs} epochs left at ~{per_epoch or 0:.1f} s each: '
         f'{"they fit this call; verify and release follow" if finishes else "train to the end of this call"}')
@@ -241,14 +243,17 @@ def job_b(root: PathLike, started: Optional[float] = None, lease_left: Optional[
     if not (root / SITE).is_dir():
         raise JobError(f'{root / SITE} is missing: call a did not finish on this machine; run a, then b at once.')
     plan, a_start = settings.plan, float(a['a_start'])
-    b_end = plan.b_end(a_start, b_start, lease_left, reserve=plan.c if settings.epochs else 0.0)
+    b_end = plan.b_end(a_start, b_start, lease_left)
+    # an unfinished run leaves lease time for the c calls that take the rest of its state
+    leave_end = plan.b_end(a_start, b_start, lease_left, reserve=plan.c) if settings.epochs else b_end
     log(f'call b: {settings.name}, path {a.get("step")} ({a.get("why")}); '
-        f'{b_start - a_start:.0f} s after a started; b must end within {b_end - b_start:.0f} s')
+        f'{b_start - a_start:.0f} s after a started; b must end within {b_end - b_start:.0f} s'
+        + (f' ({leave_end - b_start:.0f} s if it leaves the run unfinished)' if leave_end != b_end else ''))
     state: Dict[str, Any] = {'b_start': b_start, 'a': a, 'lease_left_s': lease_left}
     try:
         log.phase('unpack train_4..5 + test, md5 of all',
                   lambda: unpack(root, root / CARRY_A / 'unpack.py', root / CARRY_B, BATCHES_ALL, settings.md5, log))
-        budget, finishes = _b_budget(root, settings, a, b_end, log, state)
+        budget, finishes = _b_budget(root, settings, a, b_end, leave_end, log, state)
         state['train_budget_s'] = round(budget, 1)
         weights = _b_train(root, settings, a.get('step') or 'eager', budget, finishes, log, stager, state)
         if weights is None:

@@ -79,8 +79,9 @@ class LeasePlan:
     # unfinished run, a c call after b stages the rest of it (its gap included)
     pack: float = 15.0
     c: float = 30.0
-    # the first epoch of a (continued) run captures the CUDA graphs: H200 lease, 2026-12-04: 23.8 s, later 11.45 s
-    capture: float = 15.0
+    # the trainer's start (imports, data, model) and the first epoch's CUDA-graph capture, beyond a steady epoch:
+    # H200, 2026-12-04, fourth lease: 26.6 s (first epoch ended 38 s after the command, then 11.36 s per epoch)
+    capture: float = 27.0
     # an epoch's held-out evaluation (1.8 s every few epochs) and checkpoint writes, on top of its training time
     epoch_overhead: float = 1.1
 
@@ -96,14 +97,16 @@ class LeasePlan:
             lease_end = a_start - self.startup + self.lease - self.after - self.margin
         return min(lease_end - reserve, b_start + self.command_limit - self.command_margin)
 
-    def fixed_epochs_budget(self, b_end: float, now: float, epochs_left: int,
-                            seconds_per_epoch: Optional[float]) -> Tuple[float, bool]:
+    def fixed_epochs_budget(self, b_end: float, now: float, epochs_left: int, seconds_per_epoch: Optional[float],
+                            leave_end: Optional[float] = None) -> Tuple[float, bool]:
         """Training seconds of call b in a run of fixed epochs, and whether the run finishes in them (then b also
-        verifies and releases; otherwise it trains to its end and leaves the run's state for the next lease)."""
+        verifies and releases by ``b_end``; otherwise it trains to ``leave_end``, default ``b_end``, and leaves the
+        run's state for the next lease: an earlier end when c calls must follow)."""
         full = b_end - now - self.verify - self.release
         if seconds_per_epoch and self.capture + epochs_left * seconds_per_epoch * self.epoch_overhead <= full:
             return max(full, self.min_train), True
-        return max(b_end - now - self.pack, self.min_train), False
+        end = b_end if leave_end is None else leave_end
+        return max(end - now - self.pack, self.min_train), False
 
 
 def train_seconds(plan: LeasePlan, a_start: float, b_start: float, now: float,
