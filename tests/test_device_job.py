@@ -20,7 +20,7 @@ from jobs.device import (
     CIFAR10_MD5, JobError, JobSettings, LeasePlan, join, job_b, job_verify_source, make_synthetic_source,
     plan_lines, prepare, prepare_verify, rehearse, repack_wheel, split_file, train_seconds,
 )
-from jobs.device.plan import VERIFY_PRESET
+from jobs.device.plan import VERIFY_PRESET, mmss
 from tools.device_job import main as device_job_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +75,12 @@ def test_lease_budget_of_call_b():
     assert lines[0].startswith('00:00-02:00') and lines[-1].endswith('margin') and '-15:00' in lines[-1]
     ends = [line[6:11] for line in lines]
     assert ends == sorted(ends)
+    # r calls before a take their share of the lease: everything after them moves, b still ends with the lease
+    with_r = plan_lines(plan, epochs=80, r_calls=3)
+    assert [line.split('  ')[1][:7] for line in with_r[1:4]] == ['call r1', 'call r2', 'call r3']
+    assert with_r[4][:5] == mmss(plan.startup + 3 * plan.r) and 'call a' in with_r[4]
+    assert with_r[-2][6:11] == lines[-2][6:11]  # b returns when the lease says, r calls or not
+    assert [line[6:11] for line in with_r] == sorted(line[6:11] for line in with_r)
 
 
 def test_repacked_pyautoattack_wheel_is_code_only_and_installs(tmp_path):

@@ -79,6 +79,7 @@ class LeasePlan:
     # unfinished run, a c call after b stages the rest of it (its gap included)
     pack: float = 15.0
     c: float = 30.0
+    r: float = 25.0  # an r call before a: ~50 MiB sent, the sha256 of its parts checked (assumed)
     # the trainer's start (imports, data, model) and the first epoch's CUDA-graph capture, beyond a steady epoch:
     # H200, 2026-12-04, fourth lease: 26.6 s (first epoch ended 38 s after the command, then 11.36 s per epoch)
     capture: float = 27.0
@@ -122,18 +123,20 @@ def mmss(seconds: float) -> str:
     return f'{s // 60:02d}:{s % 60:02d}'
 
 
-def plan_lines(plan: LeasePlan, epochs: Optional[int] = None) -> List[str]:
+def plan_lines(plan: LeasePlan, epochs: Optional[int] = None, r_calls: int = 0) -> List[str]:
     """The minute-by-minute budget of a lease when every step takes its planned time (``epochs``: of a run of
-    fixed epochs, as its last lease runs it)."""
-    a0 = plan.startup
+    fixed epochs, as its last lease runs it; ``r_calls``: the calls before a that carry an earlier lease's state)."""
+    a0 = plan.startup + r_calls * plan.r
     a1 = a0 + plan.a
     b0 = a1 + plan.gap
-    b_end = plan.b_end(a0, b0)
-    t_train = train_seconds(plan, a0, b0, b0 + plan.unpack)
+    b_end = plan.b_end(a0, b0, lease_left=plan.lease - a1)
+    t_train = train_seconds(plan, a0, b0, b0 + plan.unpack, lease_left=plan.lease - a1)
     t1 = b0 + plan.unpack + t_train
     t2 = b_end - plan.release
-    rows = [
-        (0, a0, 'machine start-up and transfer of call a (assumed)'),
+    rows = [(0, plan.startup, f'machine start-up and transfer of call {"r1" if r_calls else "a"} (assumed)')]
+    rows += [(plan.startup + k * plan.r, plan.startup + (k + 1) * plan.r,
+              f'call r{k + 1}: part of the earlier lease\'s run state, its sha256 checked') for k in range(r_calls)]
+    rows += [
         (a0, a1, f'call a: install wheels, unpack train_1..3, pytest -m "cuda and not slow" (<= {plan.tests:.0f} s), '
                  f'benchmark ({plan.benchmark:.0f} s), choose the training path'),
         (a1, b0, 'a returns; call b is sent and starts'),

@@ -186,7 +186,7 @@ def prepare(root: PathLike, source: PathLike, settings: Optional[JobSettings] = 
                      f'of each c> --out .data/lease_state, and next lease: prepare --epochs {settings.epochs} '
                      f'--continue-from .data/lease_state')
     return {'calls': calls, 'sizes_mib': sizes, 'limit_mib': limit_mib, 'move_out': move_out,
-            'plan': plan_lines(p, settings.epochs), 'notes': notes}
+            'plan': plan_lines(p, settings.epochs, len(carried)), 'notes': notes}
 
 
 def _stage_source(folder: Path, spec: str) -> Dict[str, str]:
