@@ -129,8 +129,9 @@ def plan_lines(plan: LeasePlan, epochs: Optional[int] = None, r_calls: int = 0) 
     a0 = plan.startup + r_calls * plan.r
     a1 = a0 + plan.a
     b0 = a1 + plan.gap
-    b_end = plan.b_end(a0, b0, lease_left=plan.lease - a1)
-    t_train = train_seconds(plan, a0, b0, b0 + plan.unpack, lease_left=plan.lease - a1)
+    left = plan.lease - a1  # what the device tool reports after a: r calls and start-up are spent
+    b_end = plan.b_end(a0, b0, lease_left=left)
+    t_train = train_seconds(plan, a0, b0, b0 + plan.unpack, lease_left=left)
     t1 = b0 + plan.unpack + t_train
     t2 = b_end - plan.release
     rows = [(0, plan.startup, f'machine start-up and transfer of call {"r1" if r_calls else "a"} (assumed)')]
