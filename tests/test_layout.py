@@ -25,3 +25,18 @@ def test_module_and_function_sizes(path: Path):
 def test_no_device_job_in_the_package():
     assert not [p.name for p in MODULES if 'device' in p.stem]
     assert not [p.name for p in MODULES if '$OUT' in p.read_text()], 'device-call plumbing belongs in jobs/device/'
+
+
+def test_ci_runs_the_readmes_two_set_up_commands():
+    """The README's set-up is two commands (install + main job; tests), CI runs the same install and test command
+    (then the slow tests), and the constraints file pins the torch and torchvision that lie on this machine's disk."""
+    root = PACKAGE.parent
+    block = root.joinpath('README.md').read_text().split('## Set-up (two commands)', 1)[1].split('```bash\n', 1)[1]
+    commands = [line.split('#', 1)[0].strip() for line in block.split('```', 1)[0].splitlines()]
+    install, tests = commands
+    ci = root.joinpath('.ci', 'run').read_text().replace('python3 ', 'python ').splitlines()
+    assert install.startswith("pip install -c constraints/ci.txt -e '.[test]' && ") and install.endswith('python -m fsr_hub')
+    assert "python -m pip install -q -c constraints/ci.txt -e '.[test]'" in ci
+    assert tests == 'python -m pytest -q' and ci[-2:] == [tests, f'{tests} -m slow']
+    pins = root.joinpath('constraints', 'ci.txt').read_text().splitlines()
+    assert {'torch==2.14.1', 'torchvision==0.29.1'} <= set(pins)

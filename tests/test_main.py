@@ -126,18 +126,22 @@ print(json.dumps(runs))
 '''
 
 
+def _fresh_runs(tmp, runs: list) -> list:
+    """``FRESH`` over ``runs`` in one fresh, offline interpreter whose hub cache is ``tmp / 'cache'``."""
+    return json_result(start_python(['-c', FRESH, json.dumps(runs)], tmp, env={'HF_HUB_CACHE': str(tmp / 'cache')}))
+
+
 @pytest.fixture(scope='module')
 def fresh(tmp_path_factory):
-    """One fresh, offline interpreter: `--help`, the default job, and a released name pulled from a cache filled
-    by hf_hub_download (right pin, wrong pin, a released name missing from the cache)."""
+    """One fresh, offline interpreter: `--help`, and a released name pulled from a cache filled by hf_hub_download
+    (right pin, wrong pin, a released name missing from the cache)."""
     tmp = tmp_path_factory.mktemp('fresh')
     rel = build_release(tmp / 'rel', attacks=('clean', 'fgsm'), seed=7)  # 1-block stages, in its config.json
     fill_hf_cache(tmp / 'cache', REPO_ID, rel.folder)
     job = ['--attack', 'fgsm', '--n', '10', '--no-progress']
-    runs = [[None, ['--help']], [None, []], [{NAME: rel.sha256}, job], [{NAME: 'f' * 64}, job],
+    runs = [[None, ['--help']], [{NAME: rel.sha256}, job], [{NAME: 'f' * 64}, job],
             [{'cifar_resnet18.at_cifar10': 'f' * 64}, ['--model', 'cifar_resnet18.at_cifar10']]]
-    got = json_result(start_python(['-c', FRESH, json.dumps(runs)], tmp, env={'HF_HUB_CACHE': str(tmp / 'cache')}))
-    return dict(zip(('help', 'default', 'released', 'wrong pin', 'not cached'), got)), rel
+    return dict(zip(('help', 'released', 'wrong pin', 'not cached'), _fresh_runs(tmp, runs))), rel
 
 
 def test_help_parses_before_the_evaluation_stack_loads(fresh):
@@ -147,10 +151,11 @@ def test_help_parses_before_the_evaluation_stack_loads(fresh):
     assert run['loaded'] == []
 
 
-def test_python_m_fsr_hub_runs_offline(fresh):
+@pytest.mark.slow  # the real default model, PGD-20 on 50 images: ~30 s on 2 cores
+def test_python_m_fsr_hub_runs_offline(tmp_path):
     """The README's first command, offline in this checkout: the best released model from its release folder,
     measured clean and PGD-20 on 50 sample images beside its card's numbers."""
-    run = fresh[0]['default']
+    (run,) = _fresh_runs(tmp_path, [[None, []]])
     assert run['exit'] == 0, run['err']
     name = default_release()
     folder = REPO_ROOT / 'model_cards' / name
