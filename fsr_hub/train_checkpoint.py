@@ -6,7 +6,7 @@ holds valid weights and a valid summary.
 import json
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -16,7 +16,7 @@ from .schemas import CKPT_FORMAT
 from .step import load_optimizer_state
 from .train_config import with_epochs
 from .train_run import RunState
-from .train_summary import architecture, plain_config, train_summary
+from .train_summary import architecture, plain_config, process_records, train_summary
 from .weights import save_weights
 
 __all__ = ['resume_run', 'checkpoint_state', 'write_epoch_checkpoint', 'write_final_outputs']
@@ -45,6 +45,8 @@ def resume_run(run: RunState) -> None:
     run.epoch, run.history, run.best = ckpt['epoch'], list(ckpt['history']), dict(ckpt['best'])
     run.best_sha = ckpt.get('best_sha256')
     run.prior_seconds = float(ckpt.get('wall_clock_seconds', 0.0))
+    run.first_epoch = run.epoch
+    run.prior_processes = list(ckpt.get('processes') or _one_earlier_process(run, ckpt))
     if ckpt.get('budget') and run.raw.time_budget is not None:  # keep the epoch count the budget fixed
         run.budget = dict(ckpt['budget'])
         run.cfg = with_epochs(run.raw, int(run.budget['epochs']))
@@ -60,8 +62,19 @@ def checkpoint_state(run: RunState) -> Dict[str, Any]:
         'format': CKPT_FORMAT, 'epoch': run.epoch + 1, 'model': run.model.state_dict(),
         'optimizer': run.optimizer.state_dict(), 'rng': rng_state(), 'best': run.best, 'best_sha256': run.best_sha,
         'history': run.history, 'config': plain_config(run.cfg), 'budget': run.budget,
-        'wall_clock_seconds': run.wall_clock_seconds(),
+        'wall_clock_seconds': run.wall_clock_seconds(), 'processes': process_records(run),
     }
+
+
+def _one_earlier_process(run: RunState, ckpt: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The process record of a ``last.pt`` written before checkpoints kept them: its epochs and wall clock, with the
+    device and command of the summary written beside it after the same epoch, where there is one."""
+    summary = {}
+    path = run.out / 'train_summary.json'
+    if path.is_file():
+        summary = json.loads(path.read_text())
+    return [{'epochs': [1, ckpt['epoch']], 'seconds': round(float(ckpt.get('wall_clock_seconds', 0.0)), 3),
+             'device': (summary.get('hardware') or {}).get('device'), 'command': summary.get('command')}]
 
 
 def write_epoch_checkpoint(run: RunState, metrics: Dict[str, Any], is_best: bool) -> None:

@@ -47,6 +47,8 @@ class RunState:
     best: Dict[str, Any] = field(default_factory=lambda: {'accuracy': -1.0, 'epoch': -1})
     best_sha: Optional[str] = None
     prior_seconds: float = 0.0  # wall clock of earlier (resumed) processes
+    prior_processes: List[Dict[str, Any]] = field(default_factory=list)  # their records (process_records)
+    first_epoch: int = 0  # the 0-based epoch this process started at (> 0 when resumed)
     budget: Optional[Dict[str, Any]] = None  # the time-budget plan, once made
     steady_epoch_seconds: Optional[float] = None  # the last epoch of this process without its one-off set-up
     costs: Dict[str, float] = field(default_factory=lambda: {'evaluation': 0.0, 'checkpoint': 0.0})

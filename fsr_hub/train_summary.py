@@ -2,7 +2,7 @@
 attack, schedule, precision, guard, time budget, the weights it started from, ADML's recipe label), what came out
 (history, best and final weights), and where."""
 from dataclasses import asdict, fields
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -14,7 +14,7 @@ from .schedule import (
 )
 from .schemas import TRAIN_SCHEMA
 
-__all__ = ['plain_config', 'architecture_of', 'architecture', 'train_summary']
+__all__ = ['plain_config', 'architecture_of', 'architecture', 'process_records', 'train_summary']
 
 
 def plain_config(cfg: Any) -> Dict[str, Any]:
@@ -34,6 +34,15 @@ def architecture_of(model: Any, configured: str) -> str:
 def architecture(run: Any) -> str:
     """The architecture the run's weights are for (:func:`architecture_of` its model and configured name)."""
     return architecture_of(run.model, run.cfg.model)
+
+
+def process_records(run: Any) -> List[Dict[str, Any]]:
+    """The processes that trained the run so far, oldest first: the epochs each ran (1-based, inclusive), its wall
+    clock, device and command. A run resumed from ``last.pt`` (``--resume``) has one per process."""
+    done = run.history[-1]['epoch'] if run.history else 0
+    mine = {'epochs': [run.first_epoch + 1, done], 'seconds': round(run.wall_clock_seconds() - run.prior_seconds, 3),
+            'device': hardware_name(run.device), 'command': run.command}
+    return list(run.prior_processes) + ([mine] if done > run.first_epoch else [])
 
 
 def _attack(cfg: Any) -> Optional[Dict[str, Any]]:
@@ -99,4 +108,5 @@ def train_summary(run: Any, final_sha: Optional[str]) -> Dict[str, Any]:
         'hardware': {'device': hardware_name(run.device), 'world_size': run.world, 'torch': torch.__version__,
                      'step': cfg.step, 'step_fallback': run.step.fallback if run.step is not None else None},
         'command': run.command,
+        'processes': process_records(run),
     }

@@ -209,3 +209,17 @@ def test_card_names_the_hardware_of_each_run(rel):
             'torch 2.11.0, float32, channels_last memory;') in body
     body = body_with(hardware=cpu)  # one run: the report's own hardware, no run numbers
     assert '- Evaluation: cpu (AMD EPYC, 2 cores), torch 2.14.1, float32;' in body
+
+
+def test_card_lists_the_processes_of_a_resumed_training_run(rel):
+    first = {'epochs': [1, 44], 'seconds': 536.4, 'device': 'NVIDIA H200', 'command': 'train.py --epochs 80 --resume'}
+    second = {'epochs': [45, 80], 'seconds': 430.8, 'device': None, 'command': 'train.py --epochs 80 --resume'}
+    edit_json(rel.folder / 'results.json', lambda d: d['training'].update(processes=[first, second]))
+    write_card(rel.folder)
+    validate_release(rel.folder)
+    assert ("Trained in 2 processes, each resuming the previous one's `last.pt` (weights, optimizer, RNG state, "
+            "history): epochs 1-44 in 8.9 min on NVIDIA H200; epochs 45-80 in 7.2 min on unknown hardware. The "
+            "command below is the last process's.") in card_body(rel.folder)
+    edit_json(rel.folder / 'results.json', lambda d: d['training'].update(processes=[first]))
+    write_card(rel.folder)  # one process: nothing to say beyond the command
+    assert 'Trained in' not in card_body(rel.folder)

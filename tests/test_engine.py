@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fsr_hub.benchmark import benchmark_train_step
+from fsr_hub.hardware import hardware_name
 from fsr_hub.engine import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train
 from fsr_hub.objectives import AdversarialObjective, ObjectiveConfig
 from fsr_hub.schedule import default_eval_every, eval_epochs, lr_milestones
@@ -105,7 +106,7 @@ def test_budgeted_run_resumed_after_kill_equals_epochs_run(tmp_path):
 
     cfg = tiny_config(tmp_path / 'run')
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, model=tiny_fsr_net(), data=data, step_callback=kill)
+        train(cfg, model=tiny_fsr_net(), data=data, step_callback=kill, command='train first')
     out = tmp_path / 'run'
     assert load_checkpoint(out / 'last.pt')['epoch'] == 1
     # what a copy taken now finds: the summary of epoch 1 and the best weights it names
@@ -115,7 +116,7 @@ def test_budgeted_run_resumed_after_kill_equals_epochs_run(tmp_path):
     assert partial['weights']['best']['sha256'] == sha256_file(out / 'best.safetensors')
     with safe_open(str(out / 'best.safetensors'), 'pt') as f:
         assert f.metadata()['epoch'] == '1'
-    res = train(replace(cfg, resume=True), model=tiny_fsr_net(), data=data)
+    res = train(replace(cfg, resume=True), model=tiny_fsr_net(), data=data, command='train second --resume')
     ref_sd, res_sd = ref.model.state_dict(), res.model.state_dict()
     assert all(torch.equal(ref_sd[k], res_sd[k]) for k in ref_sd)
     drop = ('epoch_seconds', 'images_per_second', 'holdout_seconds')
@@ -127,6 +128,35 @@ def test_budgeted_run_resumed_after_kill_equals_epochs_run(tmp_path):
     # the summary counts every epoch, including those run before the kill, and the earlier process's time
     assert len(res.summary['epoch_seconds']) == len(ref.summary['epoch_seconds']) == len(ref.history)
     assert res.summary['wall_clock_seconds'] >= sum(res.summary['epoch_seconds'])
+    # and each process: the epochs it ran, its time, device and command
+    cpu = hardware_name(torch.device('cpu'))
+    (one,) = ref.summary['processes']
+    assert one['epochs'] == [1, 2] and one['device'] == cpu and one['seconds'] == pytest.approx(ref.summary['wall_clock_seconds'], abs=0.01)
+    first, second = res.summary['processes']
+    assert (first['epochs'], first['command'], second['epochs'], second['command']) == (
+        [1, 1], 'train first', [2, 2], 'train second --resume')
+    assert first['device'] == second['device'] == cpu
+    assert first['seconds'] + second['seconds'] == pytest.approx(res.summary['wall_clock_seconds'], abs=0.01)
+
+
+def test_a_checkpoint_without_process_records_resumes_with_one_for_its_epochs(tmp_path):
+    # last.pt as written before checkpoints kept the processes (the first lease of fsr_resnet18.at_cifar10)
+    data, cfg = separable_data(128), tiny_config(tmp_path, epochs=3)
+
+    def kill(epoch, step):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, model=tiny_fsr_net(), data=data, step_callback=kill, command='train first')
+    ckpt = load_checkpoint(tmp_path / 'last.pt')
+    del ckpt['processes']
+    save_checkpoint(ckpt, tmp_path / 'last.pt')
+    res = train(replace(cfg, resume=True), model=tiny_fsr_net(), data=data, command='train again')
+    first, second = res.summary['processes']
+    assert first == {'epochs': [1, 2], 'seconds': round(ckpt['wall_clock_seconds'], 3),
+                     'device': hardware_name(torch.device('cpu')), 'command': 'train first'}
+    assert second['epochs'] == [3, 3] and second['command'] == 'train again'
 
 
 def test_time_budget_fixes_the_epochs_and_ends_in_time(tmp_path):
