@@ -36,7 +36,12 @@ def load_checkpoint(path: os.PathLike, map_location: Any = 'cpu') -> Dict[str, A
         raise CheckpointError(f'Checkpoint not found: {path}')
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+    except pickle.UnpicklingError as e:  # torch's text advises weights_only=False: never here, so only its reason
+        lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.startswith('Check the documentation')]
+        reason = lines[-1].split('. ')[0] if lines else 'UnpicklingError'
+        raise CheckpointError(f'Checkpoint {path} is unreadable: not a weights-only torch file (tensors and plain '
+                              f'values; fsr-hub unpickles nothing else): {reason}.') from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f'Checkpoint {path} is unreadable ({type(e).__name__}: {e}).') from e
     if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT:
         raise CheckpointError(f'{path} is not an fsr-hub training checkpoint.')

@@ -1,5 +1,6 @@
 """Training engine: learning, exact resume after a kill, atomic checkpoints, outputs written as they appear,
 time budgets, natural training, recipe defaults, the step paths, DDP."""
+import datetime
 import json
 import os
 import subprocess
@@ -201,6 +202,11 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
         load_checkpoint(tmp_path / 'bad.pt')
     with pytest.raises(CheckpointError, match='not found'):
         load_checkpoint(tmp_path / 'missing.pt')
+    # a pickle with an object in it is refused in one line, without torch's advice to load it unsafely
+    torch.save({'format': CKPT_FORMAT, 'when': datetime.date(2026, 12, 4)}, tmp_path / 'object.pt')
+    with pytest.raises(CheckpointError, match='not a weights-only torch file') as info:
+        load_checkpoint(tmp_path / 'object.pt')
+    assert '\n' not in str(info.value) and 'datetime.date' in str(info.value) and 'False' not in str(info.value)
 
 
 def test_outputs_and_amp_path(tmp_path):
