@@ -35,6 +35,6 @@ def test_release_agrees_with_an_independent_remeasure(name):
 
 def test_remeasure_refuses_what_it_cannot_compare(tmp_path, capsys):
     assert tool.main([str(tmp_path), '--data', str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith('error: ')
+    assert capsys.readouterr().err == f'error: {tmp_path} is not a release folder: results.json is missing.\n'
     with pytest.raises(ValueError, match='no per-example pgd20'):
         tool.card_flags({'results': {}, 'per_example': {}}, 'pgd20')

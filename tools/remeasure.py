@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     try:
         if min(args.n_clean, args.n_pgd) <= 0:
             raise ValueError('--n-clean and --n-pgd must be positive.')
+        if not (folder / 'results.json').is_file():
+            raise ValueError(f'{folder} is not a release folder: results.json is missing.')
         results = json.loads((folder / 'results.json').read_text())
         # timm's own loader of a hub-format folder (config.json + model.safetensors)
         model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True).eval()
