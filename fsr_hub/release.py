@@ -305,6 +305,8 @@ def readme_table(cards: PathLike = CHECKOUT_CARDS, names: Sequence[str] = tuple(
 def write_readme_table(readme: PathLike, cards: PathLike = CHECKOUT_CARDS, names: Sequence[str] = tuple(RELEASED)) -> Path:
     """Rewrite the block between :data:`README_MARKERS` of ``readme`` with :func:`readme_table`."""
     path = Path(readme)
+    if not path.is_file():
+        raise ReleaseError(f'{path} not found: give the README whose table of released weights to rewrite.')
     text = path.read_text()
     begin, end = README_MARKERS
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):

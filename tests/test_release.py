@@ -346,6 +346,9 @@ def test_make_card_cli(tmp_path, capsys):
     assert tool.main([str(report), '--out', str(tmp_path / 'cards2')]) == 2
     err = capsys.readouterr().err
     assert 'does not fit CifarResNet' in err and err.strip().count('\n') == 0
+    assert tool.main(['--readme', str(tmp_path / 'missing.md')]) == 2
+    assert capsys.readouterr().err == f'make_card: error: {tmp_path / "missing.md"} not found: give the README whose ' \
+                                      'table of released weights to rewrite.\n'
 
 
 # ---------------------------------------------------------------------------------------------------------------
