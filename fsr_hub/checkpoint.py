@@ -10,11 +10,28 @@ import torch
 
 from .schemas import CKPT_FORMAT
 
-__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'write_json', 'rng_state', 'set_rng_state']
+__all__ = ['CheckpointError', 'UnreadableTorchFile', 'load_weights_only', 'save_checkpoint', 'load_checkpoint', 'write_json', 'rng_state', 'set_rng_state']
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not belong to this run."""
+
+
+class UnreadableTorchFile(ValueError):
+    """``torch.load(weights_only=True)`` cannot read a file; the message is one line: torch's reason."""
+
+
+def load_weights_only(path: os.PathLike, map_location: Any = 'cpu') -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain values, never other pickled objects."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's text ends advising weights_only=False: never here, so its reason only
+        lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.startswith('Check the documentation')]
+        raise UnreadableTorchFile(f"UnpicklingError: {lines[-1].split('. ')[0] if lines else ''}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        # KeyError: torch's legacy loader reads a text file's first byte as an unknown pickle opcode
+        first = (str(e).strip().splitlines() or [''])[0]
+        raise UnreadableTorchFile(f'{type(e).__name__}: {first[:200]}') from e
 
 
 def save_checkpoint(state: Dict[str, Any], path: os.PathLike) -> None:
@@ -35,14 +52,9 @@ def load_checkpoint(path: os.PathLike, map_location: Any = 'cpu') -> Dict[str, A
     if not path.is_file():
         raise CheckpointError(f'Checkpoint not found: {path}')
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's text advises weights_only=False: never here, so only its reason
-        lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.startswith('Check the documentation')]
-        reason = lines[-1].split('. ')[0] if lines else 'UnpicklingError'
-        raise CheckpointError(f'Checkpoint {path} is unreadable: not a weights-only torch file (tensors and plain '
-                              f'values; fsr-hub unpickles nothing else): {reason}.') from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f'Checkpoint {path} is unreadable ({type(e).__name__}: {e}).') from e
+        state = load_weights_only(path, map_location)
+    except UnreadableTorchFile as e:
+        raise CheckpointError(f'Checkpoint {path} is unreadable by torch.load(weights_only=True): {e}.') from e
     if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT:
         raise CheckpointError(f'{path} is not an fsr-hub training checkpoint.')
     return state

@@ -12,12 +12,13 @@ Their layouts (key prefixes), checked against the original code's own state dict
 The vanilla twins (``cifar_*``) take the same backbone layouts without the FSR keys: the common CIFAR layouts
 the original backbones follow, e.g. pyautoattack's example ResNet-18 (``pyautoattack/examples/model_test.pt``).
 """
-import pickle
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+
+from .checkpoint import UnreadableTorchFile, load_weights_only
 
 __all__ = ['ConversionError', 'OFFICIAL_ARCHS', 'convert_official_state_dict', 'load_official_checkpoint']
 
@@ -100,11 +101,10 @@ def load_official_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConversionError(f'Checkpoint not found: {path}')
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        # KeyError: torch's legacy loader reads a text file's first byte as an unknown pickle opcode
-        raise ConversionError(f'{path} is not a PyTorch checkpoint that torch.load(weights_only=True) reads: '
-                              f'{type(e).__name__}: {str(e)[:200]}') from None
+        obj = load_weights_only(path)
+    except UnreadableTorchFile as e:
+        raise ConversionError(f'{path} is not a PyTorch checkpoint that torch.load(weights_only=True) reads: {e}') \
+            from None
     for key in ('state_dict', 'model', 'net'):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

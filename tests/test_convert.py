@@ -5,6 +5,7 @@ each architecture, the original code's state_dict keys and shapes, a rule to fil
 eval-mode logits and auxiliary logits the original code gives for them (float64). Nothing here is derived from our
 own key mapping.
 """
+import datetime
 import importlib.util
 import json
 import math
@@ -125,6 +126,10 @@ def test_bad_checkpoint_files(tmp_path, capsys):
         junk.write_bytes(data)
         with pytest.raises(ConversionError, match='junk.pth is not a PyTorch checkpoint that torch.load'):
             load_official_checkpoint(junk)
+    torch.save({'w': torch.ones(1), 'when': datetime.date(2026, 12, 4)}, junk)  # an object torch refuses to unpickle
+    with pytest.raises(ConversionError, match='GLOBAL datetime.date was not an allowed global') as info:
+        load_official_checkpoint(junk)
+    assert '\n' not in str(info.value) and 'False' not in str(info.value)  # one line, no advice to load unsafely
     tool = load_tool('convert_official')
     assert tool.main([str(junk), '--arch', 'fsr_vgg16', '--out', str(tmp_path / 'o.safetensors')]) == 2
     assert 'junk.pth' in capsys.readouterr().err
