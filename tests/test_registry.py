@@ -15,6 +15,7 @@ import fsr_hub  # noqa: F401
 from fsr_hub.models import ALIASES, ALL_MODELS, CifarResNet, register_robustbench_alias
 from fsr_hub.catalog import (
     DEFAULT_ORDER, DEFAULT_ORG, PLANNED, RELEASED, default_release, hub_id, local_release, robustbench_name,
+    split_name,
 )
 from fsr_hub.weights import WeightsError, read_weights, resolve_pretrained_file, save_weights
 
@@ -205,3 +206,13 @@ def test_the_default_release_is_the_best_released():
     both = {'fsr_resnet18.fgsmrs_cifar10': '0' * 64, 'fsr_resnet18.at_cifar10': '1' * 64}
     assert default_release(both) == 'fsr_resnet18.at_cifar10'  # the paper's recipe, once released
     assert default_release() in RELEASED
+
+
+def test_timm_and_torch_hub_default_to_the_main_jobs_release():
+    """``pretrained=True`` without a tag gives the release ``python -m fsr_hub`` shows (not the first released)."""
+    arch, tag = split_name(default_release())
+    assert timm.models.get_pretrained_cfg(arch).tag == tag
+    if local_release(default_release()) is None:
+        pytest.skip('the released weights are not in this checkout')
+    model = torch.hub.load(str(REPO_ROOT), arch, source='local', pretrained=True)
+    assert model.pretrained_cfg['tag'] == tag

@@ -12,7 +12,7 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
-from ..catalog import PLANNED, RELEASED, hub_id, release_name, robustbench_name, split_name
+from ..catalog import DEFAULT_ORDER, PLANNED, RELEASED, hub_id, release_name, robustbench_name, split_name
 from ..weights import WEIGHTS_NAME, WeightsError, check_fit, check_pretrained_file
 from .base import FSRNet, FSRPretrainedCfg
 
@@ -46,12 +46,14 @@ def release_cfg(cfg: FSRPretrainedCfg, name: str, sha256: str) -> FSRPretrainedC
 
 
 def pretrained_cfgs(architecture: str, cfg: FSRPretrainedCfg) -> Dict[str, FSRPretrainedCfg]:
-    """``default_cfgs`` entries of ``architecture``: one per released tag (the first is timm's default), or, while
-    none is released, the untagged ``cfg`` (no weights). So ``timm.list_pretrained`` lists exactly the released
-    weights: timm would also list an untagged entry once the default has weights."""
-    released = {name: release_cfg(cfg, name, sha256) for name, sha256 in RELEASED.items()
-                if split_name(name)[0] == architecture}
-    return released or {architecture: cfg}
+    """``default_cfgs`` entries of ``architecture``: one per released tag, or, while none is released, the untagged
+    ``cfg`` (no weights). So ``timm.list_pretrained`` lists exactly the released weights: timm would also list an
+    untagged entry once the default has weights. The first is timm's default (``pretrained=True`` without a tag):
+    in :data:`DEFAULT_ORDER` first, so that it is ``python -m fsr_hub``'s release where that is this architecture's,
+    then in :data:`RELEASED` order."""
+    names = sorted((n for n in RELEASED if split_name(n)[0] == architecture),
+                   key=lambda n: DEFAULT_ORDER.index(n) if n in DEFAULT_ORDER else len(DEFAULT_ORDER))
+    return {name: release_cfg(cfg, name, RELEASED[name]) for name in names} or {architecture: cfg}
 
 
 def _resolve_cfg(
