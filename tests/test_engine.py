@@ -303,6 +303,7 @@ for fsr_loss in (True, False):  # without FSR losses the aux heads are unused pa
 '''
 
 
+@pytest.mark.slow  # a torchrun launch of two processes: ~10 s on 2 cores
 def test_ddp_two_cpu_processes(tmp_path):
     # one torchrun launch trains twice (with and without the FSR losses): the start-up is paid once
     script = tmp_path / 'worker.py'

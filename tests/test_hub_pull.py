@@ -6,8 +6,8 @@ huggingface_hub reads ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``HF_ENDPOINT`` o
 public way to change them afterwards, so the pulls run in one fresh interpreter started offline with those
 documented environment variables, and report what they got as JSON.
 
-No tag is released yet, so there is no registry pin: timm's public ``pretrained_cfg_overlay`` names the hub repo
-and the sha256 instead, as a user loading their own copy would.
+The release pulled here has random weights and no registry pin: timm's public ``pretrained_cfg_overlay`` names the
+hub repo and the sha256 instead, as a user loading their own copy would (the registry's pins: test_registry.py).
 """
 import json
 
