@@ -10,7 +10,8 @@ import torch
 
 from .schemas import CKPT_FORMAT
 
-__all__ = ['CheckpointError', 'UnreadableTorchFile', 'load_weights_only', 'save_checkpoint', 'load_checkpoint', 'write_json', 'rng_state', 'set_rng_state']
+__all__ = ['CheckpointError', 'UnreadableTorchFile', 'load_weights_only', 'save_checkpoint', 'load_checkpoint',
+           'write_json', 'rng_state', 'set_rng_state']
 
 
 class CheckpointError(RuntimeError):

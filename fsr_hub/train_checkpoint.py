@@ -69,10 +69,11 @@ def checkpoint_state(run: RunState) -> Dict[str, Any]:
 def _one_earlier_process(run: RunState, ckpt: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The process record of a ``last.pt`` written before checkpoints kept them: its epochs and wall clock, with the
     device and command of the summary written beside it after the same epoch, where there is one."""
-    summary = {}
-    path = run.out / 'train_summary.json'
-    if path.is_file():
-        summary = json.loads(path.read_text())
+    try:
+        summary = json.loads((run.out / 'train_summary.json').read_text())
+    except (OSError, ValueError):  # none, or unreadable: the record only lacks the device and command
+        summary = None
+    summary = summary if isinstance(summary, dict) else {}
     return [{'epochs': [1, ckpt['epoch']], 'seconds': round(float(ckpt.get('wall_clock_seconds', 0.0)), 3),
              'device': (summary.get('hardware') or {}).get('device'), 'command': summary.get('command')}]
 

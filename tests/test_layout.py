@@ -35,7 +35,7 @@ def test_ci_runs_the_readmes_two_set_up_commands():
     commands = [line.split('#', 1)[0].strip() for line in block.split('```', 1)[0].splitlines()]
     install, tests = commands
     ci = root.joinpath('.ci', 'run').read_text().replace('python3 ', 'python ').splitlines()
-    assert install.startswith("pip install -c constraints/ci.txt -e '.[test]' && ") and install.endswith('python -m fsr_hub')
+    assert install == "pip install -c constraints/ci.txt -e '.[test]' && python -m fsr_hub"
     assert "python -m pip install -q -c constraints/ci.txt -e '.[test]'" in ci
     assert tests == 'python -m pytest -q' and ci[-2:] == [tests, f'{tests} -m slow']
     pins = root.joinpath('constraints', 'ci.txt').read_text().splitlines()
