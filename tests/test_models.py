@@ -6,7 +6,7 @@ from timm.data import resolve_data_config
 
 import fsr_hub
 from fsr_hub.models import ALL_MODELS, VANILLA_TWINS
-from fsr_hub.catalog import RELEASED, hub_id
+from fsr_hub.catalog import RELEASED, default_release, hub_id
 
 # stage attribute names that feature_info lists, per architecture family
 FEATURES = {'resnet18': ['layer1', 'layer2', 'layer3', 'layer4'], 'vgg16': ['block0', 'block1', 'block2', 'block3', 'block4'],
@@ -167,9 +167,11 @@ def test_pretrained_cfg_declares_cifar_preprocessing(model):
     cfg = m.pretrained_cfg
     assert cfg['input_size'] == (3, 32, 32) and cfg['fixed_input_size'] and cfg['crop_pct'] == 1.0
     assert cfg['num_classes'] == 10 and cfg['architecture'] == name
-    released = [n for n in RELEASED if n.startswith(name + '.')]  # timm's default: the first release, if any
-    assert cfg.get('sha256') == (RELEASED[released[0]] if released else None)
-    assert cfg.get('hf_hub_id') == (hub_id(released[0]) if released else None)
+    # timm's default: the main job's release where it is this architecture's, else the first release, if any
+    released = [n for n in RELEASED if n.startswith(name + '.')]
+    default = default_release() if default_release() in released else (released[0] if released else None)
+    assert cfg.get('sha256') == (RELEASED[default] if default else None)
+    assert cfg.get('hf_hub_id') == (hub_id(default) if default else None)
     data_cfg = resolve_data_config({}, model=m)
     assert data_cfg['mean'] == (0.0, 0.0, 0.0) and data_cfg['std'] == (1.0, 1.0, 1.0)
     classifiers = (cfg['classifier'],) if isinstance(cfg['classifier'], str) else tuple(cfg['classifier'])
