@@ -151,7 +151,7 @@ def test_help_parses_before_the_evaluation_stack_loads(fresh):
     assert run['loaded'] == []
 
 
-@pytest.mark.slow  # the real default model, PGD-20 on 50 images: ~30 s on 2 cores
+@pytest.mark.slow  # the real default model, PGD-20 on 50 images: 35-71 s measured on 2 cores
 def test_python_m_fsr_hub_runs_offline(tmp_path):
     """The README's first command, offline in this checkout: the best released model from its release folder,
     measured clean and PGD-20 on 50 sample images beside its card's numbers."""

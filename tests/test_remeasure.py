@@ -14,7 +14,7 @@ from release_builders import load_tool
 tool = load_tool('remeasure')
 
 
-@pytest.mark.slow  # each: torchattack's PGD-20 on 12 images through a released model, ~10-13 s on 2 cores
+@pytest.mark.slow  # each: torchattack's PGD-20 on 12 images through a released model, 10-30 s measured on 2 cores
 @pytest.mark.parametrize('name', sorted(RELEASED))
 def test_release_agrees_with_an_independent_remeasure(name):
     pytest.importorskip('torchattack', reason="the 'analysis' extra is not installed")
