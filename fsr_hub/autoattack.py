@@ -273,6 +273,19 @@ def _saved_seconds_per_unit(st: AAState, cost: Dict[str, float]) -> Optional[flo
     return st.seconds / units if units > 0 and st.seconds > 0 else None
 
 
+def _measured_seconds_per_unit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds per gradient evaluation (forward + input-gradient backward) per image on this machine, timed on
+    (x, y) after one warm-up pass: a lower bound, for the first batch's estimate when no speed is known."""
+    for _ in range(2):
+        t0 = time.perf_counter()
+        xg = x.detach().clone().requires_grad_(True)
+        torch.autograd.grad(nn.functional.cross_entropy(model(xg), y), xg)
+        if xg.is_cuda:
+            torch.cuda.synchronize(xg.device)
+        seconds = time.perf_counter() - t0
+    return seconds / len(y)
+
+
 def _start(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Dict[str, Any], eps: float, seed: int,
            batch_size: int, state: Optional[Dict[str, Any]]) -> Tuple[AAState, torch.Tensor]:
     """The state a run starts from (``state`` checked and, for another batch size, re-batched; else the clean-correct
@@ -299,13 +312,15 @@ def run_autoattack_resumable(
         state: Optional[Dict[str, Any]] = None,
         should_stop: Optional[Callable[[float], bool]] = None,
         on_batch: Optional[Callable[[AAState], None]] = None,
+        saved_speed: bool = True,
 ) -> AAResult:
     """AutoAttack on (x, y), continuing from ``state`` (an :meth:`AAState.to_dict`) if given.
 
     Before each batch, ``should_stop(estimated_seconds)`` may end the run early (a deadline); after each batch
     ``on_batch(state)`` sees the new state (save it to continue later). Estimates come from the last batch of the
-    same sub-attack, or from the seconds per gradient evaluation measured so far (at first, in a resumed
-    run, the speed the saved state records).
+    same sub-attack, or from the seconds per gradient evaluation measured so far; the first batch's from one
+    gradient evaluation of it timed here or, if slower, in a resumed run, the speed the saved state records (unless
+    ``saved_speed`` is False: the state was saved on another machine).
     """
     if model.training:
         raise ValueError('AutoAttack must run on a model in eval mode (deterministic FSR mask).')
@@ -320,7 +335,8 @@ def run_autoattack_resumable(
     x_adv = x.clone()
     st, robust = _start(model, x, y, cfg, eps, seed, batch_size, state)
     # a resumed run's first batch is estimated from the saved run's speed (a batch may last an hour on a CPU)
-    sec_per_unit = _saved_seconds_per_unit(st, cost)
+    sec_per_unit = _saved_seconds_per_unit(st, cost) if saved_speed else None
+    timed = False  # whether this machine's speed has been timed (before the first batch, when there is a deadline)
     last: Dict[str, float] = {}  # sub-attack -> seconds per point of its last batch
     for sub in order:
         if sub in st.done:
@@ -333,6 +349,9 @@ def run_autoattack_resumable(
         batches = [points[i:i + batch_size] for i in range(0, len(points), batch_size)]
         for b in range(st.batches_done, len(batches)):
             idx = batches[b][robust[batches[b]]]  # points broken since (none in an uninterrupted run) stay broken
+            if not timed and should_stop is not None and len(idx):  # a saved speed may be a faster machine's
+                here = _measured_seconds_per_unit(model, x[idx.to(x.device)], y[idx.to(y.device)])
+                sec_per_unit, timed = max(sec_per_unit or 0.0, here), True
             per_point = last.get(sub, sec_per_unit * cost[sub] if sec_per_unit else None)
             if should_stop is not None and should_stop(per_point * len(idx) if per_point else 0.0):
                 return AAResult(False, robust.clone(), x_adv, st, cfg)

@@ -306,6 +306,10 @@ def test_masking_checks_stopped_and_resumed_equal_one_run():
     aa = evaluate(model, x, y, **{**kw, 'attacks': ('clean', 'pgd20', 'autoattack')}, masking_checks=False,
                   previous=slow, deadline_minutes=1)
     assert ' s needed for its first batch of 2 images (all 4: about ' in aa['not_run']['autoattack']
+    # the speed another machine measured does not plan this one's deadline (a CPU's would stall a GPU)
+    elsewhere = evaluate(model, x, y, previous={**slow, 'hardware': {'device': 'NVIDIA H200'}}, deadline_minutes=1,
+                         **kw)
+    assert 'masking_checks' not in elsewhere['not_run'] and elsewhere['masking_checks']['n'] == 4
     rest = evaluate(model, x, y, previous=late, **kw)
     assert rest['complete'] and 'masking_checks' not in rest['progress'] and rest['resumed'] == ['clean', 'pgd20']
     drop = lambda m: {k: v for k, v in m.items() if k != 'seconds'}  # noqa: E731
@@ -365,12 +369,16 @@ def test_autoattack_stopped_and_resumed_equals_one_run_and_may_change_batch_size
     part = run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small,
                                     should_stop=stop_after_four_batches, on_batch=lambda st: saved.append(st.to_dict()))
     assert not part.complete and part.state.done == ['apgd-ce'] and part.state.current == 'apgd-t'
-    assert calls[0] == 0.0 and calls[-1] > 0  # the later batches are estimated from the measured ones
+    assert calls[0] > 0 and calls[-1] > 0  # the first batch from a timed gradient evaluation, later ones measured
     state = json.loads(json.dumps(saved[-1]))  # what a report on disk holds
     resumed_calls = []
     rest = run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small, state=state,
                                     should_stop=lambda est: resumed_calls.append(est) or False)
     assert resumed_calls[0] > 0  # the first resumed batch is estimated from the saved run's speed
+    elsewhere_calls = []  # unless the state was saved on another machine: then from a gradient evaluation timed here
+    run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides=small, state=state, saved_speed=False,
+                             should_stop=lambda est: elsewhere_calls.append(est) or True)
+    assert len(elsewhere_calls) == 1 and elsewhere_calls[0] > 0
     assert rest.complete and torch.equal(rest.robust, whole.robust)
     assert rest.state.robust_after == whole.state.robust_after
     assert unpack_flags(pack_flags(whole.robust), 12).equal(whole.robust)
@@ -514,3 +522,18 @@ def test_verify_cli_channels_last_is_recorded(tmp_path, cifar_root):
                         '--device', 'cpu', '--no-progress', '--channels-last']) == 0
     report = json.loads(out.read_text())
     assert report['hardware']['memory_format'] == 'channels_last' and '--channels-last' in report['command']
+
+
+def test_autoattack_progress_on_other_images_starts_again():
+    # a 1,000-image run's progress, continued by a run on all images (the GPU's full verification), is not refused
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    x = _data(6, seed=3)[0]
+    y = model(x).argmax(1).detach()
+    saved = []
+    part = run_autoattack_resumable(model, x[:4], y[:4], 8 / 255, batch_size=2, on_batch=lambda st: saved.append(
+        st.to_dict()), should_stop=lambda est: len(saved) > 0)
+    assert not part.complete and saved[-1]['n'] == 4
+    kw = dict(attacks=('clean', 'autoattack'), batch_size=2, masking_checks=False, progress=False)
+    ev = evaluate(model, x, y, previous={'progress': {'autoattack': saved[-1]}}, **kw)
+    assert ev['complete'] and ev['results']['autoattack']['n'] == 6 and 'autoattack' not in ev['progress']

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..attack_registry import CLEAN, ENSEMBLE, ENSEMBLE_ATTACKS, MASKING, SOURCE_ATTACKS, SPECS
 from ..autoattack import AA_KEYS, departures, pack_flags, unpack_flags
-from ..hardware import MEMORY_FORMATS, strict_float32
+from ..hardware import MEMORY_FORMATS, hardware_name, strict_float32
 from .checks import STEPS_SWEEP, masking_section
 from .config import EvalConfig
 from .measure import Clock, DeadlineReached, assert_eval, pct, per_class, subset_label
@@ -44,6 +44,8 @@ class EvaluationRun:
         self.traj: Dict[int, List[torch.Tensor]] = {k: [] for k in STEPS_SWEEP}
         self.current: Optional[str] = None
         self.resumed: List[str] = []
+        #: whether the continued evaluation ran on a machine like this one (its speeds then plan this run)
+        self.same_machine = True
         if previous is not None:
             self._adopt(previous)
 
@@ -59,6 +61,8 @@ class EvaluationRun:
         return name not in SOURCE_ATTACKS or entry.get('source') == self.config.source  # else: another source
 
     def _adopt(self, prev: Mapping[str, Any]) -> None:
+        # another machine's speed would misplan the deadline (a CPU's would keep a GPU from starting a stage)
+        self.same_machine = (prev.get('hardware') or {}).get('device') in (None, hardware_name(self.config.device))
         per_example = prev.get('per_example') or {}
         for name, entry in (prev.get('results') or {}).items():
             if name not in self.stages or name not in per_example:
@@ -70,7 +74,7 @@ class EvaluationRun:
             self.flags[name] = unpack_flags(per_example[name], n)
             self.not_run.pop(name, None)
             self.resumed.append(name)
-            if name in BATCH_COST and isinstance(entry.get('seconds'), (int, float)):
+            if self.same_machine and name in BATCH_COST and isinstance(entry.get('seconds'), (int, float)):
                 self.clock.record(BATCH_COST[name] * n, entry['seconds'])  # the speed measured then plans this run
         m = prev.get('masking_checks')
         if MASKING in self.stages and isinstance(m, dict) and m.get('n') == self.n_images(MASKING):

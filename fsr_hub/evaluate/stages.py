@@ -89,8 +89,10 @@ def _aa_units(run: 'EvaluationRun', name: str) -> float:
 def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
     """AutoAttack (the version of ``name``), continuing its saved progress; saves it after every batch."""
     n = run.n_images(name)
-    state = run.saved_progress.get(name)
     c = run.config
+    state = run.saved_progress.get(name)
+    if state is not None and (state.get('n'), state.get('eps'), state.get('seed')) != (n, c.eps, c.seed):
+        state = None  # progress on other images, at another eps or seed: start again
     # resumable: start when one batch fits (progress is saved batch by batch), not only when all of it does
     b = min(c.batch_size, n)
     if state is None:
@@ -109,7 +111,8 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
         return not run.clock.fits(estimate)
 
     res = run_autoattack_resumable(run.model, run.x[:n], run.y[:n], c.eps, AA_KEYS[name], c.batch_size, c.seed,
-                                   c.device, state=state, should_stop=should_stop, on_batch=save)
+                                   c.device, state=state, should_stop=should_stop, on_batch=save,
+                                   saved_speed=run.same_machine)
     assert_eval(run.model)
     run.saved_progress[name] = res.state.to_dict()
     if not res.complete:
