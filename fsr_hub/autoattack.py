@@ -275,7 +275,7 @@ def _saved_seconds_per_unit(st: AAState, cost: Dict[str, float]) -> Optional[flo
 
 def _measured_seconds_per_unit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Seconds per gradient evaluation (forward + input-gradient backward) per image on this machine, timed on
-    (x, y) after one warm-up pass: a lower bound, for the first batch's estimate when no speed is known."""
+    (x, y) after one warm-up pass: a lower bound, for the first batch's estimate."""
     for _ in range(2):
         t0 = time.perf_counter()
         xg = x.detach().clone().requires_grad_(True)
@@ -334,7 +334,7 @@ def run_autoattack_resumable(
     x, y = x.to(device), y.to(device)
     x_adv = x.clone()
     st, robust = _start(model, x, y, cfg, eps, seed, batch_size, state)
-    # a resumed run's first batch is estimated from the saved run's speed (a batch may last an hour on a CPU)
+    # a resumed run's saved speed: the least its first batch is estimated at (a batch may last an hour on a CPU)
     sec_per_unit = _saved_seconds_per_unit(st, cost) if saved_speed else None
     timed = False  # whether this machine's speed has been timed (before the first batch, when there is a deadline)
     last: Dict[str, float] = {}  # sub-attack -> seconds per point of its last batch
