@@ -1,6 +1,7 @@
 """The verify report: schema, accuracies, Ensemble, masking checks, and the command line."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -537,3 +538,8 @@ def test_autoattack_progress_on_other_images_starts_again():
     kw = dict(attacks=('clean', 'autoattack'), batch_size=2, masking_checks=False, progress=False)
     ev = evaluate(model, x, y, previous={'progress': {'autoattack': saved[-1]}}, **kw)
     assert ev['complete'] and ev['results']['autoattack']['n'] == 6 and 'autoattack' not in ev['progress']
+    # the same images under a deadline: the stop names the batch estimate it refused, and the progress stays
+    late = evaluate(model, x[:4], y[:4], previous={'progress': {'autoattack': saved[-1]}}, deadline_minutes=1e-9, **kw)
+    assert re.match(r'deadline: about \d+ s needed for its next batch, 0 s left of 0\.00 min; partial: ',
+                    late['not_run']['autoattack']), late['not_run']['autoattack']
+    assert late['progress']['autoattack']['batches_done'] == saved[-1]['batches_done']

@@ -107,8 +107,13 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
         run.not_run[name] = f'running: {st.describe()}'
         run.update()
 
+    refused: List[float] = []  # the estimate of the batch the deadline did not leave time for
+
     def should_stop(estimate: float) -> bool:
-        return not run.clock.fits(estimate)
+        if run.clock.fits(estimate):
+            return False
+        refused.append(estimate)
+        return True
 
     res = run_autoattack_resumable(run.model, run.x[:n], run.y[:n], c.eps, AA_KEYS[name], c.batch_size, c.seed,
                                    c.device, state=state, should_stop=should_stop, on_batch=save,
@@ -116,7 +121,8 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
     assert_eval(run.model)
     run.saved_progress[name] = res.state.to_dict()
     if not res.complete:
-        run.not_run[name] = (f'{run.clock.reason()}; partial: {res.state.describe()} (progress saved: '
+        reason = run.clock.reason(refused[-1], 'its next batch') if refused else run.clock.reason()
+        run.not_run[name] = (f'{reason}; partial: {res.state.describe()} (progress saved: '
                              f'continue with --resume)')
         return
     entry = {**accuracy_entry(res.robust, run.y, len(run.y), c.num_classes), 'seconds': round(res.state.seconds, 3),
