@@ -1,13 +1,14 @@
 """The measured metrics of a verify report as the model card shows them: one row per metric (its accuracy, the
 images it was measured on, the 95 % interval, the paper's number) and each attack's protocol in words.
 """
+import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import paper
 from .attack_registry import ATTACKS, AUTOATTACK_VERSIONS, DISPLAY_NAMES, ENSEMBLE, NATTACK, SOURCE_ATTACKS, names
 
 __all__ = ['PER_CLASS_METRICS', 'ci95', 'metric_sample', 'autoattack_protocol', 'describe_attack', 'format_number',
-           'eps_255', 'metric_rows']
+           'eps_255', 'in_progress', 'metric_rows']
 
 #: PER_CLASS_METRICS: the metrics the per-class section shows per class (:mod:`fsr_hub.card_plots`);
 #: _EXTRA_METRICS: those the card's table shows after the paper's (:data:`fsr_hub.paper.METRICS`) when measured
@@ -85,6 +86,16 @@ def eps_255(eps: Any) -> str:
     return f'{round(eps * 255)}/255' if isinstance(eps, (int, float)) else 'unknown'
 
 
+def in_progress(results: Mapping[str, Any], key: str) -> str:
+    """What a metric that has no result yet has run so far ('' if nothing): a stage stopped at a deadline or still
+    running saves its progress in the report, and the card says how far it got instead of only "not measured"."""
+    reason = (results.get('not_run') or {}).get(key)
+    if not isinstance(reason, str):
+        return ''
+    m = re.search(r'(?:partial|running): (.*?)(?: \(progress saved[^)]*\))?$', reason)
+    return f'in progress, no result until it completes: {m.group(1)}' if m else ''
+
+
 def metric_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
     measured, data = results['results'], results['data']
     ref = results.get('paper_reference') or {}
@@ -97,5 +108,6 @@ def metric_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
         ours = entry.get('accuracy')
         rows.append(dict(key=k, name=paper.METRIC_NAMES.get(k) or _EXTRA_METRICS[k], ours=ours, n=n, whole=whole,
                          ci=ci95(ours, n) if ours is not None and n else None, paper=pm.get(k), source=ps.get(k, '-'),
-                         protocol=describe_attack(k, entry, results.get('eps')) if k in measured else ''))
+                         protocol=describe_attack(k, entry, results.get('eps')) if k in measured else
+                         in_progress(results, k)))
     return rows

@@ -223,3 +223,18 @@ def test_card_lists_the_processes_of_a_resumed_training_run(rel):
     edit_json(rel.folder / 'results.json', lambda d: d['training'].update(processes=[first]))
     write_card(rel.folder)  # one process: nothing to say beyond the command
     assert 'Trained in' not in card_body(rel.folder)
+
+
+def test_card_says_how_far_an_unfinished_autoattack_got(rel):
+    partial = ('1 of 4 sub-attacks done (apgd-ce), stopped at apgd-t batch 3 of 8; 378 of 1000 points still robust')
+
+    def stop(d: dict) -> None:
+        d['results'].pop('autoattack', None)
+        d.setdefault('not_run', {})['autoattack'] = (f'deadline: about 900 s needed for its next batch, 12 s left of '
+                                                     f'140.00 min; partial: {partial} (progress saved: continue '
+                                                     f'with --resume)')
+    edit_json(rel.folder / 'results.json', stop)
+    write_card(rel.folder)
+    validate_release(rel.folder)
+    row = next(line for line in card_body(rel.folder).splitlines() if line.startswith('| AutoAttack |'))
+    assert row.split(' | ')[1] == 'not measured' and row.endswith(f'in progress, no result until it completes: {partial} |')
