@@ -226,7 +226,7 @@ def test_card_lists_the_processes_of_a_resumed_training_run(rel):
 
 
 def test_card_says_how_far_an_unfinished_autoattack_got(rel):
-    partial = ('1 of 4 sub-attacks done (apgd-ce), stopped at apgd-t batch 3 of 8; 378 of 1000 points still robust')
+    partial = '1 of 4 sub-attacks done (apgd-ce), stopped at apgd-t batch 3 of 8; 378 of 1000 points still robust'
 
     def stop(d: dict) -> None:
         d['results'].pop('autoattack', None)
@@ -237,4 +237,5 @@ def test_card_says_how_far_an_unfinished_autoattack_got(rel):
     write_card(rel.folder)
     validate_release(rel.folder)
     row = next(line for line in card_body(rel.folder).splitlines() if line.startswith('| AutoAttack |'))
-    assert row.split(' | ')[1] == 'not measured' and row.endswith(f'in progress, no result until it completes: {partial} |')
+    assert row.split(' | ')[1] == 'not measured'
+    assert row.endswith(f'in progress, no result until it completes: {partial} |')
