@@ -1,11 +1,11 @@
 """The measured metrics of a verify report as the model card shows them: one row per metric (its accuracy, the
 images it was measured on, the 95 % interval, the paper's number) and each attack's protocol in words.
 """
-import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import paper
 from .attack_registry import ATTACKS, AUTOATTACK_VERSIONS, DISPLAY_NAMES, ENSEMBLE, NATTACK, SOURCE_ATTACKS, names
+from .schemas import stage_progress
 
 __all__ = ['PER_CLASS_METRICS', 'ci95', 'metric_sample', 'autoattack_protocol', 'describe_attack', 'format_number',
            'eps_255', 'in_progress', 'metric_rows']
@@ -89,11 +89,8 @@ def eps_255(eps: Any) -> str:
 def in_progress(results: Mapping[str, Any], key: str) -> str:
     """What a metric that has no result yet has run so far ('' if nothing): a stage stopped at a deadline or still
     running saves its progress in the report, and the card says how far it got instead of only "not measured"."""
-    reason = (results.get('not_run') or {}).get(key)
-    if not isinstance(reason, str):
-        return ''
-    m = re.search(r'(?:partial|running): (.*?)(?: \(progress saved[^)]*\))?$', reason)
-    return f'in progress, no result until it completes: {m.group(1)}' if m else ''
+    progress = stage_progress(results, key)
+    return f'in progress, no result until it completes: {progress}' if progress else ''
 
 
 def metric_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:

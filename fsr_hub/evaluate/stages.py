@@ -11,6 +11,7 @@ from ..attacks import linf_violation, pgd_trajectory
 from ..autoattack import AA_KEYS, AAState, pack_flags, run_autoattack_resumable, unpack_flags
 from ..blackbox import run_nattack
 from ..hardware import synchronize
+from ..schemas import partial_note, running_note
 from .checks import STEPS_SWEEP, masking_parts, masking_result
 from .measure import accuracy_entry, assert_eval, attack_fn, pct, run_batched
 
@@ -104,7 +105,7 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
 
     def save(st: AAState) -> None:
         run.saved_progress[name] = st.to_dict()
-        run.not_run[name] = f'running: {st.describe()}'
+        run.not_run[name] = running_note(st.describe())
         run.update()
 
     refused: List[float] = []  # the estimate of the batch the deadline did not leave time for
@@ -122,8 +123,7 @@ def autoattack_stage(run: 'EvaluationRun', name: str) -> None:
     run.saved_progress[name] = res.state.to_dict()
     if not res.complete:
         reason = run.clock.reason(refused[-1], 'its next batch') if refused else run.clock.reason()
-        run.not_run[name] = (f'{reason}; partial: {res.state.describe()} (progress saved: '
-                             f'continue with --resume)')
+        run.not_run[name] = partial_note(reason, res.state.describe())
         return
     entry = {**accuracy_entry(res.robust, run.y, len(run.y), c.num_classes), 'seconds': round(res.state.seconds, 3),
              'max_bound_violation': res.state.max_bound_violation, 'implementation': res.config['implementation'],
@@ -203,13 +203,12 @@ def nattack_stage(run: 'EvaluationRun', name: str) -> None:
             per_image = 0.4 * sum(state['queries']) / i if i else _nattack_units(run, p)
             need = run.clock.estimate(per_image * b)
             if not run.clock.fits(need):
-                run.not_run[name] = (f'{run.clock.reason(need)}; partial: {i} of {n} images (progress saved: '
-                                     f'continue with --resume)')
+                run.not_run[name] = partial_note(run.clock.reason(need), f'{i} of {n} images')
                 return
         first_checked = False
         _nattack_batch(run, state, b, p)
         run.saved_progress[name] = state
-        run.not_run[name] = f'running: {i + b} of {n} images done'
+        run.not_run[name] = running_note(f'{i + b} of {n} images done')
         run.update()
     run.saved_progress.pop(name)
     run.finish(name, _nattack_entry(run, state, n, p), unpack_flags(state['correct'], n))
@@ -234,8 +233,7 @@ def masking_stage(run: 'EvaluationRun') -> None:
         what = f'its next part, {name}' + (f' (all {rest} left: about {left:.0f} s)' if left and rest > 1 else '')
         if run.skip_if_late(MASKING, units * n, what):
             if done:
-                run.not_run[MASKING] += (f'; partial: {done} of {len(parts)} parts (progress saved: continue with '
-                                         f'--resume)')
+                run.not_run[MASKING] = partial_note(run.not_run[MASKING], f'{done} of {len(parts)} parts')
             return
         t0 = time.perf_counter()
         state['parts'][name] = measure()
@@ -243,7 +241,7 @@ def masking_stage(run: 'EvaluationRun') -> None:
         run.clock.record(units * n, seconds)
         state['seconds'] = round(state['seconds'] + seconds, 3)
         run.saved_progress[MASKING] = state
-        run.not_run[MASKING] = f'running: {done + 1} of {len(parts)} parts done'
+        run.not_run[MASKING] = running_note(f'{done + 1} of {len(parts)} parts done')
         run.update()
     run.masking = masking_result(n, state['parts'], state['seconds'])
     run.saved_progress.pop(MASKING, None)
