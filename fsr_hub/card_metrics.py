@@ -58,7 +58,8 @@ def describe_attack(key: str, entry: Mapping[str, Any], eps: Any = None) -> str:
     else:
         if 'steps' in p:
             bits.append(f"{p['steps']} step{'s' if p['steps'] != 1 else ''}")
-        if isinstance(p.get('alpha'), (int, float)) and isinstance(p.get('eps'), (int, float)) and p['eps'] and p['alpha']:
+        numbers = all(isinstance(p.get(k), (int, float)) for k in ('alpha', 'eps'))
+        if numbers and p['eps'] and p['alpha']:
             ratio = round(p['eps'] / p['alpha'])
             bits.append('step eps' if ratio == 1 else f'step eps/{ratio}')
         if 'random_start' in p:

@@ -56,13 +56,15 @@ def _pruned_from(results: Mapping[str, Any]) -> str:
 def _twin_table(releases: Mapping[str, Tuple[Mapping[str, Any], Mapping[str, Any]]], keys: List[str],
                 head: List[str]) -> List[str]:
     """FSR minus vanilla for each released twin pair (both in ``releases``), from the stored ``twin`` sections."""
-    pairs = [results['twin'] for name, (results, _) in releases.items() if isinstance(results.get('twin'), dict)
-             and results['twin'].get('fsr', {}).get('name') == name and results['twin']['vanilla'].get('name') in releases]
+    pairs = [results['twin'] for name, (results, _) in releases.items()
+             if isinstance(results.get('twin'), dict) and results['twin'].get('fsr', {}).get('name') == name
+             and results['twin']['vanilla'].get('name') in releases]
     if not pairs:
         return []
     lines = ['', 'FSR minus its vanilla twin (same command, model alone changed), in points, on the first test images '
                  'both were evaluated on, with the paired 95 % interval:', '',
-             '| ' + ' | '.join(['FSR - vanilla', 'training'] + head[2:]) + ' |', '| --- | --- |' + ' ---: |' * len(keys)]
+             '| ' + ' | '.join(['FSR - vanilla', 'training'] + head[2:]) + ' |',
+             '| --- | --- |' + ' ---: |' * len(keys)]
     paper_rows: List[str] = []
     for t in pairs:
         rows = {r['metric']: r for r in t['rows']}
@@ -94,8 +96,9 @@ def _n_images(subset: str) -> str:
     return f'{word} {int(n):,}' if n.isdigit() else subset
 
 
-_ARCH_NAMES = {'fsr_resnet18': 'ResNet-18 + FSR', 'cifar_resnet18': 'ResNet-18', 'fsr_vgg16': 'VGG16-BN + FSR',
-               'cifar_vgg16': 'VGG16-BN', 'fsr_wrn34_10': 'WideResNet-34-10 + FSR', 'cifar_wrn34_10': 'WideResNet-34-10'}
+_ARCH_NAMES = {'fsr_resnet18': 'ResNet-18 + FSR', 'cifar_resnet18': 'ResNet-18',
+               'fsr_vgg16': 'VGG16-BN + FSR', 'cifar_vgg16': 'VGG16-BN',
+               'fsr_wrn34_10': 'WideResNet-34-10 + FSR', 'cifar_wrn34_10': 'WideResNet-34-10'}
 
 
 def robustbench_record(results: Mapping[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:

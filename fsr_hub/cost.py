@@ -143,7 +143,8 @@ def _compare(vanilla: Dict, fsr: Dict) -> Dict[str, Any]:
     return {
         'params': vanilla['params'], 'params_fsr': fsr['params'],
         'gflops_fvcore': vanilla['gflops_fvcore'], 'gflops_fvcore_fsr': fsr['gflops_fvcore'],
-        'gflops_paper_convention': 2 * vanilla['gflops_fvcore'], 'gflops_paper_convention_fsr': 2 * fsr['gflops_fvcore'],
+        'gflops_paper_convention': 2 * vanilla['gflops_fvcore'],
+        'gflops_paper_convention_fsr': 2 * fsr['gflops_fvcore'],
         'uncounted_ops_fsr': fsr['uncounted_ops'],
     }
 
@@ -172,7 +173,8 @@ def format_markdown(rows: Sequence[Dict]) -> str:
                  if p else 'not in Table 7')
         lines.append(
             f"| {r.get('label', r['model'])} | {r['params']:,} | {r['params_fsr']:,} | "
-            f"{r['gflops_fvcore']:.4f} -> {r['gflops_fvcore_fsr']:.4f} (+{r['gflops_fvcore_fsr'] / r['gflops_fvcore'] - 1:.1%}) | "
+            f"{r['gflops_fvcore']:.4f} -> {r['gflops_fvcore_fsr']:.4f} "
+            f"(+{r['gflops_fvcore_fsr'] / r['gflops_fvcore'] - 1:.1%}) | "
             f"{r['gflops_paper_convention']:.4f} -> {r['gflops_paper_convention_fsr']:.4f} | {paper} |")
     lat = [r for r in rows if 'latency' in r]
     if lat:

@@ -20,5 +20,6 @@ def check_pixels(x: torch.Tensor, what: str = 'input') -> None:
     if not bool(finite):
         raise ValueError(f'{what}: contains NaN or infinite values.')
     if lo < 0 or hi > 1:
+        hint = ' (0-255 images? divide by 255)' if hi > 1.5 else ''
         raise ValueError(f'{what}: values must lie in [0, 1] (raw RGB pixels, no normalisation), found '
-                         f'[{float(lo):.4g}, {float(hi):.4g}]' + (' (0-255 images? divide by 255)' if hi > 1.5 else '') + '.')
+                         f'[{float(lo):.4g}, {float(hi):.4g}]{hint}.')

@@ -90,7 +90,8 @@ PAPER_COST: Dict[str, Dict[str, Dict[str, float]]] = {
 #: stand beside theirs as a different recipe, never as a reproduction.
 FAST_RECIPES: Dict[str, Tuple[str, str]] = {
     'fgsmrs': ('at', 'FGSM-RS: one step of 1.25 eps from a uniform random start (Wong et al. 2020)'),
-    'fgsmrscyc': ('at', 'FGSM-RS with a cyclic lr (per iteration 0 -> 0.2 -> 0), the fast AT recipe of Wong et al. 2020'),
+    'fgsmrscyc': ('at', 'FGSM-RS with a cyclic lr (per iteration 0 -> 0.2 -> 0), '
+                        'the fast AT recipe of Wong et al. 2020'),
     'nfgsm': ('at', 'N-FGSM: one step of eps from noise U(-2 eps, 2 eps), no projection (de Jorge et al. 2022)'),
 }
 PAPER_RECIPE = '100 epochs of PGD-10 adversarial training (Sec. 4.1)'

@@ -33,8 +33,8 @@ from .weights import WEIGHTS_NAME, sha256_file
 
 __all__ = [
     'ReleaseError', 'ReleaseInfo', 'REQUIRED_FILES', 'build_config', 'prepare_results', 'attach_before',
-    'init_report', 'assemble_release', 'write_card', 'attach_twin', 'write_robustbench', 'validate_release', 'upload_plan',
-    'push_release', 'README_MARKERS', 'readme_table', 'write_readme_table',
+    'init_report', 'assemble_release', 'write_card', 'attach_twin', 'write_robustbench', 'validate_release',
+    'upload_plan', 'push_release', 'README_MARKERS', 'readme_table', 'write_readme_table',
 ]
 
 # pretrained_cfg keys about other input sizes than the one verified (a timm backbone's ImageNet settings); pool_size
@@ -302,7 +302,8 @@ def readme_table(cards: PathLike = CHECKOUT_CARDS, names: Sequence[str] = tuple(
     return released_table({n: (read_json(f / RESULTS_NAME), read_json(f / CONFIG_NAME)) for n, f in folders.items()})
 
 
-def write_readme_table(readme: PathLike, cards: PathLike = CHECKOUT_CARDS, names: Sequence[str] = tuple(RELEASED)) -> Path:
+def write_readme_table(readme: PathLike, cards: PathLike = CHECKOUT_CARDS,
+                       names: Sequence[str] = tuple(RELEASED)) -> Path:
     """Rewrite the block between :data:`README_MARKERS` of ``readme`` with :func:`readme_table`."""
     path = Path(readme)
     if not path.is_file():

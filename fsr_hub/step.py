@@ -104,7 +104,8 @@ class TrainStep:
             raise ValueError('the cuda-graph step needs an optimizer with its lr on the device: use '
                              "build_optimizer(..., mode='cuda-graph').")
         if graph_warmup < 1:
-            raise ValueError(f'graph_warmup must be >= 1 (the momentum buffers exist before the capture), got {graph_warmup}.')
+            raise ValueError('graph_warmup must be >= 1 (the momentum buffers exist before the capture), '
+                             f'got {graph_warmup}.')
         self.objective = objective
         self.optimizer = optimizer
         self.mode = mode

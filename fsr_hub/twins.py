@@ -16,8 +16,8 @@ from .models import VANILLA_TWINS
 from .paper import METRIC_NAMES, METRICS
 from .catalog import release_name, split_name
 
-__all__ = ['twin_name', 'fsr_side', 'example_flags', 'paired_gap', 'twin_gaps', 'paper_gaps', 'gap_rows', 'twin_section',
-           'check_twin_section']
+__all__ = ['twin_name', 'fsr_side', 'example_flags', 'paired_gap', 'twin_gaps', 'paper_gaps', 'gap_rows',
+           'twin_section', 'check_twin_section']
 
 _FSR_OF = {vanilla: fsr for fsr, vanilla in VANILLA_TWINS.items()}
 #: what must agree for two evaluations to have used the same images in the same order
@@ -66,7 +66,8 @@ def _check_same_images(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
     da, db = a.get('data') or {}, b.get('data') or {}
     differ = [k for k in _SAME_DATA if da.get(k) != db.get(k)]
     if differ or a.get('eps') != b.get('eps'):
-        what = ', '.join(f'{k} {da.get(k)!r} vs {db.get(k)!r}' for k in differ) or f"eps {a.get('eps')} vs {b.get('eps')}"
+        what = (', '.join(f'{k} {da.get(k)!r} vs {db.get(k)!r}' for k in differ)
+                or f"eps {a.get('eps')} vs {b.get('eps')}")
         raise ValueError(f'The two evaluations did not use the same test images and threat model ({what}).')
 
 
@@ -87,7 +88,8 @@ def paired_gap(fsr: Mapping[str, Any], vanilla: Mapping[str, Any], metric: str) 
     ci = 1.96 * d.std(unbiased=True).item() / math.sqrt(n)
     total = int((fsr.get('data') or {}).get('n') or 0)
     return {'metric': metric, 'n': n, 'subset': f'all {n}' if n == total else f'first {n}',
-            'fsr': round(100 * a[:n].double().mean().item(), 2), 'vanilla': round(100 * b[:n].double().mean().item(), 2),
+            'fsr': round(100 * a[:n].double().mean().item(), 2),
+            'vanilla': round(100 * b[:n].double().mean().item(), 2),
             'gap': round(100 * d.mean().item(), 2), 'ci95': round(100 * ci, 2)}
 
 
@@ -146,5 +148,6 @@ def check_twin_section(section: Mapping[str, Any], name: str, results: Mapping[s
                          'weights: attach it again.')
     for row in section.get('rows') or ():
         flags = example_flags(results, row['metric'])
-        if flags is None or len(flags) < row['n'] or round(100 * flags[:row['n']].double().mean().item(), 2) != row[side]:
+        if (flags is None or len(flags) < row['n']
+                or round(100 * flags[:row['n']].double().mean().item(), 2) != row[side]):
             raise ValueError(f"the twin comparison's {row['metric']} no longer matches this report: attach it again.")

@@ -88,7 +88,8 @@ def test_knn_and_eps_curve_sections(tmp_path):
     curve = A.eps_curve(model, x, y, eps_255=(0, 2))
     clean = evaluate(model, x, y, attacks=('clean',), masking_checks=False, progress=False)
     assert curve['eps_255'] == [0, 2] and curve['accuracy'][0] == clean['results']['clean']['accuracy']
-    png = A.plot_eps_curves([('a', curve['eps_255'], curve['accuracy']), ('b', [0, 2], [50.0, 20.0])], tmp_path / 'e.png')
+    curves = [('a', curve['eps_255'], curve['accuracy']), ('b', [0, 2], [50.0, 20.0])]
+    png = A.plot_eps_curves(curves, tmp_path / 'e.png')
     assert Image.open(png).size == (800, 460)
 
 

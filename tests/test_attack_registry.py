@@ -38,9 +38,10 @@ def test_every_attack_is_declared_with_what_the_suite_needs():
 
 
 def test_derived_tuples_equal_the_literals_they_replace():
-    assert R.ATTACKS == ATTACKS == ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack', 'autoattack_rand', 'transfer',
-                       'ti_fgsm', 'di_fgsm', 'nattack')
-    assert R.DEFAULT_ATTACKS == DEFAULT_ATTACKS == ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack', 'autoattack_rand')
+    assert R.ATTACKS == ATTACKS == ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack', 'autoattack_rand',
+                                    'transfer', 'ti_fgsm', 'di_fgsm', 'nattack')
+    assert R.DEFAULT_ATTACKS == DEFAULT_ATTACKS == ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'autoattack',
+                                                    'autoattack_rand')
     assert R.ENSEMBLE_ATTACKS == ENSEMBLE_ATTACKS == ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw')
     assert R.SOURCE_ATTACKS == SOURCE_ATTACKS == ('transfer', 'ti_fgsm', 'di_fgsm')
     assert R.BLACKBOX_ATTACKS == blackbox.BLACKBOX_ATTACKS == ('ti_fgsm', 'di_fgsm', 'nattack')
@@ -49,8 +50,9 @@ def test_derived_tuples_equal_the_literals_they_replace():
     assert R.DEFAULT_SUBSETS == DEFAULT_SUBSETS == {'nattack': 1000} and R.NATTACK_N == blackbox.NATTACK_N == 1000
     assert R.WHITEBOX_REFERENCE == ('autoattack', 'autoattack_rand', 'pgd100', 'pgd20', 'cw')
     assert R.AUTOATTACK_VERSIONS == AA_KEYS == {'autoattack': 'standard', 'autoattack_rand': 'rand'}
-    assert {a.name: a.cost for a in R.REGISTRY if a.kind is R.Kind.BATCH} == {'clean': 0.4, 'fgsm': 1.4, 'pgd20': 20.4, 'pgd100': 100.4, 'cw': 30.4, 'transfer': 20.4,
-                          'ti_fgsm': 1.4, 'di_fgsm': 10 * 1.2 + 0.4}
+    assert {a.name: a.cost for a in R.REGISTRY if a.kind is R.Kind.BATCH} == {
+        'clean': 0.4, 'fgsm': 1.4, 'pgd20': 20.4, 'pgd100': 100.4, 'cw': 30.4, 'transfer': 20.4,
+        'ti_fgsm': 1.4, 'di_fgsm': 10 * 1.2 + 0.4}
     assert PRESETS['quick'][0] == PRESETS['cpu'][0] == PRESETS['lease'][0] == TABLE5A_ATTACKS
     assert TABLE5A_ATTACKS == R.ENSEMBLE_ATTACKS + (R.AUTOATTACK,)
     assert paper.METRICS == ('clean', 'fgsm', 'pgd20', 'pgd100', 'cw', 'ensemble', 'autoattack')

@@ -45,7 +45,8 @@ def test_attacks_respect_ball_and_box():
     x[:2] = x[:2].round()  # pixels at exactly 0 and 1 test the box clipping
     y = torch.randint(0, 10, (6,), generator=g)
     outs = [fgsm(model, x, y, EPS), pgd(model, x, y, EPS, EPS / 4, 5, random_start=True),
-            pgd(model, x, y, EPS, EPS / 10, 5), cw_inf(model, x, y, EPS, EPS / 10, 5), trades_pgd(model, x, EPS, EPS / 4, 3),
+            pgd(model, x, y, EPS, EPS / 10, 5), cw_inf(model, x, y, EPS, EPS / 10, 5),
+            trades_pgd(model, x, EPS, EPS / 4, 3),
             pgd_trajectory(model, x, y, EPS, EPS / 10, 5, record=(1, 5))[0]]
     for x_adv in outs:
         assert _in_bounds(x_adv, x) and x_adv.min() >= 0 and x_adv.max() <= 1
@@ -103,7 +104,8 @@ def test_autoattack_on_linear_model_finds_the_exact_robust_set():
     # For a linear classifier, x (away from the box edges) is L-inf robust iff for every k != y:
     # (w_y - w_k) . x + b_y - b_k > eps * ||w_y - w_k||_1. AutoAttack must break exactly the others.
     model = linear_model(10, seed=1)
-    with torch.no_grad():  # class k reads pixel k (and a little of every other pixel): both robust and non-robust points
+    # class k reads pixel k (and a little of every other pixel): both robust and non-robust points
+    with torch.no_grad():
         model[1].weight.mul_(0.01)
         model[1].weight[:, :10] += 5 * torch.eye(10)
     w = model[1].weight.detach()

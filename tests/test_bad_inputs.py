@@ -77,7 +77,8 @@ CASES = [
          ('ValueError', 'got float32 (2, 1, 3, 32, 32).'), NOT_NCHW),
     Case('an empty batch, (0, 3, 32, 32)', lambda: _x(0, 3, 32, 32), ('ok', 'logits (0, 10)'), NOT_NCHW),
     Case('a numpy array', lambda: _x(2, 3, 32, 32).numpy(),
-         ('ValueError', 'CifarResNet expects a torch.Tensor'), ('ValueError', 'expected a torch.Tensor of float pixels in [0, 1], got ndarray')),
+         ('ValueError', 'CifarResNet expects a torch.Tensor'),
+         ('ValueError', 'expected a torch.Tensor of float pixels in [0, 1], got ndarray')),
 ]
 FULL_MESSAGE = ('CifarResNet expects float32 (or float16/bfloat16 under autocast), shape (B, 3, 32, 32), raw RGB '
                 'values in [0, 1]; got uint8 (2, 3, 32, 32) (integer images: convert with x.float() / 255).')

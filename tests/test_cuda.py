@@ -172,7 +172,8 @@ def test_evaluation_on_cuda_is_strict_float32_and_agrees_with_the_cpu():
     cpu = evaluate(copy.deepcopy(model), x, y, device='cpu', **kw)
     gpu = evaluate(copy.deepcopy(model), x, y, device='cuda', **kw)
     assert gpu['precision']['tf32'] is False  # TF32 was off while attacking ...
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == flags  # ... and is restored
+    # ... and is restored
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == flags
     # float32 on both devices; kernels differ in rounding, which can flip an example at a tie (more often after
     # a sign-gradient step): one example for clean, three for the attacks, of 64
     for name, flips in (('clean', 1), ('fgsm', 3), ('pgd20', 3)):

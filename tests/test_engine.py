@@ -43,7 +43,8 @@ def tiny_config(out, **kw) -> TrainConfig:
 def test_recipe_defaults():
     c = TrainConfig.for_dataset('cifar10', device='cpu')
     assert (c.eps, c.alpha, c.steps, c.random_start) == (8 / 255, 2 / 255, 10, True)
-    assert (c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.milestones) == (0.1, 0.9, 5e-4, 128, 100, (75, 90))
+    assert ((c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.milestones)
+            == (0.1, 0.9, 5e-4, 128, 100, (75, 90)))
     assert c.augment and c.objective == 'at' and c.beta == 6.0 and c.step == 'eager' and c.eval_every == 10
     assert TrainConfig.for_dataset('cifar10', device='cpu', epochs=20).milestones == (15, 18)
     n = TrainConfig.for_dataset('cifar10', device='cpu', objective='natural')

@@ -1,5 +1,5 @@
-"""The package's shape: no module over 450 lines, no function over 80, short module docstrings, and the
-GPU-run plumbing outside the installed package."""
+"""The package's shape: no module over 450 lines, no function over 80, short module docstrings, no source line
+over 120 characters, and the GPU-run plumbing outside the installed package."""
 import ast
 from pathlib import Path
 
@@ -7,7 +7,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / 'fsr_hub'
 MODULES = sorted(PACKAGE.rglob('*.py'))
-MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_DOC_LINES = 450, 80, 16
+MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_DOC_LINES, MAX_LINE_CHARS = 450, 80, 16, 120
+SOURCES = sorted(p for folder in ('fsr_hub', 'tools', 'tests', 'jobs')
+                 for p in PACKAGE.parent.joinpath(folder).rglob('*.py'))
 
 
 @pytest.mark.parametrize('path', MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -15,11 +17,19 @@ def test_module_and_function_sizes(path: Path):
     source = path.read_text()
     assert source.count('\n') <= MAX_MODULE_LINES, f'{path.name}: {source.count(chr(10))} lines'
     tree = ast.parse(source)
-    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    sizes = [(n.name, n.end_lineno - n.lineno + 1) for n in functions]
+    long = [(name, size) for name, size in sizes if size > MAX_FUNCTION_LINES]
     assert not long, f'{path.name}: functions over {MAX_FUNCTION_LINES} lines: {long}'
     doc = ast.get_docstring(tree) or ''
     assert len(doc.splitlines()) <= MAX_DOC_LINES, f'{path.name}: module docstring of {len(doc.splitlines())} lines'
+
+
+def test_source_lines_fit_120_characters():
+    root = PACKAGE.parent
+    long = [f'{p.relative_to(root)}:{i}' for p in SOURCES + [root / 'hubconf.py']
+            for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > MAX_LINE_CHARS]
+    assert len(SOURCES) > 50 and not long, f'lines over {MAX_LINE_CHARS} characters: {long}'
 
 
 def test_no_device_job_in_the_package():

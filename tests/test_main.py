@@ -16,7 +16,8 @@ from fsr_hub.catalog import RELEASED, default_release
 from fsr_hub.sample import load_sample
 from fsr_hub.weights import save_weights
 
-from release_builders import NAME, REPO_ID, REPO_ROOT, SMALL_ARGS, build_release, fill_hf_cache, json_result, start_python
+from release_builders import (NAME, REPO_ID, REPO_ROOT, SMALL_ARGS, build_release, fill_hf_cache, json_result,
+                              start_python)
 
 
 @pytest.fixture(scope='module')

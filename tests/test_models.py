@@ -9,10 +9,12 @@ from fsr_hub.models import ALL_MODELS, VANILLA_TWINS
 from fsr_hub.catalog import RELEASED, default_release, hub_id
 
 # stage attribute names that feature_info lists, per architecture family
-FEATURES = {'resnet18': ['layer1', 'layer2', 'layer3', 'layer4'], 'vgg16': ['block0', 'block1', 'block2', 'block3', 'block4'],
+FEATURES = {'resnet18': ['layer1', 'layer2', 'layer3', 'layer4'],
+            'vgg16': ['block0', 'block1', 'block2', 'block3', 'block4'],
             'wrn34_10': ['block1', 'block2', 'block3', 'final_norm']}
 # smaller members of the same family, for the tests that build extra models (WRN-34-10 is the slow one)
-SMALL = {'resnet18': dict(layers=(1, 1, 1, 1)), 'vgg16': dict(blocks=((16,), (32,), (64,), (64,), (64,)), mlp_hidden=64),
+SMALL = {'resnet18': dict(layers=(1, 1, 1, 1)),
+         'vgg16': dict(blocks=((16,), (32,), (64,), (64,), (64,)), mlp_hidden=64),
          'wrn34_10': dict(depth=10, widen_factor=2)}
 
 MODELS = timm.list_models(['fsr_*', 'cifar_*'])  # what timm sees; ALL_MODELS is what the package declares

@@ -334,7 +334,8 @@ def test_cli_maps_every_flag_to_the_config(monkeypatch, tmp_path, capsys):
 
     def fake_run(cfg, command):
         seen['cfg'], seen['command'] = cfg, command
-        return {'criterion': cfg.criterion, 'mode': 'reduced', 'evaluation': None, 'sparsity': {'prunable_sparsity': 0.9, 'nonzero_params': 5}}
+        return {'criterion': cfg.criterion, 'mode': 'reduced', 'evaluation': None,
+                'sparsity': {'prunable_sparsity': 0.9, 'nonzero_params': 5}}
 
     monkeypatch.setattr(prune_tool, 'run_prune', fake_run)
     argv = ['--model', 'resnet18', '--weights', 'w', '--data', 'd', '--out', 'o', '--sparsity', '99/100',

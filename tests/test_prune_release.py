@@ -1,6 +1,7 @@
 """A pruned model through the release flow: tools/prune.py's summary into the verify report (--prune-summary,
-with the fp16 cast), the sparsity recounted on the released file, the card's pruning section and cost row, the comparison with the dense release, and
-release validation catching a report whose zeros are not those of the weights."""
+with the fp16 cast), the sparsity recounted on the released file, the card's pruning section and cost row, the
+comparison with the dense release, and release validation catching a report whose zeros are not those of the
+weights."""
 import json
 from pathlib import Path
 
@@ -146,4 +147,5 @@ def test_the_readme_table_says_how_a_pruned_release_was_made(pruned, tmp_path):
     info = assemble_release(tmp_path, fp16, json.loads((root / 'results.json').read_text()), tag='fgsmrs_mad90_cifar10')
     table = released_table({info.name: (info.results, info.config)})
     zeros = 100 * info.results['pruning']['sparsity']['prunable_sparsity']
-    assert f'| MAD pruning of `dense weights` to {zeros:.2f} % zeros (conv / linear), 0 MART epochs, reduced run |' in table
+    row = f'| MAD pruning of `dense weights` to {zeros:.2f} % zeros (conv / linear), 0 MART epochs, reduced run |'
+    assert row in table

@@ -110,7 +110,8 @@ def test_attach_renders_both_cards_and_the_readme(tmp_path, capsys):
     section = json.loads((van.folder / 'results.json').read_text())['twin']
     assert [r['metric'] for r in section['rows']] == ['clean', 'fgsm', 'pgd20']
     assert [r['gap'] for r in section['rows']] == [-5.0, 5.0, 5.0] and all(r['n'] == n for r in section['rows'])
-    assert 'FSR - vanilla (fsr_resnet18.at_cifar10 - cifar_resnet18.at_cifar10): Clean -5.00 ± ' in capsys.readouterr().out
+    expected = 'FSR - vanilla (fsr_resnet18.at_cifar10 - cifar_resnet18.at_cifar10): Clean -5.00 ± '
+    assert expected in capsys.readouterr().out
     for info in (fsr, van):
         body = card_body(info.folder)
         assert '## FSR versus its vanilla twin' in body and '| PGD-20 | 35.00 | 30.00 | +5.00 |' in body

@@ -198,7 +198,8 @@ def test_missing_key_names_file_and_key(resnet, tmp_path):
     del state['fsr.layer4.aux.weight']
     path = tmp_path / 'missing.safetensors'
     save_weights(state, path)
-    with pytest.raises(WeightsError, match=r"missing.safetensors does not fit CifarResNet: 1 missing keys \['fsr.layer4.aux.weight'\]"):
+    message = r"missing.safetensors does not fit CifarResNet: 1 missing keys \['fsr.layer4.aux.weight'\]"
+    with pytest.raises(WeightsError, match=message):
         load_weights(timm.create_model('fsr_resnet18'), path)
 
 

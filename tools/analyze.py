@@ -75,7 +75,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True, figure: Optional[str]
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--deadline-minutes', type=float, default=None,
-                   help='stop starting new work units when the next would pass this budget; the JSON says complete: false')
+                   help='stop starting new work units when the next would pass this budget; '
+                        'the JSON says complete: false')
     p.add_argument('--out', required=True, help='JSON file to write')
     if figure:
         p.add_argument('--png', default=None, help=f'figure to write (default: {figure} beside --out)')
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s, figure=A.PNG_NAMES['knn'])
     s.add_argument('--n-train', type=int, default=None, help='first N training images as neighbours (default: all)')
     s.add_argument('--ks', type=comma_list(int), default=list(A.KNN_KS))
-    s.add_argument('--gamma', type=float, default=A.KNN_GAMMA, help=f'temperature (default {A.KNN_GAMMA}, Wu et al. 2018)')
+    s.add_argument('--gamma', type=float, default=A.KNN_GAMMA,
+                   help=f'temperature (default {A.KNN_GAMMA}, Wu et al. 2018)')
     s.add_argument('--pool', choices=('avg', 'flatten'), default='avg')
     s.add_argument('--features', type=comma_list(str), default=list(FSR_OUTPUTS))
     s.add_argument('--position', default=None)
@@ -117,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser('eps-curve', help='PGD-20 accuracy against eps, JSON and PNG')
     _common(s, figure=A.PNG_NAMES['eps_curve'])
-    s.add_argument('--eps-list', type=comma_list(float), default=list(A.EPS_CURVE_255), help='eps values in 1/255 units')
+    s.add_argument('--eps-list', type=comma_list(float), default=list(A.EPS_CURVE_255),
+                   help='eps values in 1/255 units')
     s.add_argument('--compare', nargs='*', default=[], metavar='JSON', help='other models\' eps-curve JSON on the plot')
 
     s = sub.add_parser('plot-eps', help='plot eps curves of one or several models from their JSON files')
@@ -126,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser('blackbox', help='Table 3: TI-FGSM, DI-FGSM (from a source model) and NAttack')
     _common(s)
-    s.add_argument('--attacks', type=comma_list(str), default=list(BLACKBOX_ATTACKS), help=f'from {",".join(BLACKBOX_ATTACKS)}')
+    s.add_argument('--attacks', type=comma_list(str), default=list(BLACKBOX_ATTACKS),
+                   help=f'from {",".join(BLACKBOX_ATTACKS)}')
     s.add_argument('--source', default=None, metavar='MODEL:WEIGHTS',
                    help=f'source model of TI-FGSM / DI-FGSM, e.g. {PYAUTOATTACK_SPEC}')
     s.add_argument('--nattack-n', type=int, default=NATTACK_N, help=f'NAttack images (default {NATTACK_N}, the paper)')
@@ -206,7 +210,8 @@ def _feature_swap(args: argparse.Namespace, i: _Inputs) -> Section:
     section = A.feature_swap(i.model, i.x, i.y, attacks=parse_attacks(args.attacks), outputs=args.features,
                              eps=args.eps, seed=args.seed, num_classes=i.num_classes, position=args.position,
                              deadline=i.deadline, progress=not args.no_progress, **_batching(args))
-    return section, A.plot_feature_swap(section, _png(args, A.PNG_NAMES['feature_swap'])) if section['features'] else None
+    png = _png(args, A.PNG_NAMES['feature_swap'])
+    return section, A.plot_feature_swap(section, png) if section['features'] else None
 
 
 def _knn(args: argparse.Namespace, i: _Inputs) -> Section:
@@ -326,7 +331,8 @@ def run(args: argparse.Namespace, command: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    command = 'python tools/analyze.py ' + ' '.join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    words = argv if argv is not None else sys.argv[1:]
+    command = 'python tools/analyze.py ' + ' '.join(shlex.quote(a) for a in words)
     try:
         print(run(args, command))
     except (A.AnalysisError, ValueError, ImportError, DatasetError, SampleError, WeightsError, OSError,

@@ -43,7 +43,8 @@ def _paths(text: str) -> List[str]:
     paths = [p.strip() for p in text.split(',') if p.strip()]
     bad = [p for p in paths if p not in STEP_MODES]
     if bad or not paths:
-        raise argparse.ArgumentTypeError(f'expected comma-separated step paths from {", ".join(STEP_MODES)}, got {text!r}')
+        raise argparse.ArgumentTypeError(f'expected comma-separated step paths from {", ".join(STEP_MODES)}, '
+                                         f'got {text!r}')
     return list(dict.fromkeys(paths))
 
 
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'and give each path\'s speed-up over it (default: on)')
     p.add_argument('--eval', action=argparse.BooleanOptionalAction, default=True,
                    help='also time PGD-20 evaluation (eager) (default: on)')
-    p.add_argument('--seconds', type=float, default=None, help='cap on the whole measurement, in seconds (default: none)')
+    p.add_argument('--seconds', type=float, default=None,
+                   help='cap on the whole measurement, in seconds (default: none)')
     p.add_argument('--json', metavar='FILE', default=None, help='write the results as JSON')
     return p
 
@@ -151,7 +153,8 @@ def _time_eval(args: argparse.Namespace, dev: torch.device, names: Dict[str, str
     ev_v, ev_f = evaluation['vanilla'], evaluation['fsr']
     print(f'PGD-20 eval (eager): {names["vanilla"]} {ev_v["images_per_second"]:.1f} img/s '
           f'{ev_v["seconds_per_10k"]:.2f} s/10k | {names["fsr"]} {ev_f["images_per_second"]:.1f} img/s '
-          f'{ev_f["seconds_per_10k"]:.2f} s/10k | FSR / vanilla x{ev_f["seconds_per_10k"] / ev_v["seconds_per_10k"]:.3f} '
+          f'{ev_f["seconds_per_10k"]:.2f} s/10k | '
+          f'FSR / vanilla x{ev_f["seconds_per_10k"] / ev_v["seconds_per_10k"]:.3f} '
           f'(paper: 20/19 = x1.053)')
     return evaluation
 

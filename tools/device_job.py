@@ -61,7 +61,8 @@ def _split_args(text: str) -> list:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--root', default=str(ROOT), help='the checkout (default: the one holding this script)')
-    sub = p.add_subparsers(dest='cmd', required=True, metavar='{prepare,prepare-verify,r,a,b,c,join-state,verify-source,verify,join,rehearse}')
+    sub = p.add_subparsers(dest='cmd', required=True,
+                           metavar='{prepare,prepare-verify,r,a,b,c,join-state,verify-source,verify,join,rehearse}')
     pr = sub.add_parser('prepare', help='fill the carry folders and print the device calls')
     pr.add_argument('--source', default=str(DEFAULT_SOURCE), help='CIFAR-10 mosaic folder (default ../shared/...)')
     pr.add_argument('--md5', default=None, help='JSON file of md5 sums of the unpacked batches (default: the '

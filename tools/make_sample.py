@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Build the CIFAR-10 test sample shipped as ``fsr_hub/assets/cifar10_test_sample.png`` from a ``cifar-10-batches-py`` folder.
+"""Build the CIFAR-10 test sample shipped as ``fsr_hub/assets/cifar10_test_sample.png`` from a
+``cifar-10-batches-py`` folder.
 
     python tools/make_sample.py /tmp/data/cifar-10-batches-py [--per-class 20] [--out FILE.png]
 """

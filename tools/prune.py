@@ -87,8 +87,8 @@ def main(argv=None) -> int:
         return 2
     ev = summary['evaluation']
     sp = summary['sparsity']
-    line = f"{summary['criterion']} {summary['mode']} run: sparsity {sp['prunable_sparsity']:.4f} of the prunable parameters, " \
-           f"{sp['nonzero_params']:,} non-zero parameters"
+    line = (f"{summary['criterion']} {summary['mode']} run: sparsity {sp['prunable_sparsity']:.4f} "
+            f"of the prunable parameters, {sp['nonzero_params']:,} non-zero parameters")
     if ev is not None:
         key = f'pgd{cfg.eval_steps}_acc'
         line += (f"; dense {ev['dense']['clean_acc']} / {ev['dense'][key]}, pruned {ev['pruned']['clean_acc']} / "

@@ -15,8 +15,8 @@ from ..hardware import hardware_name
 from ..schemas import ANALYSIS_SCHEMA
 
 __all__ = [
-    'AnalysisError', 'Deadline', 'require', 'prepare', 'batched', 'fsr_position', 'fsr_tap', 'capture_tap', 'save_figure',
-    'section_meta',
+    'AnalysisError', 'Deadline', 'require', 'prepare', 'batched', 'fsr_position', 'fsr_tap', 'capture_tap',
+    'save_figure', 'section_meta',
     'ANALYSIS_SCHEMA', 'PNG_NAMES',
 ]
 
@@ -39,7 +39,8 @@ def require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as e:
         dist = _DISTRIBUTIONS.get(module.split('.')[0], module)
-        raise ImportError(f"this analysis needs {dist!r}, which is not installed: pip install 'fsr-hub[analysis]'.") from e
+        raise ImportError(f"this analysis needs {dist!r}, which is not installed: "
+                          f"pip install 'fsr-hub[analysis]'.") from e
 
 
 class Deadline:
@@ -107,13 +108,15 @@ def fsr_tap(model: nn.Module, position: str) -> nn.Module:
 
 
 def prepare(model: nn.Module, device: Union[str, torch.device]) -> nn.Module:
-    """``model`` on ``device`` in eval mode (deterministic FSR masks), float32 only (reduced precision weakens attacks)."""
+    """``model`` on ``device`` in eval mode (deterministic FSR masks), float32 only (reduced precision weakens
+    attacks)."""
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise AnalysisError('analyses run in float32: the model has non-float32 parameters.')
     return model.to(device).eval()
 
 
-def batched(fn, x: torch.Tensor, batch_size: int, device: Union[str, torch.device], *rest: torch.Tensor) -> torch.Tensor:
+def batched(fn, x: torch.Tensor, batch_size: int, device: Union[str, torch.device],
+            *rest: torch.Tensor) -> torch.Tensor:
     """``fn`` applied to ``batch_size`` slices of x (and of the tensors in ``rest``) on ``device``; results
     concatenated on the CPU."""
     if batch_size <= 0:

@@ -94,7 +94,8 @@ def gradcam_analysis(
     return {
         'position': pos, 'n': n, 'eps': eps, 'target': 'ground-truth class',
         'attack': {'attack': PGD20, **p},
-        'columns': ['x', 'f_nat'] * (natural_model is not None) + ["x'"] + [FEATURE_LABELS[o] for o in GRADCAM_FEATURES],
+        'columns': (['x', 'f_nat'] * (natural_model is not None) + ["x'"]
+                    + [FEATURE_LABELS[o] for o in GRADCAM_FEATURES]),
         'labels': y[:n].tolist(), 'pred_natural': preds_nat, 'pred_adversarial': preds_adv,
         'method': 'Grad-CAM (grad-cam package, pytorch_grad_cam.GradCAM)', 'upscale': scale,
     }

@@ -109,7 +109,8 @@ def plot_feature_swap(section: Mapping[str, Any], path: Union[str, Path]) -> Pat
     if len([m for m in metrics if m != CLEAN]) == 0:
         metrics = measured
     series = {_METRIC_NAMES.get(m, m): [acc[f][m] for f in features] for m in metrics}
-    title = f"Final feature replaced (Table 5a), n = {section['n']}, $\\epsilon$ = {round(section['eps'] * 255, 2):g}/255"
+    eps = round(section['eps'] * 255, 2)
+    title = f"Final feature replaced (Table 5a), n = {section['n']}, $\\epsilon$ = {eps:g}/255"
     return _grouped_bars([_MATH_LABELS.get(f, FEATURE_LABELS.get(f, f)) for f in features], series,
                          'feature passed on by the FSR module', 'accuracy (%)', title, path)
 

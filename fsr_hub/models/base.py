@@ -40,7 +40,8 @@ def cifar_cfg(pool_size: Tuple[int, int], **kwargs: Any) -> FSRPretrainedCfg:
     base = dict(
         input_size=(3, 32, 32), pool_size=pool_size, fixed_input_size=True, interpolation='bilinear', crop_pct=1.0,
         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=10, label_names=CIFAR10_CLASSES,
-        first_conv='stem.0', license='mit', paper_name='Feature Separation and Recalibration for Adversarial Robustness',
+        first_conv='stem.0', license='mit',
+        paper_name='Feature Separation and Recalibration for Adversarial Robustness',
         paper_ids='arXiv:2303.13846', origin_url='https://github.com/wkim97/FSR',
     )
     base.update(kwargs)

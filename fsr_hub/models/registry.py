@@ -72,7 +72,8 @@ def _resolve_cfg(
                     f"timm.create_model('{variant}'), or load your own file with "
                     f"pretrained_cfg_overlay=dict(file=..., sha256=...).") from None
             released = ', '.join(timm.list_pretrained(f'{variant}.*')) or 'none yet'
-            raise ValueError(f'Unknown pretrained tag {pretrained_cfg!r} for {variant}; released: {released}.') from None
+            raise ValueError(f'Unknown pretrained tag {pretrained_cfg!r} for {variant}; '
+                             f'released: {released}.') from None
     elif isinstance(pretrained_cfg, Mapping):  # e.g. read from a hub repo's config.json by timm
         known = {f.name for f in dataclasses.fields(FSRPretrainedCfg)}
         unknown = sorted(set(pretrained_cfg) - known)

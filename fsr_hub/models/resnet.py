@@ -51,7 +51,8 @@ class CifarResNet(FSRNet):
         )
         stages, in_chs = [], 64
         for i, (depth, chs) in enumerate(zip(layers, (64, 128, 256, 512))):
-            blocks = [BasicBlock(in_chs if d == 0 else chs, chs, stride=(1 if i == 0 or d > 0 else 2)) for d in range(depth)]
+            blocks = [BasicBlock(in_chs if d == 0 else chs, chs, stride=(1 if i == 0 or d > 0 else 2))
+                      for d in range(depth)]
             stages.append(Stage(f'layer{i + 1}', nn.Sequential(*blocks), chs, reduction=2 ** i))
             in_chs = chs
         super().__init__(stem=stem, stages=stages, in_chans=in_chans, **kwargs)

@@ -311,8 +311,11 @@ def join(src: PathLike, dest: Optional[PathLike] = None) -> Dict[str, Any]:
     release = (src / 'config.json').is_file()
     if dest.resolve() != src.resolve():
         # a release's card files and the plots its card embeds (e.g. per_class.png)
-        names = ['config.json', 'results.json', 'README.md'] + sorted(p.name for p in src.glob('*.png')) if release else \
-            [p.name for p in src.iterdir() if p.is_file() and '.part-' not in p.name and not p.name.startswith('.')]
+        if release:
+            names = ['config.json', 'results.json', 'README.md'] + sorted(p.name for p in src.glob('*.png'))
+        else:
+            names = [p.name for p in src.iterdir()
+                     if p.is_file() and '.part-' not in p.name and not p.name.startswith('.')]
         for name in names:
             if (src / name).is_file():
                 shutil.copyfile(src / name, dest / name)
