@@ -37,11 +37,21 @@ class CardError(RuntimeError):
     """A release folder's files cannot be rendered into a card (one-line message naming the file)."""
 
 
-def _verify_seconds(results: Mapping[str, Any]) -> Optional[float]:
-    """Attack time summed over the report's stages (a resumed report's stages ran in several runs)."""
-    entries = list((results.get('results') or {}).values()) + [results.get('masking_checks') or {}]
+def _seconds(entries: Sequence[Any]) -> Optional[float]:
     secs = [e['seconds'] for e in entries if isinstance(e, dict) and isinstance(e.get('seconds'), (int, float))]
     return sum(secs) if secs else None
+
+
+def _verify_seconds(results: Mapping[str, Any]) -> Optional[float]:
+    """Attack time summed over the report's stages (a resumed report's stages ran in several runs), the saved
+    progress of stages still unfinished included."""
+    entries = list((results.get('results') or {}).values()) + [results.get('masking_checks') or {}]
+    return _seconds(entries + list((results.get('progress') or {}).values()))
+
+
+def _unfinished_seconds(results: Mapping[str, Any]) -> Optional[float]:
+    """Attack time so far of the stages whose saved progress the report carries (not yet finished)."""
+    return _seconds(list((results.get('progress') or {}).values()))
 
 
 def _describe_hardware(hw: Optional[Mapping[str, Any]]) -> str:
@@ -171,7 +181,8 @@ def render_card(results: Mapping[str, Any], config: Mapping[str, Any], folder: O
         training=training, training_hardware=thw.get('device', thw) if isinstance(thw, dict) else thw,
         recipe=describe_recipe(training['config'])
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
-        verify_seconds=_verify_seconds(results), twin=_twin(results, name), pruning=_pruning(results),
+        verify_seconds=_verify_seconds(results), unfinished_seconds=_unfinished_seconds(results),
+        twin=_twin(results, name), pruning=_pruning(results),
         training_yaml=yaml.safe_dump(training['config'], sort_keys=True).rstrip()
         if isinstance(training, dict) and isinstance(training.get('config'), dict) else None,
         weights_dtype=_weights_dtype(folder), sha256=results['model'].get('sha256'), fmt=format_number)

@@ -2,7 +2,9 @@
 numbers, for the weights they describe) and per-class accuracy, before and after fine-tuning. CPU only, no
 network; weights are random."""
 import json
+import re
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 
@@ -239,3 +241,20 @@ def test_card_says_how_far_an_unfinished_autoattack_got(rel):
     row = next(line for line in card_body(rel.folder).splitlines() if line.startswith('| AutoAttack |'))
     assert row.split(' | ')[1] == 'not measured'
     assert row.endswith(f'in progress, no result until it completes: {partial} |')
+
+    def attack_hours() -> Tuple[float, str]:
+        line = next(ln for ln in card_body(rel.folder).splitlines() if ln.startswith('- Evaluation:'))
+        hours = re.search(r'; attacks ([0-9.]+) h in all \(([^)]*)\)', line)
+        assert hours, line
+        return float(hours.group(1)), hours.group(2)
+
+    before, how = attack_hours()
+    assert 'in progress' not in how
+    # its saved progress: half an hour of AutoAttack so far, counted in the attack time and said so
+    edit_json(rel.folder / 'results.json', lambda d: d.setdefault('progress', {}).update(
+        autoattack={'seconds': 1800.0, 'current': 'apgd-t', 'batches_done': 3}))
+    write_card(rel.folder)
+    validate_release(rel.folder)
+    after, how = attack_hours()
+    assert after == pytest.approx(before + 0.5, abs=0.011)
+    assert how.endswith(', 0.50 h of it in stages still in progress')
