@@ -208,11 +208,11 @@ class AAState:
 
     def describe(self) -> str:
         robust = int(unpack_flags(self.robust, self.n).sum())
-        where = (f'{self.current} batch {self.batches_done + 1} of '
+        where = (f'stopped at {self.current} batch {self.batches_done + 1} of '
                  f'{-(-int(unpack_flags(self.current_points, self.n).sum()) // self.batch_size)}'
-                 if self.current else (f'before {self._next()}' if self._next() else 'finished'))
+                 if self.current else (f'stopped before {self._next()}' if self._next() else 'finished'))
         return (f'{len(self.done)} of {len(self.attacks)} sub-attacks done ({", ".join(self.done) or "none"}), '
-                f'stopped at {where}; {robust} of {self.n} points still robust')
+                f'{where}; {robust} of {self.n} points still robust')
 
     def _next(self) -> Optional[str]:
         rest = [a for a in self.attacks if a not in self.done]

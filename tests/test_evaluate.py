@@ -398,6 +398,9 @@ def test_autoattack_stopped_and_resumed_equals_one_run_and_may_change_batch_size
     stopped = AAState.from_dict(state)
     rebatch(stopped, 3)
     assert 'apgd-t batch 1 of ' + str(-(-(len(current) - attacked) // 3)) in stopped.describe()
+    between = AAState.from_dict({**state, 'current': None, 'batches_done': 0, 'done': state['attacks'][:2]})
+    assert between.describe().startswith(f"2 of {len(state['attacks'])} sub-attacks done "
+                                         f"({', '.join(state['attacks'][:2])}), stopped before {state['attacks'][2]}; ")
     # progress of other sub-attack parameters, or saved without them, is refused too
     with pytest.raises(ValueError, match='sub-attack parameters'):
         run_autoattack_resumable(model, x, y, eps, batch_size=4, overrides={**small, 'square': {'n_queries': 30}},
