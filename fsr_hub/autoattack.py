@@ -208,9 +208,14 @@ class AAState:
 
     def describe(self) -> str:
         robust = int(unpack_flags(self.robust, self.n).sum())
-        where = (f'stopped at {self.current} batch {self.batches_done + 1} of '
-                 f'{-(-int(unpack_flags(self.current_points, self.n).sum()) // self.batch_size)}'
-                 if self.current else (f'stopped before {self._next()}' if self._next() else 'finished'))
+        following = self._next()
+        if self.current:
+            batches = -(-int(unpack_flags(self.current_points, self.n).sum()) // self.batch_size)
+            where = f'stopped at {self.current} batch {self.batches_done + 1} of {batches}'
+        elif following:
+            where = f'stopped before {following}'
+        else:
+            where = 'finished'
         return (f'{len(self.done)} of {len(self.attacks)} sub-attacks done ({", ".join(self.done) or "none"}), '
                 f'{where}; {robust} of {self.n} points still robust')
 
